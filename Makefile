@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# virtio-rs: the legacy virtio stack (ring, PCI transport, balloon) in
+# Rust-for-Linux.  Everything runs inside the environment scripts/setup
+# prepares (scripts/env); see README.md.
+#
+#   make            build virtio_ring_rs.ko, virtio_pci_rs.ko, virtio_balloon_rs.ko
+#   make check      host tests, KUnit suites in a guest, QEMU integration tests
+#   make demo       boot a guest and show the stack at work
+#   make fuzz       a long fuzz run of the ring core
+#   make rustfmt    format the Rust sources (rustfmtcheck: only check)
+#   make clippy     build with CLIPPY=1
+#   make clean
+#
+# KDIR=<tree> builds against your own configured and built Rust-enabled
+# Linux 7.2 tree instead of the cached one.
+
+ENV := $(CURDIR)/scripts/env
+RUST_SOURCES = $(shell find $(CURDIR) -name '*.rs' -not -path '*/target/*' -not -path '*/.git/*')
+
+.PHONY: all modules setup check demo fuzz clean rustfmt rustfmtcheck clippy kunit-modules
+
+all: modules
+
+setup:
+	$(CURDIR)/scripts/setup
+
+# The standard out-of-tree build, run inside the environment.
+modules:
+	$(ENV) sh -c 'make -C "$$KDIR" M=$(CURDIR) LLVM=1 modules'
+
+clippy:
+	$(ENV) sh -c 'make -C "$$KDIR" M=$(CURDIR) LLVM=1 CLIPPY=1 modules'
+
+# The test flavour (KUnit suites compiled in), built from a copy of the tree
+# so that it never mixes with the production objects.
+kunit-modules:
+	$(ENV) $(CURDIR)/scripts/build-kunit
+
+rustfmt:
+	$(ENV) sh -c 'rustfmt --edition 2021 --config-path "$$(readlink -f $$KDIR/source 2>/dev/null || echo $$KDIR)/.rustfmt.toml" $(RUST_SOURCES)'
+
+rustfmtcheck:
+	$(ENV) sh -c 'rustfmt --check --edition 2021 --config-path "$$(readlink -f $$KDIR/source 2>/dev/null || echo $$KDIR)/.rustfmt.toml" $(RUST_SOURCES)'
+
+check:
+	$(CURDIR)/scripts/check
+
+demo:
+	$(CURDIR)/scripts/demo
+
+fuzz:
+	$(ENV) env FUZZ_SECONDS=$${FUZZ_SECONDS:-1800} $(CURDIR)/scripts/host-tests --fuzz-only
+
+clean:
+	-$(ENV) sh -c 'make -C "$$KDIR" M=$(CURDIR) LLVM=1 clean' 2>/dev/null
+	rm -f *.ko *.o *.mod *.mod.c .*.cmd Module.symvers modules.order

@@ -1,0 +1,218 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Boot a virtme-ng guest with QEMU's legacy balloon and drive it from the host.
+
+A guest is the project's kernel booted by ``vng --disable-kvm`` (TCG: KVM does not work on
+these machines) with the host's root filesystem, a shared read-write directory, a QMP socket
+and the devices a test asks for.  Inside the guest a small agent (``guest-agent.sh``) runs the
+commands the host drops into the shared directory, so a test can alternate guest commands and
+QMP commands at will.  Runs inside the project environment (``scripts/env``).
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+AGENT = os.path.join(TOP, "tests", "lib", "guest-agent.sh")
+
+# Kernel log lines that mean a kernel bug: any of them fails the test during which it appears.
+KERNEL_PROBLEMS = re.compile(
+    r"WARNING:|BUG:|BUG kmalloc|Oops|general protection fault|Kernel panic|"
+    r"possible circular locking|possible recursive locking|inconsistent lock state|"
+    r"suspicious RCU usage|unreferenced object|UBSAN:|KASAN:|"
+    r"INFO: task .* blocked for more than|hung_task|soft lockup|"
+    r"sleeping function called from invalid context|list_add corruption|list_del corruption"
+)
+
+LEGACY_BALLOON = "virtio-balloon-pci,id=balloon0,disable-modern=on"
+
+
+class GuestError(Exception):
+    """The guest failed to boot or to answer."""
+
+
+class Guest:
+    """One virtme-ng guest, controlled through a shared directory and QMP."""
+
+    def __init__(self, name, memory="1G", cpus=2, devices=(LEGACY_BALLOON,), qemu_opts=(),
+                 append=(), boot_timeout=240, moddir=None):
+        self.kdir = os.environ["KDIR"]
+        self.name = name
+        self.memory = memory
+        self.cpus = cpus
+        self.devices = list(devices)
+        self.qemu_opts = list(qemu_opts)
+        self.append = list(append)
+        self.boot_timeout = boot_timeout
+        self.moddir = moddir or TOP
+        self.dir = tempfile.mkdtemp(prefix=f"virtio-rs-{name}-", dir="/tmp")
+        self.qmp_path = os.path.join(self.dir, "qmp.sock")
+        self.console = os.path.join(self.dir, "console.log")
+        self.proc = None
+        self.qmp = None
+        self.seq = 0
+        self.log_mark = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self):
+        opts = []
+        for dev in self.devices:
+            opts += ["-device", dev]
+        opts += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        opts += self.qemu_opts
+        cmd = [
+            "vng", "--disable-kvm", "--run", self.kdir,
+            "--memory", self.memory, "--cpus", str(self.cpus),
+            f"--rwdir={self.dir}",
+            f"--qemu-opts={' '.join(shlex.quote(o) for o in opts)}",
+            "--exec", f"sh {AGENT} {self.dir} {self.moddir}",
+        ]
+        for a in self.append:
+            cmd += ["--append", a]
+        self.t_start = time.monotonic()
+        with open(self.console, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=TOP)
+        deadline = time.monotonic() + self.boot_timeout
+        while not os.path.exists(os.path.join(self.dir, "ready")):
+            if self.proc.poll() is not None:
+                raise GuestError(f"guest exited during boot (rc {self.proc.returncode}):\n"
+                                 + self.console_tail())
+            if time.monotonic() > deadline:
+                self.kill()
+                raise GuestError("guest did not boot in time:\n" + self.console_tail())
+            time.sleep(0.2)
+        self.boot_seconds = time.monotonic() - self.t_start
+        self.qmp = QEMUMonitorProtocol(self.qmp_path)
+        self.qmp.connect()
+        self.log_mark = self.kernel_log_lines()
+        return self
+
+    def stop(self):
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            except Exception:
+                pass
+            self.qmp = None
+        if self.proc is None:
+            return
+        open(os.path.join(self.dir, "quit"), "w").close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.proc = None
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+    def console_tail(self, n=60):
+        try:
+            with open(self.console, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    # --- guest commands --------------------------------------------------------------------
+    def run(self, script, timeout=120, check=True):
+        """Run a shell script in the guest; return (rc, output)."""
+        self.seq += 1
+        n = self.seq
+        tmp = os.path.join(self.dir, f".cmd.{n}")
+        with open(tmp, "w") as f:
+            f.write(script + "\n")
+        os.rename(tmp, os.path.join(self.dir, f"cmd.{n}"))
+        rc_path = os.path.join(self.dir, f"rc.{n}")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(rc_path):
+            if self.proc.poll() is not None:
+                raise GuestError(f"guest died while running {script!r}:\n" + self.console_tail())
+            if time.monotonic() > deadline:
+                raise GuestError(f"guest command timed out after {timeout}s: {script!r}\n"
+                                 + self.console_tail())
+            time.sleep(0.05)
+        with open(rc_path) as f:
+            rc = int(f.read().strip() or "255")
+        with open(os.path.join(self.dir, f"out.{n}"), errors="replace") as f:
+            out = f.read()
+        if check and rc != 0:
+            raise GuestError(f"guest command failed (rc {rc}): {script!r}\n{out}")
+        return rc, out
+
+    def sh(self, script, timeout=120):
+        """Run a script that must succeed; return its output."""
+        return self.run(script, timeout=timeout)[1]
+
+    # --- kernel log ------------------------------------------------------------------------
+    def kernel_log(self):
+        return self.sh("dmesg")
+
+    def kernel_log_lines(self):
+        return len(self.kernel_log().splitlines())
+
+    def new_kernel_log(self):
+        """Kernel log lines since the last call (or since boot)."""
+        lines = self.kernel_log().splitlines()
+        new = lines[self.log_mark:]
+        self.log_mark = len(lines)
+        return new
+
+    def kernel_problems(self, lines=None):
+        if lines is None:
+            lines = self.new_kernel_log()
+        return [l for l in lines if KERNEL_PROBLEMS.search(l)]
+
+    # --- QMP -------------------------------------------------------------------------------
+    def qmp_cmd(self, cmd, **args):
+        resp = self.qmp.cmd_obj({"execute": cmd, "arguments": args} if args else {"execute": cmd})
+        if "error" in resp:
+            raise GuestError(f"QMP {cmd}: {resp['error']}")
+        return resp["return"]
+
+    # --- devices ---------------------------------------------------------------------------
+    def balloon_bdf(self):
+        """PCI address of the legacy balloon function (1af4:1002)."""
+        out = self.sh("for d in /sys/bus/pci/devices/*; do "
+                      "[ \"$(cat $d/vendor):$(cat $d/device)\" = 0x1af4:0x1002 ] && basename $d; "
+                      "done; true")
+        bdfs = out.split()
+        if len(bdfs) != 1:
+            raise GuestError(f"expected one legacy balloon, found {bdfs}")
+        return bdfs[0]
+
+    def driver_of(self, bdf):
+        _, out = self.run(f"basename $(readlink /sys/bus/pci/devices/{bdf}/driver)", check=False)
+        return out.strip() or None
+
+    def bind(self, bdf, driver):
+        """Move a PCI function to `driver` (driver_override, unbind, drivers_probe)."""
+        self.sh(f"""
+            d=/sys/bus/pci/devices/{bdf}
+            echo {driver} > $d/driver_override
+            if [ -e $d/driver ]; then echo {bdf} > $d/driver/unbind; fi
+            echo {bdf} > /sys/bus/pci/drivers_probe
+            [ "$(basename $(readlink $d/driver))" = {driver} ]
+        """)
+
+    def unbind(self, bdf):
+        self.sh(f"d=/sys/bus/pci/devices/{bdf}; "
+                f"if [ -e $d/driver ]; then echo {bdf} > $d/driver/unbind; fi; ! [ -e $d/driver ]")

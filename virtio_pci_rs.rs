@@ -1,0 +1,232 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Legacy (virtio 0.9.5) PCI transport.
+//!
+//! The Rust counterpart of `drivers/virtio/virtio_pci_legacy.c` with
+//! `virtio_pci_legacy_dev.c`: it drives the legacy register block in I/O-port BAR0 of
+//! transitional virtio functions (vendor 0x1af4, devices 0x1000-0x103f, revision 0) and
+//! publishes each function as an auxiliary device named after its virtio device type
+//! (`virtio_pci_rs.balloon.<n>`), so that the matching virtio-rs device driver is
+//! autoloaded.  It never hands a device to a C virtio driver: it does not register on the
+//! virtio bus.
+//!
+//! To make it probe in QEMU, add a legacy device, e.g.
+//! `-device virtio-balloon-pci,disable-modern=on`, and move the function from the built-in C
+//! driver: `echo virtio_pci_rs > /sys/bus/pci/devices/<bdf>/driver_override`, unbind it from
+//! `virtio-pci`, and write its address to `/sys/bus/pci/drivers_probe`.
+
+use core::pin::Pin;
+use kernel::{
+    auxiliary,
+    device::Core,
+    io::Io,
+    pci,
+    prelude::*,
+    sync::atomic::{
+        Atomic,
+        Relaxed, //
+    },
+    types::ForLt,
+};
+
+#[path = "common/virtio_rs.rs"]
+mod abi;
+
+#[path = "virtio_pci_rs/iobar.rs"]
+mod iobar;
+
+// The complete register map, documented in one place; not every register is used yet.
+#[allow(dead_code)]
+#[path = "virtio_pci_rs/regs.rs"]
+mod regs;
+
+use abi::DeviceHandle;
+use iobar::{
+    EnabledDevice,
+    IoBar, //
+};
+use regs::status;
+
+/// Name of this module, the prefix of the auxiliary devices it creates.
+const MODULE_NAME: &CStr = <LocalModule as kernel::ModuleMetadata>::NAME;
+
+/// BAR0 with its fixed registers known at build time.
+type Bar0<'a> = IoBar<'a, { regs::BAR0_MIN_SIZE }>;
+
+/// Transitional virtio devices: the legacy interface (virtio 1.x section 4.1.2.1).
+const TRANSITIONAL_DEVICE_IDS: core::ops::RangeInclusive<u16> = 0x1000..=0x103f;
+
+/// `PCI_ANY_ID`: matches any device id.
+const PCI_ANY_ID: u32 = !0;
+
+/// Queues probed at most when counting a device's queues for the log.
+const MAX_QUEUES: u16 = 64;
+
+/// Id of the next auxiliary device (unique among the devices this module creates).
+static NEXT_AUX_ID: Atomic<u32> = Atomic::new(0);
+
+/// Per-function state.
+///
+/// Drop order (field order): the auxiliary device goes first, which unbinds the device
+/// driver; then the handle it used; then the reset guard quiesces the device; then the BAR is
+/// unmapped and released, and the PCI function disabled.
+struct VirtioPciDevice<'bound> {
+    /// The auxiliary device the device driver binds to.
+    _aux: auxiliary::Registration<'bound, ForLt!(usize)>,
+    /// What the device driver reads through the registration data.
+    _handle: Pin<KBox<DeviceHandle>>,
+    /// Resets the device once its driver is gone.
+    _reset: ResetOnDrop<'bound>,
+    /// The enabled PCI function (outlives the BAR mapping).
+    _enabled: EnabledDevice<'bound>,
+}
+
+/// Resets the device when dropped, so that it stops using guest memory before the memory and
+/// the mapping go away.
+struct ResetOnDrop<'bound> {
+    bar: Bar0<'bound>,
+}
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        reset(&self.bar);
+    }
+}
+
+/// Resets the device: write 0 to `STATUS`, then read it back, which flushes the write and
+/// waits for the reset to complete (`vp_legacy_set_status()` / `vp_reset()`).
+fn reset(bar: &Bar0<'_>) {
+    bar.write_reg(regs::STATUS::from_raw(0));
+    let _ = bar.read(regs::STATUS);
+}
+
+/// Adds `bits` to the device status.
+fn add_status(bar: &Bar0<'_>, bits: u8) {
+    let old = bar.read(regs::STATUS).into_raw();
+    bar.write_reg(regs::STATUS::from_raw(old | bits));
+}
+
+/// Counts the queues the device has (the first index whose size reads 0 ends them), and
+/// checks that each size makes a valid ring.
+fn count_queues(pdev: &pci::Device, bar: &Bar0<'_>) -> u16 {
+    let mut n = 0;
+    while n < MAX_QUEUES {
+        bar.write_reg(regs::QUEUE_SEL::from_raw(n));
+        let num = bar.read(regs::QUEUE_NUM).into_raw();
+        if num == 0 {
+            break;
+        }
+        match abi::vring_size(num.into(), regs::VRING_ALIGN) {
+            Ok(size) => dev_dbg!(pdev, "queue {}: {} entries, {} bytes\n", n, num, size),
+            Err(_) => dev_warn!(pdev, "queue {}: invalid size {}\n", n, num),
+        }
+        n += 1;
+    }
+    n
+}
+
+kernel::pci_device_table!(
+    PCI_TABLE,
+    MODULE_PCI_TABLE,
+    <VirtioPciDriver as pci::Driver>::IdInfo,
+    [(
+        // The legacy devices are 0x1000-0x103f; the table cannot express a range, so probe
+        // filters (as `vp_legacy_probe()` does).
+        pci::DeviceId::from_id(pci::Vendor::REDHAT_QUMRANET, PCI_ANY_ID),
+        ()
+    )]
+);
+
+/// The legacy virtio PCI driver.
+struct VirtioPciDriver;
+
+impl pci::Driver for VirtioPciDriver {
+    type IdInfo = ();
+    type Data<'bound> = VirtioPciDevice<'bound>;
+
+    const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
+
+    fn probe<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        _info: &'bound Self::IdInfo,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        let device_id = pdev.device_id();
+        if !TRANSITIONAL_DEVICE_IDS.contains(&device_id) || pdev.revision_id() != 0 {
+            // Modern-only functions and revisions we do not know are not ours.
+            return Err(ENODEV);
+        }
+        // The virtio device type is the PCI subsystem device id (legacy interface).
+        let device_type = u32::from(pdev.subsystem_device_id());
+        let Some(name) = abi::device_name(device_type) else {
+            dev_info!(pdev, "virtio device type {} is not supported\n", device_type);
+            return Err(ENODEV);
+        };
+
+        let enabled = EnabledDevice::new(pdev)?;
+        let bar = Bar0::new_ioport(pdev, 0, MODULE_NAME)?;
+
+        reset(&bar);
+        add_status(&bar, status::ACKNOWLEDGE);
+        let host_features = bar.read(regs::HOST_FEATURES).into_raw();
+        let queues = count_queues(pdev, &bar);
+        add_status(&bar, status::DRIVER);
+
+        let handle = KBox::pin(
+            DeviceHandle::new(device_type, host_features.into()),
+            GFP_KERNEL,
+        )?;
+        let id = NEXT_AUX_ID.fetch_add(1, Relaxed);
+        let aux = auxiliary::Registration::<ForLt!(usize)>::new(
+            pdev.as_ref(),
+            name,
+            id,
+            MODULE_NAME,
+            handle.as_ref().as_registration_data(),
+        )
+        .inspect_err(|_| add_status(&bar, status::FAILED))?;
+
+        dev_info!(
+            pdev,
+            "legacy virtio {} (type {}), {} queues, features {:#010x}, BAR0 {} bytes\n",
+            name,
+            device_type,
+            queues,
+            host_features,
+            bar.maxsize()
+        );
+
+        Ok(VirtioPciDevice {
+            _aux: aux,
+            _handle: handle,
+            _reset: ResetOnDrop { bar },
+            _enabled: enabled,
+        })
+    }
+}
+
+/// The module: the PCI driver registration, with the contract check first.
+#[pin_data]
+struct VirtioPciModule {
+    #[pin]
+    _driver: kernel::driver::Registration<pci::Adapter<VirtioPciDriver>>,
+}
+
+impl kernel::InPlaceModule for VirtioPciModule {
+    fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        pin_init::pin_init_scope(move || {
+            abi::check_ring_abi()?;
+            Ok(try_pin_init!(Self {
+                _driver <- kernel::driver::Registration::new(MODULE_NAME, module),
+            }))
+        })
+    }
+}
+
+module! {
+    type: VirtioPciModule,
+    name: "virtio_pci_rs",
+    authors: ["The virtio-rs developers"],
+    description: "Legacy virtio PCI transport (Rust)",
+    license: "GPL",
+    imports_ns: ["VIRTIO_RS"],
+}

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Raw PCI glue the Rust PCI abstraction does not offer yet: enabling I/O decoding and mapping
+//! an I/O-port BAR.
+//!
+//! `kernel::pci::Bar` maps memory BARs only (it reads through `readl()`), and
+//! `pci::Device::enable_device_mem()` enables memory decoding only.  The legacy virtio
+//! interface lives in I/O-port BAR0, so this module provides the two missing pieces:
+//! [`EnabledDevice`] (`pci_enable_device()` / `pci_disable_device()`) and [`IoBar`], an
+//! [`Io`] backend over `pci_iomap()` and `ioread*()`/`iowrite*()`, which handle port I/O
+//! cookies and MMIO alike.  All `unsafe` of the transport lives here.
+
+use core::ffi::c_void;
+use kernel::{
+    bindings,
+    device::{
+        Bound,
+        Core, //
+    },
+    io::{
+        Io,
+        IoCapable,
+        IoKnownSize, //
+    },
+    pci,
+    prelude::*,
+};
+
+/// Returns the C `struct pci_dev` behind `pdev`.
+fn raw(pdev: &pci::Device<Bound>) -> *mut bindings::pci_dev {
+    // CAST: `pci::Device` is `#[repr(transparent)]` over `Opaque<bindings::pci_dev>`, itself
+    // transparent over the C struct, so the two pointers are the same.
+    core::ptr::from_ref(pdev)
+        .cast::<bindings::pci_dev>()
+        .cast_mut()
+}
+
+/// A PCI function whose I/O and memory decoding is enabled; disabled again on drop.
+///
+/// # Invariants
+///
+/// `pci_enable_device()` succeeded on `pdev` and is balanced by exactly one
+/// `pci_disable_device()` in `Drop`.
+pub(crate) struct EnabledDevice<'a> {
+    pdev: &'a pci::Device<Bound>,
+}
+
+impl<'a> EnabledDevice<'a> {
+    /// Enables I/O and memory decoding of `pdev` (`pci_enable_device()`).
+    ///
+    /// # Errors
+    ///
+    /// The error of `pci_enable_device()`, e.g. `EINVAL` or `EIO`.
+    pub(crate) fn new(pdev: &'a pci::Device<Core<'_>>) -> Result<Self> {
+        let pdev: &'a pci::Device<Bound> = pdev;
+        // SAFETY: `raw(pdev)` is a valid `struct pci_dev`, and the `Core` context proves that
+        // the device lock is held, as probe requires.
+        kernel::error::to_result(unsafe { bindings::pci_enable_device(raw(pdev)) })?;
+        // INVARIANT: the device was just enabled.
+        Ok(Self { pdev })
+    }
+}
+
+impl Drop for EnabledDevice<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant, the device was enabled by `Self::new`.
+        unsafe { bindings::pci_disable_device(raw(self.pdev)) };
+    }
+}
+
+/// An I/O-port BAR mapped with `pci_iomap()` and accessed with `ioread*()`/`iowrite*()`.
+///
+/// `SIZE` is the part of the BAR known at build time (the fixed registers): accesses below it
+/// are checked at build time, the rest (the device-specific configuration) at run time
+/// against the real length of the BAR.
+///
+/// # Invariants
+///
+/// - The region of BAR `bar` of `pdev` is requested, and `addr` is the cookie `pci_iomap()`
+///   returned for its first `len` bytes; both are released in `Drop` and nowhere else.
+/// - `len >= SIZE`.
+pub(crate) struct IoBar<'a, const SIZE: usize> {
+    pdev: &'a pci::Device<Bound>,
+    bar: i32,
+    addr: usize,
+    len: usize,
+}
+
+impl<'a, const SIZE: usize> IoBar<'a, SIZE> {
+    /// Requests and maps I/O-port BAR `bar` of `pdev`, which must hold at least `SIZE` bytes.
+    ///
+    /// # Errors
+    ///
+    /// - `ENODEV` if the BAR is not an I/O-port BAR, or is shorter than `SIZE`;
+    /// - `EBUSY` if another driver holds the region;
+    /// - `ENOMEM` if it cannot be mapped.
+    pub(crate) fn new_ioport(
+        pdev: &'a pci::Device<Bound>,
+        bar: u8,
+        name: &'static CStr,
+    ) -> Result<Self> {
+        let len = usize::try_from(pdev.resource_len(bar.into())?).map_err(|_| ENODEV)?;
+        let pdevp = raw(pdev);
+        // SAFETY: `pdevp` is a valid `struct pci_dev`, and the resources of a bound device do
+        // not change while it is bound.
+        let resources = unsafe { &(*pdevp).resource };
+        let flags = resources.get(usize::from(bar)).map_or(0, |r| r.flags);
+        // CAST: `IORESOURCE_IO` is a flag of the C `unsigned long` flags field.
+        if flags & bindings::IORESOURCE_IO as kernel::ffi::c_ulong == 0 || len < SIZE {
+            dev_err!(
+                pdev.as_ref(),
+                "BAR{} is not an I/O-port BAR of at least {} bytes (flags {:#x}, length {})\n",
+                bar,
+                SIZE,
+                flags,
+                len
+            );
+            return Err(ENODEV);
+        }
+        let bar = i32::from(bar);
+        // SAFETY: `pdevp` is a valid, enabled `struct pci_dev`; `name` is a NUL-terminated
+        // string that lives forever, as the resource keeps a pointer to it.
+        kernel::error::to_result(unsafe {
+            bindings::pci_request_region(pdevp, bar, name.as_char_ptr())
+        })?;
+        // SAFETY: As above; the region is ours now.
+        let cookie = unsafe { bindings::pci_iomap(pdevp, bar, 0) };
+        if cookie.is_null() {
+            // SAFETY: The region was requested just above.
+            unsafe { bindings::pci_release_region(pdevp, bar) };
+            return Err(ENOMEM);
+        }
+        // INVARIANT: the region is requested and `cookie` maps all `len >= SIZE` bytes of it.
+        Ok(Self {
+            pdev,
+            bar,
+            // CAST: `Io` represents addresses as `usize`.
+            addr: cookie as usize,
+            len,
+        })
+    }
+}
+
+impl<const SIZE: usize> Drop for IoBar<'_, SIZE> {
+    fn drop(&mut self) {
+        let pdevp = raw(self.pdev);
+        // SAFETY: By the type invariant, `addr` came from `pci_iomap()` on this device and the
+        // region was requested; both are released exactly once, here.
+        unsafe {
+            bindings::pci_iounmap(pdevp, self.addr as *mut c_void);
+            bindings::pci_release_region(pdevp, self.bar);
+        }
+    }
+}
+
+impl<const SIZE: usize> Io for IoBar<'_, SIZE> {
+    fn addr(&self) -> usize {
+        self.addr
+    }
+
+    fn maxsize(&self) -> usize {
+        self.len
+    }
+}
+
+impl<const SIZE: usize> IoKnownSize for IoBar<'_, SIZE> {
+    const MIN_SIZE: usize = SIZE;
+}
+
+/// Implements [`IoCapable`] for one access width through `ioread*()`/`iowrite*()`.
+macro_rules! impl_iobar_io_capable {
+    ($ty:ty, $read:ident, $write:ident) => {
+        impl<const SIZE: usize> IoCapable<$ty> for IoBar<'_, SIZE> {
+            unsafe fn io_read(&self, address: usize) -> $ty {
+                // SAFETY: The caller guarantees that `address` is within the mapping, which is
+                // valid by the type invariant.
+                let val = unsafe { bindings::$read(address as *const c_void) };
+                // CAST: `ioread8/16()` return the value zero-extended to `unsigned int`.
+                val as $ty
+            }
+
+            unsafe fn io_write(&self, value: $ty, address: usize) {
+                // SAFETY: As for `io_read`.
+                unsafe { bindings::$write(value, address as *mut c_void) }
+            }
+        }
+    };
+}
+
+impl_iobar_io_capable!(u8, ioread8, iowrite8);
+impl_iobar_io_capable!(u16, ioread16, iowrite16);
+impl_iobar_io_capable!(u32, ioread32, iowrite32);
