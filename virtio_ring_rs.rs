@@ -10,6 +10,10 @@
 //!
 //! Loading it alone does nothing visible; `modprobe virtio_balloon_rs` loads it first.
 
+use core::{
+    ffi::c_void,
+    ptr::NonNull, //
+};
 use kernel::prelude::*;
 
 #[path = "common/virtio_rs.rs"]
@@ -18,44 +22,277 @@ mod abi;
 #[path = "virtio_ring_rs/export.rs"]
 mod export;
 
+#[path = "virtio_ring_rs/core.rs"]
+pub mod split;
+
+#[path = "virtio_ring_rs/queue.rs"]
+mod queue;
+
+use abi::{
+    abi_fn,
+    RawVq,
+    Sg,
+    VqParams, //
+};
 use export::export_symbol_ns_gpl;
+use queue::Queue;
 
-/// Largest queue size a split ring supports (virtio 1.x section 2.7: `Queue Size` is at most
-/// 32768).
-const MAX_QUEUE_SIZE: u32 = 32768;
-
-/// Size of one descriptor (`struct vring_desc`).
-const DESC_SIZE: usize = 16;
-
-/// Bytes of a legacy split ring of `num` entries whose used ring is aligned to `align`:
-/// the descriptor table, the available ring (flags, idx, `num` entries, `used_event`), padding
-/// to `align`, then the used ring (flags, idx, `num` elements of 8 bytes, `avail_event`).
-///
-/// Returns `None` unless `num` is a power of two in `1..=32768` and `align` a power of two.
+/// Bytes of a legacy split ring of `num` entries with the used ring aligned to `align`, or
+/// `None` unless `num` is a power of two in `1..=32768` and `align` a power of two.
 fn legacy_ring_size(num: u32, align: u32) -> Option<usize> {
-    if !num.is_power_of_two() || num > MAX_QUEUE_SIZE || !align.is_power_of_two() {
+    let align = usize::try_from(align).ok()?;
+    if !align.is_power_of_two() {
         return None;
     }
-    // CAST: u32 to usize is lossless on the 64-bit targets this module builds for.
-    let (num, align) = (num as usize, align as usize);
-    let avail_end = DESC_SIZE * num + 2 * (3 + num);
-    let used_start = avail_end.checked_next_multiple_of(align)?;
-    used_start.checked_add(2 * 3 + 8 * num)
+    split::Layout::new(num, align).ok().map(|l| l.size())
+}
+
+/// Turns a queue pointer received over the ABI into a reference.
+///
+/// # Safety
+///
+/// `vq` must come from [`virtio_rs_vq_new`] and not have been passed to [`virtio_rs_vq_del`].
+unsafe fn queue<'a>(vq: *mut RawVq) -> &'a Queue {
+    // SAFETY: `virtio_rs_vq_new` hands out `KBox<Queue>` pointers, live until deleted (the
+    // caller's guarantee).
+    unsafe { &*vq.cast::<Queue>() }
+}
+
+/// Converts a `Result` to the 0 / negative errno convention of the ABI.
+fn errno(r: Result) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
 }
 
 /// The contract version this module implements (see [`abi::ABI_VERSION`]).
 #[no_mangle]
-pub extern "C" fn virtio_rs_abi_version() -> u32 {
+pub(crate) extern "C" fn virtio_rs_abi_version() -> u32 {
     abi::ABI_VERSION
 }
-export_symbol_ns_gpl!(virtio_rs_abi_version: abi::abi_fn::AbiVersion, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_abi_version: abi_fn::AbiVersion, "VIRTIO_RS");
 
 /// Size in bytes of a legacy split ring, or 0 for an invalid `num` or `align`.
 #[no_mangle]
-pub extern "C" fn virtio_rs_vring_size(num: u32, align: u32) -> usize {
+pub(crate) extern "C" fn virtio_rs_vring_size(num: u32, align: u32) -> usize {
     legacy_ring_size(num, align).unwrap_or(0)
 }
-export_symbol_ns_gpl!(virtio_rs_vring_size: abi::abi_fn::VringSize, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vring_size: abi_fn::VringSize, "VIRTIO_RS");
+
+/// The transport feature bits this ring implements: indirect descriptors and event index.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_rs_ring_features() -> u64 {
+    (1u64 << split::VIRTIO_RING_F_INDIRECT_DESC) | (1u64 << split::VIRTIO_RING_F_EVENT_IDX)
+}
+export_symbol_ns_gpl!(virtio_rs_ring_features: abi_fn::RingFeatures, "VIRTIO_RS");
+
+/// Creates a queue; see [`abi_fn::VqNew`].
+///
+/// # Safety
+///
+/// `params` must point to a valid [`VqParams`] whose memory and contexts stay valid until the
+/// queue is deleted; `vq` must be valid for a write.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_new(params: *const VqParams, vq: *mut *mut RawVq) -> i32 {
+    // SAFETY: The caller passes a valid parameter block.
+    let params = unsafe { &*params };
+    // SAFETY: The caller guarantees the lifetime of the memory and contexts.
+    let q = match unsafe { Queue::new(params) }.and_then(|q| KBox::new(q, GFP_KERNEL).map_err(Into::into)) {
+        Ok(q) => q,
+        Err(e) => return e.to_errno(),
+    };
+    // SAFETY: The caller passes a valid out pointer.
+    unsafe { vq.write(KBox::into_raw(q).cast()) };
+    0
+}
+export_symbol_ns_gpl!(virtio_rs_vq_new: abi_fn::VqNew, "VIRTIO_RS");
+
+/// Destroys a queue; see [`abi_fn::VqDel`].
+///
+/// # Safety
+///
+/// `vq` must come from [`virtio_rs_vq_new`]; it is invalid afterwards, and no other call on
+/// it may be running.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_del(vq: *mut RawVq) {
+    if !vq.is_null() {
+        // SAFETY: `vq` is a `KBox<Queue>` from `virtio_rs_vq_new`, deleted once.
+        drop(unsafe { KBox::from_raw(vq.cast::<Queue>()) });
+    }
+}
+export_symbol_ns_gpl!(virtio_rs_vq_del: abi_fn::VqDel, "VIRTIO_RS");
+
+/// Adds a buffer; see [`abi_fn::VqAdd`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized; `sg` points to `out + inp` elements.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_add(
+    vq: *mut RawVq,
+    sg: *const Sg,
+    out: u32,
+    inp: u32,
+    token: *mut c_void,
+    atomic: bool,
+) -> i32 {
+    let Some(token) = NonNull::new(token) else {
+        return EINVAL.to_errno();
+    };
+    let (Ok(out), Ok(inp)) = (usize::try_from(out), usize::try_from(inp)) else {
+        return EINVAL.to_errno();
+    };
+    let Some(total) = out.checked_add(inp).filter(|&t| t > 0) else {
+        return EINVAL.to_errno();
+    };
+    if sg.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: The caller passes `out + inp` valid elements at `sg`.
+    let sg = unsafe { core::slice::from_raw_parts(sg, total) };
+    // SAFETY: `vq` is live and the call serialized (caller's guarantee).
+    errno(unsafe { queue(vq).add(sg, out, token, atomic) })
+}
+export_symbol_ns_gpl!(virtio_rs_vq_add: abi_fn::VqAdd, "VIRTIO_RS");
+
+/// See [`abi_fn::VqKickPrepare`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_kick_prepare(vq: *mut RawVq) -> bool {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq).kick_prepare() }
+}
+export_symbol_ns_gpl!(virtio_rs_vq_kick_prepare: abi_fn::VqKickPrepare, "VIRTIO_RS");
+
+/// See [`abi_fn::VqNotify`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_notify(vq: *mut RawVq) -> bool {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq) }.notify()
+}
+export_symbol_ns_gpl!(virtio_rs_vq_notify: abi_fn::VqNotify, "VIRTIO_RS");
+
+/// See [`abi_fn::VqGetBuf`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized; `len` is valid for a write (or null).
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_get_buf(vq: *mut RawVq, len: *mut u32) -> *mut c_void {
+    let mut l = 0;
+    // SAFETY: The caller's guarantee.
+    let token = unsafe { queue(vq).get_buf(&mut l) };
+    if !len.is_null() {
+        // SAFETY: A non-null `len` is valid for a write (caller's guarantee).
+        unsafe { len.write(l) };
+    }
+    token
+}
+export_symbol_ns_gpl!(virtio_rs_vq_get_buf: abi_fn::VqGetBuf, "VIRTIO_RS");
+
+/// See [`abi_fn::VqDetachUnused`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_detach_unused(vq: *mut RawVq) -> *mut c_void {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq).detach_unused() }
+}
+export_symbol_ns_gpl!(virtio_rs_vq_detach_unused: abi_fn::VqDetachUnused, "VIRTIO_RS");
+
+/// See [`abi_fn::VqDisableCb`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_disable_cb(vq: *mut RawVq) {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq).disable_cb() }
+}
+export_symbol_ns_gpl!(virtio_rs_vq_disable_cb: abi_fn::VqDisableCb, "VIRTIO_RS");
+
+/// See [`abi_fn::VqEnableCb`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb(vq: *mut RawVq) -> bool {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq).enable_cb(false) }
+}
+export_symbol_ns_gpl!(virtio_rs_vq_enable_cb: abi_fn::VqEnableCb, "VIRTIO_RS");
+
+/// See [`abi_fn::VqEnableCb`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb_delayed(vq: *mut RawVq) -> bool {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq).enable_cb(true) }
+}
+export_symbol_ns_gpl!(virtio_rs_vq_enable_cb_delayed: abi_fn::VqEnableCb, "VIRTIO_RS");
+
+/// See [`abi_fn::VqInterrupt`].
+///
+/// # Safety
+///
+/// `vq` is live.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_interrupt(vq: *mut RawVq) -> bool {
+    // SAFETY: The caller's guarantee; `interrupt` may run concurrently with anything.
+    unsafe { queue(vq) }.interrupt()
+}
+export_symbol_ns_gpl!(virtio_rs_vq_interrupt: abi_fn::VqInterrupt, "VIRTIO_RS");
+
+/// See [`abi_fn::VqIsBroken`].
+///
+/// # Safety
+///
+/// `vq` is live.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_is_broken(vq: *mut RawVq) -> bool {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq) }.is_broken()
+}
+export_symbol_ns_gpl!(virtio_rs_vq_is_broken: abi_fn::VqIsBroken, "VIRTIO_RS");
+
+/// See [`abi_fn::VqBreak`].
+///
+/// # Safety
+///
+/// `vq` is live.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_break(vq: *mut RawVq) {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq) }.mark_broken()
+}
+export_symbol_ns_gpl!(virtio_rs_vq_break: abi_fn::VqBreak, "VIRTIO_RS");
+
+/// See [`abi_fn::VqNumFree`].
+///
+/// # Safety
+///
+/// `vq` is live and the call serialized.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32 {
+    // SAFETY: The caller's guarantee.
+    unsafe { queue(vq).num_free() }
+}
+export_symbol_ns_gpl!(virtio_rs_vq_num_free: abi_fn::VqNumFree, "VIRTIO_RS");
 
 /// The module: a library with no state of its own.
 struct VirtioRingModule;

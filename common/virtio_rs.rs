@@ -26,6 +26,8 @@ use core::{
         offset_of,
         size_of, //
     },
+    num::NonZeroUsize,
+    ptr::NonNull,
 };
 use kernel::{
     auxiliary,
@@ -184,21 +186,185 @@ impl DeviceHandle {
     }
 }
 
+/// A virtqueue owned by `virtio_ring_rs`; only ever handled by pointer.
+#[repr(C)]
+pub(crate) struct RawVq {
+    _opaque: [u8; 0],
+}
+
+/// Transport callback that notifies the device of new buffers in queue `index`; returns
+/// false if the device is gone.
+pub(crate) type NotifyFn = unsafe extern "C" fn(ctx: *const c_void, index: u16) -> bool;
+
+/// Driver callback run from the interrupt handler when a queue has used buffers.
+pub(crate) type CallbackFn = unsafe extern "C" fn(ctx: *const c_void);
+
+/// Transport callback that allocates `bytes` of DMA-able memory for an indirect table,
+/// storing its device address in `*dma`; null on failure.  May be called in atomic context
+/// when `atomic` is true.
+pub(crate) type IndirectAllocFn =
+    unsafe extern "C" fn(ctx: *const c_void, bytes: usize, atomic: bool, dma: *mut u64) -> *mut c_void;
+
+/// Transport callback that frees an indirect table from [`IndirectAllocFn`].
+pub(crate) type IndirectFreeFn =
+    unsafe extern "C" fn(ctx: *const c_void, cpu: *mut c_void, dma: u64, bytes: usize);
+
+/// What a transport passes to `virtio_rs_vq_new` to create a queue.
+///
+/// The ring memory is the transport's: physically contiguous, DMA-coherent, aligned to 4096
+/// bytes and at least `virtio_rs_vring_size(num, 4096)` long; it must stay valid until
+/// `virtio_rs_vq_del` returns, as must every context pointer.
+#[repr(C)]
+pub(crate) struct VqParams {
+    /// Layout check, see [`AbiHeader::check`].
+    pub(crate) header: AbiHeader,
+    /// Queue index on the device.
+    pub(crate) index: u16,
+    /// Padding, zero.
+    pub(crate) _reserved: u16,
+    /// Queue size (a power of two, at most 32768).
+    pub(crate) num: u32,
+    /// Negotiated feature bits (the ring looks at INDIRECT_DESC and EVENT_IDX).
+    pub(crate) features: u64,
+    /// CPU address of the ring memory.
+    pub(crate) ring: *mut c_void,
+    /// Device (DMA) address of the ring memory.
+    pub(crate) ring_dma: u64,
+    /// Length of the ring memory in bytes.
+    pub(crate) ring_len: usize,
+    /// Notifies the device.
+    pub(crate) notify: Option<NotifyFn>,
+    /// Context of `notify`.
+    pub(crate) notify_ctx: *const c_void,
+    /// The driver's callback, if it wants one.
+    pub(crate) callback: Option<CallbackFn>,
+    /// Context of `callback`.
+    pub(crate) callback_ctx: *const c_void,
+    /// Allocates indirect tables (none: the queue never uses them).
+    pub(crate) indirect_alloc: Option<IndirectAllocFn>,
+    /// Frees indirect tables.
+    pub(crate) indirect_free: Option<IndirectFreeFn>,
+    /// Context of the indirect-table callbacks.
+    pub(crate) indirect_ctx: *const c_void,
+}
+
+/// One element of a scatter-gather list: a device address and a length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sg {
+    /// Device (DMA) address.
+    pub(crate) addr: u64,
+    /// Length in bytes.
+    pub(crate) len: u32,
+    /// Padding, zero.
+    pub(crate) _reserved: u32,
+}
+
+impl Sg {
+    /// An element of `len` bytes at device address `addr`.
+    pub(crate) const fn new(addr: u64, len: u32) -> Self {
+        Self {
+            addr,
+            len,
+            _reserved: 0,
+        }
+    }
+}
+
 /// Signatures of the functions `virtio_ring_rs` exports.  The exporter checks its definitions
 /// against these types at build time, so the two sides cannot drift apart.
+///
+/// Locking contract (as in C): the caller serializes all calls on one queue, except
+/// `virtio_rs_vq_interrupt`, `virtio_rs_vq_is_broken` and `virtio_rs_vq_break`, which may run
+/// concurrently with anything but `virtio_rs_vq_del`.
 pub(crate) mod abi_fn {
+    use super::{
+        c_void,
+        RawVq,
+        Sg,
+        VqParams, //
+    };
+
     /// `virtio_rs_abi_version`: the contract version the ring module was built with.
     pub(crate) type AbiVersion = extern "C" fn() -> u32;
     /// `virtio_rs_vring_size`: bytes of a legacy split ring of `num` entries at `align`, or 0
     /// when `num` is not a valid queue size or `align` not a power of two.
     pub(crate) type VringSize = extern "C" fn(num: u32, align: u32) -> usize;
+    /// `virtio_rs_ring_features`: the transport feature bits the ring implements.
+    pub(crate) type RingFeatures = extern "C" fn() -> u64;
+    /// `virtio_rs_vq_new`: creates a queue; 0 or a negative errno.
+    pub(crate) type VqNew = unsafe extern "C" fn(params: *const VqParams, vq: *mut *mut RawVq) -> i32;
+    /// `virtio_rs_vq_del`: destroys a queue (its buffers must have been detached).
+    pub(crate) type VqDel = unsafe extern "C" fn(vq: *mut RawVq);
+    /// `virtio_rs_vq_add`: exposes `out` readable then `inp` writable elements of `sg` to the
+    /// device with a non-null token; 0 or a negative errno (`ENOSPC`, `EIO` when broken).
+    pub(crate) type VqAdd = unsafe extern "C" fn(
+        vq: *mut RawVq,
+        sg: *const Sg,
+        out: u32,
+        inp: u32,
+        token: *mut c_void,
+        atomic: bool,
+    ) -> i32;
+    /// `virtio_rs_vq_kick_prepare`: does the device want a notification?
+    pub(crate) type VqKickPrepare = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_notify`: notifies the device; false if it is gone (the queue is broken).
+    pub(crate) type VqNotify = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_get_buf`: the token of the next used buffer (null if none) and the length
+    /// the device wrote.
+    pub(crate) type VqGetBuf = unsafe extern "C" fn(vq: *mut RawVq, len: *mut u32) -> *mut c_void;
+    /// `virtio_rs_vq_detach_unused`: a token still owned by the device, for teardown.
+    pub(crate) type VqDetachUnused = unsafe extern "C" fn(vq: *mut RawVq) -> *mut c_void;
+    /// `virtio_rs_vq_disable_cb`: asks the device not to interrupt.
+    pub(crate) type VqDisableCb = unsafe extern "C" fn(vq: *mut RawVq);
+    /// `virtio_rs_vq_enable_cb` / `_delayed`: re-enables interrupts; false if buffers are
+    /// already pending (the caller processes them first).
+    pub(crate) type VqEnableCb = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_interrupt`: the transport's interrupt entry point; true if the queue had
+    /// work (the driver's callback ran).
+    pub(crate) type VqInterrupt = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_is_broken`.
+    pub(crate) type VqIsBroken = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_break`: marks the queue broken (the device went away).
+    pub(crate) type VqBreak = unsafe extern "C" fn(vq: *mut RawVq);
+    /// `virtio_rs_vq_num_free`: free descriptors.
+    pub(crate) type VqNumFree = unsafe extern "C" fn(vq: *mut RawVq) -> u32;
 }
 
 /// Declarations of the functions exported by `virtio_ring_rs` (namespace [`NAMESPACE`]).
 mod imports {
+    use super::{
+        c_void,
+        RawVq,
+        Sg,
+        VqParams, //
+    };
+
     extern "C" {
         pub(super) fn virtio_rs_abi_version() -> u32;
         pub(super) fn virtio_rs_vring_size(num: u32, align: u32) -> usize;
+        pub(super) fn virtio_rs_ring_features() -> u64;
+        pub(super) fn virtio_rs_vq_new(params: *const VqParams, vq: *mut *mut RawVq) -> i32;
+        pub(super) fn virtio_rs_vq_del(vq: *mut RawVq);
+        pub(super) fn virtio_rs_vq_add(
+            vq: *mut RawVq,
+            sg: *const Sg,
+            out: u32,
+            inp: u32,
+            token: *mut c_void,
+            atomic: bool,
+        ) -> i32;
+        pub(super) fn virtio_rs_vq_kick_prepare(vq: *mut RawVq) -> bool;
+        pub(super) fn virtio_rs_vq_notify(vq: *mut RawVq) -> bool;
+        pub(super) fn virtio_rs_vq_get_buf(vq: *mut RawVq, len: *mut u32) -> *mut c_void;
+        pub(super) fn virtio_rs_vq_detach_unused(vq: *mut RawVq) -> *mut c_void;
+        pub(super) fn virtio_rs_vq_disable_cb(vq: *mut RawVq);
+        pub(super) fn virtio_rs_vq_enable_cb(vq: *mut RawVq) -> bool;
+        pub(super) fn virtio_rs_vq_enable_cb_delayed(vq: *mut RawVq) -> bool;
+        pub(super) fn virtio_rs_vq_interrupt(vq: *mut RawVq) -> bool;
+        pub(super) fn virtio_rs_vq_is_broken(vq: *mut RawVq) -> bool;
+        pub(super) fn virtio_rs_vq_break(vq: *mut RawVq);
+        pub(super) fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32;
     }
 }
 
@@ -238,6 +404,219 @@ pub(crate) fn vring_size(num: u32, align: u32) -> Result<usize> {
     }
 }
 
+/// The transport feature bits (28 and up) that `virtio_ring_rs` implements.
+pub(crate) fn ring_features() -> u64 {
+    // SAFETY: No arguments, no preconditions; signature checked by the exporter.
+    unsafe { imports::virtio_rs_ring_features() }
+}
+
+/// A virtqueue, as a transport owns it: created from [`VqParams`], destroyed on drop.
+///
+/// # Invariants
+///
+/// `raw` came from `virtio_rs_vq_new` and is destroyed only by `Drop`.
+pub(crate) struct OwnedVq {
+    raw: NonNull<RawVq>,
+}
+
+// SAFETY: A queue may be used from any thread; the ring module's functions have no thread
+// affinity, and its locking contract is enforced by the `&mut self` methods of [`Virtqueue`].
+unsafe impl Send for OwnedVq {}
+// SAFETY: The `&self` methods are the ones the contract allows to run concurrently.
+unsafe impl Sync for OwnedVq {}
+
+impl OwnedVq {
+    /// Creates a queue.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for an invalid size or too little memory, `ENOMEM`, `EPROTO`.
+    ///
+    /// # Safety
+    ///
+    /// The memory and every context pointer in `params` must stay valid until the returned
+    /// queue is dropped, and the callbacks must be safe to call with their contexts.
+    pub(crate) unsafe fn new(params: &VqParams) -> Result<Self> {
+        let mut raw = core::ptr::null_mut();
+        // SAFETY: `params` is a valid reference and `raw` a valid out pointer; the caller
+        // guarantees the lifetime of what `params` points to.
+        kernel::error::to_result(unsafe { imports::virtio_rs_vq_new(params, &mut raw) })?;
+        let raw = NonNull::new(raw).ok_or(ENOMEM)?;
+        // INVARIANT: `raw` was just created.
+        Ok(Self { raw })
+    }
+
+    /// The interrupt entry point: runs the driver's callback if the queue has used buffers.
+    pub(crate) fn interrupt(&self) -> bool {
+        // SAFETY: `raw` is a live queue (invariant); interrupt may run concurrently.
+        unsafe { imports::virtio_rs_vq_interrupt(self.raw.as_ptr()) }
+    }
+
+    /// Marks the queue broken (the device went away): no buffer is exposed any more.
+    pub(crate) fn mark_broken(&self) {
+        // SAFETY: As for `interrupt`.
+        unsafe { imports::virtio_rs_vq_break(self.raw.as_ptr()) }
+    }
+
+    /// The handle a device driver uses.
+    ///
+    /// # Safety
+    ///
+    /// At most one [`Virtqueue`] handle may exist for a queue at a time, and it must not
+    /// outlive `self`.
+    pub(crate) unsafe fn driver_handle(&self) -> Virtqueue {
+        Virtqueue { raw: self.raw }
+    }
+
+    /// The raw queue, for passing through the transport operations table.
+    pub(crate) fn as_raw(&self) -> *mut RawVq {
+        self.raw.as_ptr()
+    }
+}
+
+impl Drop for OwnedVq {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant, `raw` is live and is destroyed exactly once, here.
+        unsafe { imports::virtio_rs_vq_del(self.raw.as_ptr()) }
+    }
+}
+
+/// A device driver's handle on one of its virtqueues.
+///
+/// Its `&mut self` methods are the calls the ring's locking contract serializes; the borrow
+/// checker enforces that contract for Rust drivers.
+///
+/// # Invariants
+///
+/// `raw` is a live queue for as long as the handle exists, and no other `Virtqueue` refers to
+/// it.
+pub(crate) struct Virtqueue {
+    raw: NonNull<RawVq>,
+}
+
+// SAFETY: See `OwnedVq`: no thread affinity.
+unsafe impl Send for Virtqueue {}
+// SAFETY: The only `&self` method, `is_broken`, may run concurrently with anything.
+unsafe impl Sync for Virtqueue {}
+
+impl Virtqueue {
+    /// Builds a handle from a raw queue received from the transport.
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be a live queue that outlives the handle, and no other handle may exist.
+    pub(crate) unsafe fn from_raw(raw: NonNull<RawVq>) -> Self {
+        Self { raw }
+    }
+
+    /// Exposes a buffer to the device: `out` readable elements, then `inp` writable ones.
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` if the ring is full, `EINVAL` if there is no element, `EIO` if the queue is
+    /// broken, `ENOMEM` if an indirect table could not be allocated and the ring is too full
+    /// for a direct chain.
+    pub(crate) fn add(&mut self, out: &[Sg], inp: &[Sg], token: NonZeroUsize) -> Result {
+        let total = out.len().checked_add(inp.len()).ok_or(EINVAL)?;
+        let mut sg = KVec::with_capacity(total, GFP_KERNEL)?;
+        sg.extend_from_slice(out, GFP_KERNEL)?;
+        sg.extend_from_slice(inp, GFP_KERNEL)?;
+        let out_num = u32::try_from(out.len()).map_err(|_| EINVAL)?;
+        let in_num = u32::try_from(inp.len()).map_err(|_| EINVAL)?;
+        self.add_raw(&sg, out_num, in_num, token)
+    }
+
+    /// Exposes one device-readable element.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::add`].
+    pub(crate) fn add_outbuf(&mut self, sg: Sg, token: NonZeroUsize) -> Result {
+        self.add_raw(core::slice::from_ref(&sg), 1, 0, token)
+    }
+
+    /// Exposes one device-writable element.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::add`].
+    pub(crate) fn add_inbuf(&mut self, sg: Sg, token: NonZeroUsize) -> Result {
+        self.add_raw(core::slice::from_ref(&sg), 0, 1, token)
+    }
+
+    fn add_raw(&mut self, sg: &[Sg], out: u32, inp: u32, token: NonZeroUsize) -> Result {
+        // SAFETY: `raw` is live (invariant) and `&mut self` serializes the call; `sg` holds
+        // `out + inp` elements; a non-zero token is a non-null pointer value.
+        kernel::error::to_result(unsafe {
+            imports::virtio_rs_vq_add(
+                self.raw.as_ptr(),
+                sg.as_ptr(),
+                out,
+                inp,
+                token.get() as *mut c_void,
+                false,
+            )
+        })
+    }
+
+    /// Notifies the device if it wants to be notified; false if the device is gone.
+    pub(crate) fn kick(&mut self) -> bool {
+        // SAFETY: `raw` is live and `&mut self` serializes the calls.
+        unsafe {
+            !imports::virtio_rs_vq_kick_prepare(self.raw.as_ptr())
+                || imports::virtio_rs_vq_notify(self.raw.as_ptr())
+        }
+    }
+
+    /// The next used buffer: its token and the number of bytes the device wrote.
+    pub(crate) fn get_buf(&mut self) -> Option<(NonZeroUsize, u32)> {
+        let mut len = 0;
+        // SAFETY: `raw` is live, `&mut self` serializes the call, `len` is a valid out pointer.
+        let token = unsafe { imports::virtio_rs_vq_get_buf(self.raw.as_ptr(), &mut len) };
+        // CAST: tokens are the non-zero values passed to `add`.
+        NonZeroUsize::new(token as usize).map(|t| (t, len))
+    }
+
+    /// A buffer still owned by the device, taken back at teardown (after a reset).
+    pub(crate) fn detach_unused(&mut self) -> Option<NonZeroUsize> {
+        // SAFETY: As for `get_buf`.
+        let token = unsafe { imports::virtio_rs_vq_detach_unused(self.raw.as_ptr()) };
+        // CAST: as in `get_buf`.
+        NonZeroUsize::new(token as usize)
+    }
+
+    /// Asks the device not to interrupt for this queue.
+    pub(crate) fn disable_cb(&mut self) {
+        // SAFETY: As for `get_buf`.
+        unsafe { imports::virtio_rs_vq_disable_cb(self.raw.as_ptr()) }
+    }
+
+    /// Re-enables interrupts; false if buffers are already pending.
+    pub(crate) fn enable_cb(&mut self) -> bool {
+        // SAFETY: As for `get_buf`.
+        unsafe { imports::virtio_rs_vq_enable_cb(self.raw.as_ptr()) }
+    }
+
+    /// Re-enables interrupts after most of the outstanding buffers are used (EVENT_IDX);
+    /// false if buffers are already pending.
+    pub(crate) fn enable_cb_delayed(&mut self) -> bool {
+        // SAFETY: As for `get_buf`.
+        unsafe { imports::virtio_rs_vq_enable_cb_delayed(self.raw.as_ptr()) }
+    }
+
+    /// Whether the device misbehaved or went away.
+    pub(crate) fn is_broken(&self) -> bool {
+        // SAFETY: `raw` is live; `is_broken` may run concurrently with anything.
+        unsafe { imports::virtio_rs_vq_is_broken(self.raw.as_ptr()) }
+    }
+
+    /// Number of free descriptors.
+    pub(crate) fn num_free(&mut self) -> u32 {
+        // SAFETY: As for `get_buf`.
+        unsafe { imports::virtio_rs_vq_num_free(self.raw.as_ptr()) }
+    }
+}
+
 // The layout every module relies on.
 const _: () = {
     assert!(size_of::<AbiHeader>() == 12);
@@ -246,4 +625,12 @@ const _: () = {
     assert!(offset_of!(DeviceHandle, host_features) == 16);
     assert!(offset_of!(DeviceHandle, ctx) == 24);
     assert!(size_of::<DeviceHandle>() == 32);
+    assert!(size_of::<Sg>() == 16);
+    assert!(offset_of!(VqParams, index) == 12);
+    assert!(offset_of!(VqParams, num) == 16);
+    assert!(offset_of!(VqParams, features) == 24);
+    assert!(offset_of!(VqParams, ring) == 32);
+    assert!(offset_of!(VqParams, notify) == 56);
+    assert!(offset_of!(VqParams, indirect_ctx) == 104);
+    assert!(size_of::<VqParams>() == 112);
 };

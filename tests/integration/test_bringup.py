@@ -58,9 +58,11 @@ def test_transport_binds_and_unbinds(guest):
     guest.bind(bdf, "virtio_pci_rs")
     # The transport published the function as an auxiliary balloon device, and the balloon
     # driver was autoloaded for it through its modalias.
-    guest.sh("for i in $(seq 50); do "
-             "ls /sys/bus/auxiliary/drivers/virtio_balloon_rs/ 2>/dev/null | grep -q balloon && exit 0; "
+    guest.sh("for i in $(seq 100); do "
+             "[ -e /sys/bus/auxiliary/devices/virtio_pci_rs.balloon.*/driver ] && exit 0; "
              "sleep 0.2; done; exit 1", timeout=60)
+    drv = guest.sh("basename $(readlink /sys/bus/auxiliary/devices/virtio_pci_rs.balloon.*/driver)")
+    assert drv.strip() == "virtio_balloon_rs.virtio_balloon_rs"
     aux = guest.sh("ls /sys/bus/auxiliary/devices/").split()
     assert any(a.startswith("virtio_pci_rs.balloon.") for a in aux), aux
     log = "\n".join(guest.new_kernel_log())

@@ -51,7 +51,10 @@ class Guest:
         self.append = list(append)
         self.boot_timeout = boot_timeout
         self.moddir = moddir or TOP
-        self.dir = tempfile.mkdtemp(prefix=f"virtio-rs-{name}-", dir="/tmp")
+        # Not under /tmp: virtme-ng mounts its own /tmp in the guest.
+        rundir = os.path.join(os.environ.get("VIRTIO_RS_CACHE", "/var/tmp"), "guests")
+        os.makedirs(rundir, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=rundir)
         self.qmp_path = os.path.join(self.dir, "qmp.sock")
         self.console = os.path.join(self.dir, "console.log")
         self.proc = None
@@ -78,7 +81,7 @@ class Guest:
         self.t_start = time.monotonic()
         with open(self.console, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=TOP)
+                                         stderr=subprocess.STDOUT, cwd="/")
         deadline = time.monotonic() + self.boot_timeout
         while not os.path.exists(os.path.join(self.dir, "ready")):
             if self.proc.poll() is not None:
