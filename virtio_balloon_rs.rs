@@ -6,22 +6,437 @@
 //! device `virtio_pci_rs.balloon.<n>` that the virtio-rs legacy PCI transport creates for
 //! QEMU's `-device virtio-balloon-pci,disable-modern=on`, and is autoloaded through that
 //! device's modalias.
+//!
+//! The device asks for a balloon of `num_pages` 4 KiB pages; a worker moves the balloon toward
+//! it in batches: it allocates guest pages and hands their frame numbers to the device on the
+//! inflate queue, or takes pages back, tells the device on the deflate queue, and frees them.
+//! After each batch it writes `actual`.  Unbinding deflates everything.
+//!
+//! Lock order: `BalloonShared::state` is the only lock.  The interrupt callbacks take none:
+//! they queue work.
 
+use core::num::NonZeroUsize;
 use kernel::{
     auxiliary,
-    device::Core,
-    prelude::*, //
+    device::{
+        self,
+        Core, //
+    },
+    dma::Coherent,
+    new_condvar,
+    new_mutex,
+    new_work,
+    prelude::*,
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        aref::ARef,
+        Arc,
+        ArcBorrow,
+        CondVar,
+        Mutex, //
+    },
+    time::{
+        delay::fsleep,
+        msecs_to_jiffies,
+        Delta, //
+    },
+    workqueue::{
+        self,
+        impl_has_work,
+        Work,
+        WorkItem, //
+    },
 };
 
 #[path = "common/virtio_rs.rs"]
 mod abi;
 
-use abi::DeviceHandle;
+#[path = "virtio_balloon_rs/mm.rs"]
+mod mm;
 
-/// Per-device state.
+use abi::{
+    DeviceCallbacks,
+    DeviceHandle,
+    Sg,
+    Vqs, //
+};
+use mm::{
+    BalloonPage,
+    PAGES_PER_PAGE, //
+};
+
+/// Feature: the host must be told before a deflated page is used (virtio 0.9.5 appendix G).
+const F_MUST_TELL_HOST: u32 = 0;
+/// Feature: deflate when the guest runs out of memory.
+const F_DEFLATE_ON_OOM: u32 = 2;
+
+/// Features this driver asks for.
+const DRIVER_FEATURES: u64 = (1 << F_MUST_TELL_HOST) | (1 << F_DEFLATE_ON_OOM);
+
+/// Configuration offset of `num_pages`, the size the device wants (LE, 4 KiB pages).
+const CONFIG_NUM_PAGES: u32 = 0;
+/// Configuration offset of `actual`, the size the driver reached (LE, 4 KiB pages).
+const CONFIG_ACTUAL: u32 = 4;
+
+/// Request slot of the inflate queue (queue index 0).
+const INFLATE: usize = 0;
+/// Request slot of the deflate queue (queue index 1).
+const DEFLATE: usize = 1;
+
+/// Frame numbers per inflate/deflate message (`VIRTIO_BALLOON_ARRAY_PFNS_MAX`).
+const PFNS_PER_MSG: usize = 256;
+
+/// Token of the one buffer in flight on the inflate or deflate queue.
+const MSG_TOKEN: NonZeroUsize = NonZeroUsize::MIN;
+
+/// How long to wait for the device to take a message before declaring it dead.
+// TIMEOUT: QEMU answers within microseconds; a device silent for 5 s is broken or gone.
+const ACK_TIMEOUT_MS: u32 = 5000;
+
+/// Back-off after a failed page allocation, before the worker retries.
+const ALLOC_RETRY_MS: i64 = 200;
+
+/// State of one balloon, behind [`BalloonShared::state`].
+struct State {
+    /// The queues, until teardown takes them.
+    vqs: Option<Vqs<BalloonShared>>,
+    /// The pages in the balloon.
+    pages: KVVec<BalloonPage>,
+    /// Frame numbers of one message, in DMA memory the device reads.
+    pfns: Coherent<[u32]>,
+    /// Balloon size in 4 KiB pages (what `actual` reports).
+    num_pages: u32,
+    /// An interrupt said the device used a buffer since the last look.
+    ack_pending: bool,
+}
+
+/// A balloon, shared by the driver, its work items and its interrupt callbacks.
+#[pin_data]
+struct BalloonShared {
+    #[pin]
+    state: Mutex<State>,
+    #[pin]
+    acked: CondVar,
+    #[pin]
+    update: Work<BalloonShared, 0>,
+    #[pin]
+    ack: Work<BalloonShared, 1>,
+    /// Set at teardown: no more work gets queued.
+    stop: Atomic<bool>,
+    /// The negotiated features.
+    features: u64,
+    /// The transport's handle (see the type invariant of [`HandleRef`]).
+    handle: HandleRef,
+    /// The auxiliary device, for logging.
+    dev: ARef<device::Device>,
+}
+
+impl_has_work! {
+    impl HasWork<Self, 0> for BalloonShared { self.update }
+    impl HasWork<Self, 1> for BalloonShared { self.ack }
+}
+
+/// The transport's device handle, held by work items that cannot borrow it.
+///
+/// # Invariants
+///
+/// The handle outlives every use: the driver stops and flushes its work and deletes its
+/// queues in `unbind`, before the auxiliary device (and so the handle) can go away.
+struct HandleRef(core::ptr::NonNull<DeviceHandle>);
+
+// SAFETY: `DeviceHandle` is `Sync`; the pointer is only dereferenced under the invariant.
+unsafe impl Send for HandleRef {}
+// SAFETY: See `Send`.
+unsafe impl Sync for HandleRef {}
+
+impl HandleRef {
+    fn get(&self) -> &DeviceHandle {
+        // SAFETY: Valid while the balloon is bound (type invariant).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl DeviceCallbacks for BalloonShared {
+    fn vq_interrupt(this: ArcBorrow<'_, Self>, slot: usize) {
+        if slot == INFLATE || slot == DEFLATE {
+            // Wake the worker from process context (it sleeps under the state mutex).
+            let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
+        }
+    }
+
+    fn config_changed(this: ArcBorrow<'_, Self>) {
+        if !this.stop.load(Relaxed) {
+            let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 0>(this.into());
+        }
+    }
+}
+
+impl WorkItem<0> for BalloonShared {
+    type Pointer = Arc<Self>;
+
+    fn run(this: Arc<Self>) {
+        if this.stop.load(Relaxed) {
+            return;
+        }
+        let more = this.update_step();
+        if more && !this.stop.load(Relaxed) {
+            let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 0>(this);
+        }
+    }
+}
+
+impl WorkItem<1> for BalloonShared {
+    type Pointer = Arc<Self>;
+
+    fn run(this: Arc<Self>) {
+        this.state.lock().ack_pending = true;
+        this.acked.notify_all();
+    }
+}
+
+impl BalloonShared {
+    /// Waits until neither work item is queued or running.  With `stop` set, they do not
+    /// requeue themselves, and the callbacks queue nothing new but acks.
+    fn flush_work(&self) {
+        // SAFETY: Both work items are initialized (pinned in `self`) and live as long as it.
+        unsafe {
+            kernel::bindings::flush_work(Work::<Self, 0>::raw_get(&self.update));
+            kernel::bindings::flush_work(Work::<Self, 1>::raw_get(&self.ack));
+        }
+    }
+
+    fn has(&self, bit: u32) -> bool {
+        self.features & (1 << bit) != 0
+    }
+
+    /// The balloon size the device asks for, in 4 KiB pages, rounded to whole guest pages.
+    fn target(&self) -> Result<u32> {
+        let num = self.handle.get().config_read32(CONFIG_NUM_PAGES)?;
+        Ok(num.next_multiple_of(PAGES_PER_PAGE))
+    }
+
+    fn write_actual(&self, num_pages: u32) {
+        // One 32-bit access: QEMU acts on every configuration write.
+        if let Err(e) = self.handle.get().config_write32(CONFIG_ACTUAL, num_pages) {
+            dev_warn!(self.dev, "cannot write actual: {:?}\n", e);
+        }
+    }
+
+    /// Sends the first `n` frame numbers of `state.pfns` on queue `slot` and waits until the
+    /// device took them.
+    ///
+    /// # Errors
+    ///
+    /// `EIO` if the queue is broken or gone, `ETIMEDOUT` if the device did not answer in
+    /// [`ACK_TIMEOUT_MS`], or the error of adding the buffer.
+    fn tell_host(
+        &self,
+        state: &mut kernel::sync::lock::Guard<'_, State, kernel::sync::lock::mutex::MutexBackend>,
+        slot: usize,
+        n: usize,
+    ) -> Result {
+        let dma = state.pfns.dma_handle();
+        // CAST: at most `PFNS_PER_MSG` 4-byte entries.
+        let sg = Sg::new(dma, (n * 4) as u32);
+        let vq = state
+            .vqs
+            .as_mut()
+            .and_then(|v| v.get(slot))
+            .ok_or(EIO)?;
+        vq.add_outbuf(sg, MSG_TOKEN)?;
+        if !vq.kick() {
+            return Err(EIO);
+        }
+        let mut left = msecs_to_jiffies(ACK_TIMEOUT_MS);
+        loop {
+            let vq = state
+                .vqs
+                .as_mut()
+                .and_then(|v| v.get(slot))
+                .ok_or(EIO)?;
+            if vq.get_buf().is_some() {
+                return Ok(());
+            }
+            if vq.is_broken() {
+                return Err(EIO);
+            }
+            if state.ack_pending {
+                state.ack_pending = false;
+                continue;
+            }
+            match self.acked.wait_interruptible_timeout(state, left) {
+                kernel::sync::CondVarTimeoutResult::Timeout => {
+                    dev_err!(self.dev, "device did not take a message in {} ms\n", ACK_TIMEOUT_MS);
+                    return Err(ETIMEDOUT);
+                }
+                kernel::sync::CondVarTimeoutResult::Woken { jiffies }
+                | kernel::sync::CondVarTimeoutResult::Signal { jiffies } => left = jiffies,
+            }
+        }
+    }
+
+    /// Inflates by up to `want` 4 KiB pages; returns how many were added.
+    fn fill(&self, want: u32) -> u32 {
+        let guest_pages = (want / PAGES_PER_PAGE).min((PFNS_PER_MSG as u32) / PAGES_PER_PAGE);
+        // Allocate outside the lock: this may reclaim.
+        let mut batch = KVec::new();
+        for _ in 0..guest_pages {
+            match BalloonPage::alloc() {
+                Some(p) => {
+                    if batch.push(p, GFP_KERNEL).is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return 0;
+        }
+        let mut state = self.state.lock();
+        let n = match write_pfns(&state.pfns, &batch) {
+            Ok(n) => n,
+            Err(e) => {
+                dev_err!(self.dev, "cannot describe pages to the device: {:?}\n", e);
+                return 0;
+            }
+        };
+        // Make room first, so that every page the device is told about is tracked.
+        if state.pages.reserve(batch.len(), GFP_KERNEL).is_err() {
+            return 0;
+        }
+        if self.tell_host(&mut state, INFLATE, n).is_err() {
+            // The device did not take the pages: give them back to the guest.
+            return 0;
+        }
+        let added = u32::try_from(batch.len()).unwrap_or(0) * PAGES_PER_PAGE;
+        for page in batch {
+            if !self.has(F_DEFLATE_ON_OOM) {
+                page.adjust_managed(-1);
+            }
+            // Cannot fail: the capacity was reserved above.
+            let _ = state.pages.push(page, GFP_KERNEL);
+        }
+        state.num_pages += added;
+        added
+    }
+
+    /// Deflates by up to `want` 4 KiB pages; returns how many were released.
+    fn leak(&self, want: u32) -> u32 {
+        let mut state = self.state.lock();
+        let guest_pages = (want / PAGES_PER_PAGE)
+            .min((PFNS_PER_MSG as u32) / PAGES_PER_PAGE)
+            .min(u32::try_from(state.pages.len()).unwrap_or(u32::MAX));
+        let Ok(mut batch) = KVec::with_capacity(guest_pages as usize, GFP_KERNEL) else {
+            return 0;
+        };
+        for _ in 0..guest_pages {
+            match state.pages.pop() {
+                // Cannot fail: the capacity was reserved above.
+                Some(p) => {
+                    let _ = batch.push(p, GFP_KERNEL);
+                }
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return 0;
+        }
+        // These pages were inflated, so their frame numbers fit.
+        let n = write_pfns(&state.pfns, &batch).unwrap_or(0);
+        // Tell the host before the pages are reused (MUST_TELL_HOST, and always, as C does).
+        if let Err(e) = self.tell_host(&mut state, DEFLATE, n) {
+            dev_warn!(self.dev, "deflate message not delivered ({:?})\n", e);
+        }
+        let released = u32::try_from(batch.len()).unwrap_or(0) * PAGES_PER_PAGE;
+        for page in batch {
+            if !self.has(F_DEFLATE_ON_OOM) {
+                page.adjust_managed(1);
+            }
+            drop(page);
+        }
+        state.num_pages -= released;
+        released
+    }
+
+    /// One step toward the target; true if more steps are needed.
+    fn update_step(&self) -> bool {
+        let target = match self.target() {
+            Ok(t) => t,
+            Err(e) => {
+                dev_err!(self.dev, "cannot read the target: {:?}\n", e);
+                return false;
+            }
+        };
+        let current = self.state.lock().num_pages;
+        let done = if target > current {
+            let added = self.fill(target - current);
+            if added == 0 {
+                // Out of memory (or the device is gone): retry later, politely.
+                fsleep(Delta::from_millis(ALLOC_RETRY_MS));
+            }
+            added
+        } else if target < current {
+            self.leak(current - target)
+        } else {
+            0
+        };
+        let now = self.state.lock().num_pages;
+        self.write_actual(now);
+        let broken = self.state.lock().vqs.as_mut().and_then(|v| v.get(INFLATE)).is_none_or(|q| q.is_broken());
+        target != now && !broken && (done != 0 || target > now)
+    }
+
+    /// Deflates everything (teardown); returns false if some pages could not be told to the
+    /// host (they are freed anyway: a dead device cannot use them).
+    fn leak_all(&self) {
+        loop {
+            let current = self.state.lock().num_pages;
+            if current == 0 {
+                break;
+            }
+            if self.leak(current) == 0 {
+                break;
+            }
+        }
+        let mut state = self.state.lock();
+        let left = state.pages.len();
+        if left != 0 {
+            dev_warn!(self.dev, "freeing {} pages the device was not told about\n", left);
+            while let Some(page) = state.pages.pop() {
+                if !self.has(F_DEFLATE_ON_OOM) {
+                    page.adjust_managed(1);
+                }
+            }
+            state.num_pages = 0;
+        }
+    }
+}
+
+/// Writes the device frame numbers of `pages` into `pfns`; returns how many it wrote.
+///
+/// # Errors
+///
+/// `ERANGE` for a frame number above 32 bits (guest RAM beyond 16 TiB, out of the legacy
+/// interface's reach), `EINVAL` if `pfns` is too small.
+fn write_pfns(pfns: &Coherent<[u32]>, pages: &[BalloonPage]) -> Result<usize> {
+    let mut n = 0;
+    for page in pages {
+        for pfn in page.balloon_pfns() {
+            let pfn = u32::try_from(pfn).map_err(|_| ERANGE)?;
+            kernel::dma_write!(pfns, [try: n], pfn);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Per-device driver data.
 struct Balloon {
-    /// The device type the transport reported (always the balloon here).
-    _device_type: u32,
+    shared: Arc<BalloonShared>,
 }
 
 kernel::auxiliary_device_table!(
@@ -54,14 +469,62 @@ impl auxiliary::Driver for BalloonDriver {
             dev_err!(adev, "not a balloon: device type {}\n", handle.device_type);
             return Err(ENODEV);
         }
+        let features = handle.finalize_features(DRIVER_FEATURES);
+        let parent = adev.parent();
+        let pfns = Coherent::<u32>::zeroed_slice(parent, PFNS_PER_MSG, GFP_KERNEL)?;
+        let shared = Arc::pin_init(
+            pin_init!(BalloonShared {
+                state <- new_mutex!(State {
+                    vqs: None,
+                    pages: KVVec::new(),
+                    pfns,
+                    num_pages: 0,
+                    ack_pending: false,
+                }),
+                acked <- new_condvar!(),
+                update <- new_work!("virtio_balloon_rs::update"),
+                ack <- new_work!("virtio_balloon_rs::ack"),
+                stop: Atomic::new(false),
+                features,
+                handle: HandleRef(core::ptr::NonNull::from(handle)),
+                dev: ARef::from(adev.as_ref()),
+            }),
+            GFP_KERNEL,
+        )?;
+        // The stats queue (index 2) is not requested yet; inflate and deflate are 0 and 1.
+        // SAFETY: The queues are deleted in `unbind`, before the handle can go away.
+        let vqs = unsafe { handle.find_vqs(&[0, 1], shared.clone()) }.inspect_err(|e| {
+            dev_err!(adev, "cannot set up the queues: {:?}\n", e);
+            handle.fail();
+        })?;
+        shared.state.lock().vqs = Some(vqs);
+        handle.ready();
         dev_info!(
             adev,
-            "balloon bound (device features {:#010x})\n",
-            handle.host_features
+            "balloon ready (device features {:#010x}, negotiated {:#x})\n",
+            handle.host_features,
+            features
         );
-        Ok(Balloon {
-            _device_type: handle.device_type,
-        })
+        // Move toward the current target right away.
+        let _ = workqueue::system_freezable().enqueue::<Arc<BalloonShared>, 0>(shared.clone());
+        Ok(Balloon { shared })
+    }
+
+    fn unbind<'bound>(adev: &'bound auxiliary::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let shared = &this.shared;
+        // Stop: no more work gets queued; wait for what is queued or running.
+        shared.stop.store(true, Relaxed);
+        shared.flush_work();
+        let handle = shared.handle.get();
+        shared.leak_all();
+        shared.write_actual(0);
+        // Reset before deleting the queues (QEMU resets the device on QUEUE_PFN = 0 anyway).
+        handle.reset();
+        drop(shared.state.lock().vqs.take());
+        // Work queued by an interrupt after the first flush: flush once more, now that no
+        // interrupt can come.
+        shared.flush_work();
+        dev_info!(adev, "balloon removed, all pages returned\n");
     }
 }
 

@@ -19,6 +19,7 @@ use core::pin::Pin;
 use kernel::{
     auxiliary,
     device::Core,
+    dma::DmaMask,
     io::Io,
     pci,
     prelude::*,
@@ -40,18 +41,22 @@ mod iobar;
 #[path = "virtio_pci_rs/regs.rs"]
 mod regs;
 
+#[path = "virtio_pci_rs/transport.rs"]
+mod transport;
+
 use abi::DeviceHandle;
 use iobar::{
     EnabledDevice,
     IoBar, //
 };
 use regs::status;
+use transport::Transport;
 
 /// Name of this module, the prefix of the auxiliary devices it creates.
 const MODULE_NAME: &CStr = <LocalModule as kernel::ModuleMetadata>::NAME;
 
 /// BAR0 with its fixed registers known at build time.
-type Bar0<'a> = IoBar<'a, { regs::BAR0_MIN_SIZE }>;
+pub(crate) type Bar0<'a> = IoBar<'a, { regs::BAR0_MIN_SIZE }>;
 
 /// Transitional virtio devices: the legacy interface (virtio 1.x section 4.1.2.1).
 const TRANSITIONAL_DEVICE_IDS: core::ops::RangeInclusive<u16> = 0x1000..=0x103f;
@@ -68,40 +73,28 @@ static NEXT_AUX_ID: Atomic<u32> = Atomic::new(0);
 /// Per-function state.
 ///
 /// Drop order (field order): the auxiliary device goes first, which unbinds the device
-/// driver; then the handle it used; then the reset guard quiesces the device; then the BAR is
-/// unmapped and released, and the PCI function disabled.
+/// driver (it deletes its queues); then the handle it used; then the transport resets the
+/// device, frees the interrupts and unmaps the BAR; last, the PCI function is disabled.
 struct VirtioPciDevice<'bound> {
     /// The auxiliary device the device driver binds to.
     _aux: auxiliary::Registration<'bound, ForLt!(usize)>,
     /// What the device driver reads through the registration data.
     _handle: Pin<KBox<DeviceHandle>>,
-    /// Resets the device once its driver is gone.
-    _reset: ResetOnDrop<'bound>,
+    /// The transport operations behind the handle.
+    _transport: Pin<KBox<Transport<'bound>>>,
     /// The enabled PCI function (outlives the BAR mapping).
     _enabled: EnabledDevice<'bound>,
 }
 
-/// Resets the device when dropped, so that it stops using guest memory before the memory and
-/// the mapping go away.
-struct ResetOnDrop<'bound> {
-    bar: Bar0<'bound>,
-}
-
-impl Drop for ResetOnDrop<'_> {
-    fn drop(&mut self) {
-        reset(&self.bar);
-    }
-}
-
 /// Resets the device: write 0 to `STATUS`, then read it back, which flushes the write and
 /// waits for the reset to complete (`vp_legacy_set_status()` / `vp_reset()`).
-fn reset(bar: &Bar0<'_>) {
+pub(crate) fn reset(bar: &Bar0<'_>) {
     bar.write_reg(regs::STATUS::from_raw(0));
     let _ = bar.read(regs::STATUS);
 }
 
 /// Adds `bits` to the device status.
-fn add_status(bar: &Bar0<'_>, bits: u8) {
+pub(crate) fn add_status(bar: &Bar0<'_>, bits: u8) {
     let old = bar.read(regs::STATUS).into_raw();
     bar.write_reg(regs::STATUS::from_raw(old | bits));
 }
@@ -163,18 +156,26 @@ impl pci::Driver for VirtioPciDriver {
         };
 
         let enabled = EnabledDevice::new(pdev)?;
+        // SAFETY: No DMA allocation or mapping of this device runs concurrently: probe is
+        // serialized and nothing has been allocated yet.  As `vp_legacy_probe()`: 64-bit
+        // streaming DMA, but ring memory below 2^44 so that its PFN fits QUEUE_PFN (32 bits).
+        unsafe {
+            use kernel::dma::Device as _;
+            pdev.dma_set_mask(DmaMask::new::<64>())?;
+            pdev.dma_set_coherent_mask(DmaMask::new::<{ 32 + regs::QUEUE_ADDR_SHIFT }>())?;
+        }
         let bar = Bar0::new_ioport(pdev, 0, MODULE_NAME)?;
 
         reset(&bar);
         add_status(&bar, status::ACKNOWLEDGE);
         let host_features = bar.read(regs::HOST_FEATURES).into_raw();
         let queues = count_queues(pdev, &bar);
+        pdev.set_master();
         add_status(&bar, status::DRIVER);
+        let bar_len = bar.maxsize();
 
-        let handle = KBox::pin(
-            DeviceHandle::new(device_type, host_features.into()),
-            GFP_KERNEL,
-        )?;
+        let transport = KBox::pin(Transport::new(pdev, bar, MODULE_NAME)?, GFP_KERNEL)?;
+        let handle = KBox::pin(transport.as_ref().handle(device_type), GFP_KERNEL)?;
         let id = NEXT_AUX_ID.fetch_add(1, Relaxed);
         let aux = auxiliary::Registration::<ForLt!(usize)>::new(
             pdev.as_ref(),
@@ -183,22 +184,23 @@ impl pci::Driver for VirtioPciDriver {
             MODULE_NAME,
             handle.as_ref().as_registration_data(),
         )
-        .inspect_err(|_| add_status(&bar, status::FAILED))?;
+        .inspect_err(|_| transport.add_status(status::FAILED))?;
 
         dev_info!(
             pdev,
-            "legacy virtio {} (type {}), {} queues, features {:#010x}, BAR0 {} bytes\n",
+            "legacy virtio {} (type {}), {} queues, features {:#010x}, BAR0 {} bytes, {}\n",
             name,
             device_type,
             queues,
             host_features,
-            bar.maxsize()
+            bar_len,
+            if transport.msix() { "MSI-X" } else { "INTx" }
         );
 
         Ok(VirtioPciDevice {
             _aux: aux,
             _handle: handle,
-            _reset: ResetOnDrop { bar },
+            _transport: transport,
             _enabled: enabled,
         })
     }

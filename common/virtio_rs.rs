@@ -33,6 +33,10 @@ use kernel::{
     auxiliary,
     device::Bound,
     prelude::*,
+    sync::{
+        Arc,
+        ArcBorrow, //
+    },
     types::ForLt, //
 };
 
@@ -122,7 +126,7 @@ pub(crate) fn device_name(device_type: u32) -> Option<&'static CStr> {
 ///
 /// A transport only publishes (as auxiliary registration data) the address of a `DeviceHandle`
 /// that is pinned and stays valid, unchanged, until the auxiliary device is deleted, which
-/// unbinds the device driver first.
+/// unbinds the device driver first; `ops` and `ctx` stay valid as long.
 #[repr(C)]
 pub(crate) struct DeviceHandle {
     /// Layout check, see [`AbiHeader::check`].
@@ -131,25 +135,133 @@ pub(crate) struct DeviceHandle {
     pub(crate) device_type: u32,
     /// The feature bits the device offers (legacy: 32 bits).
     pub(crate) host_features: u64,
-    /// Transport-private context passed back to the operations (reserved for the transport
-    /// operations table of the following contract versions; null for now).
+    /// The transport's operations.
+    pub(crate) ops: *const TransportOps,
+    /// Transport-private context passed back to the operations.
     pub(crate) ctx: *const c_void,
 }
 
-// SAFETY: A `DeviceHandle` is plain data that is never mutated once published; `ctx` is only
-// an opaque cookie that is never dereferenced by the receiving side.
+// SAFETY: A `DeviceHandle` is never mutated once published; the transport's operations may be
+// called from any thread (contract of `TransportOps`).
 unsafe impl Send for DeviceHandle {}
-// SAFETY: See `Send`: shared references only read immutable plain data.
+// SAFETY: See `Send`.
 unsafe impl Sync for DeviceHandle {}
+
+/// One queue a driver asks the transport for.
+#[repr(C)]
+pub(crate) struct VqRequest {
+    /// Queue index on the device.
+    pub(crate) index: u16,
+    /// Padding, zero.
+    pub(crate) _reserved: [u16; 3],
+    /// Run (in interrupt context) when the queue has used buffers.
+    pub(crate) callback: Option<CallbackFn>,
+    /// Context of `callback`.
+    pub(crate) ctx: *const c_void,
+}
+
+/// Operations a transport provides to device drivers (the C `virtio_config_ops`).
+///
+/// All may sleep; call them from process context.  `find_vqs` and `del_vqs` are serialized by
+/// the driver (it calls them from probe and remove).
+#[repr(C)]
+pub(crate) struct TransportOps {
+    /// Layout check, see [`AbiHeader::check`].
+    pub(crate) header: AbiHeader,
+    /// Accepts the features the driver wants that the device and the transport support;
+    /// returns the negotiated set (never the legacy BAD_FEATURE bit 30).
+    pub(crate) finalize_features: unsafe extern "C" fn(ctx: *const c_void, driver: u64) -> u64,
+    /// Reads a `width`-byte (1, 2 or 4) little-endian field of the device configuration.
+    pub(crate) config_read:
+        unsafe extern "C" fn(ctx: *const c_void, off: u32, width: u32, val: *mut u32) -> i32,
+    /// Writes a `width`-byte field of the device configuration in one access.
+    pub(crate) config_write: unsafe extern "C" fn(ctx: *const c_void, off: u32, width: u32, val: u32) -> i32,
+    /// Creates the requested queues and routes their interrupts; `config` runs (in interrupt
+    /// context) on configuration changes until `del_vqs`.
+    pub(crate) find_vqs: unsafe extern "C" fn(
+        ctx: *const c_void,
+        n: u32,
+        reqs: *const VqRequest,
+        vqs: *mut *mut RawVq,
+        config: Option<CallbackFn>,
+        config_ctx: *const c_void,
+    ) -> i32,
+    /// Stops the interrupts, waits for running callbacks, and destroys the queues.
+    pub(crate) del_vqs: unsafe extern "C" fn(ctx: *const c_void),
+    /// Adds bits to the device status (DRIVER_OK, FAILED).
+    pub(crate) add_status: unsafe extern "C" fn(ctx: *const c_void, bits: u8),
+    /// Resets the device and waits for running callbacks.
+    pub(crate) reset: unsafe extern "C" fn(ctx: *const c_void),
+}
+
+/// Device status bit: the driver is ready (virtio spec 2.1).
+pub(crate) const STATUS_DRIVER_OK: u8 = 4;
+
+/// Device status bit: the driver gave up on the device.
+pub(crate) const STATUS_FAILED: u8 = 0x80;
+
+/// Most queues a driver may request through [`DeviceHandle::find_vqs`].
+pub(crate) const MAX_VQS: usize = 8;
+
+/// Callbacks a device driver receives from the transport, in interrupt context.
+pub(crate) trait DeviceCallbacks: Send + Sync + Sized {
+    /// Queue `slot` (the position in the request list) has used buffers.
+    fn vq_interrupt(this: ArcBorrow<'_, Self>, slot: usize);
+    /// The device configuration changed.
+    fn config_changed(this: ArcBorrow<'_, Self>);
+}
+
+/// C-ABI trampoline for [`DeviceCallbacks::vq_interrupt`] of request slot `S`.
+///
+/// # Safety
+///
+/// `ctx` must point to a live `T`.
+unsafe extern "C" fn vq_trampoline<T: DeviceCallbacks, const S: usize>(ctx: *const c_void) {
+    // SAFETY: The caller passes the context registered by `find_vqs`, `Arc::as_ptr` of an
+    // `Arc<T>` that the `Vqs` holding the queues keeps until the transport stopped calling.
+    T::vq_interrupt(unsafe { ArcBorrow::from_raw(ctx.cast::<T>()) }, S)
+}
+
+/// C-ABI trampoline for [`DeviceCallbacks::config_changed`].
+///
+/// # Safety
+///
+/// `ctx` must point to a live `T`.
+unsafe extern "C" fn config_trampoline<T: DeviceCallbacks>(ctx: *const c_void) {
+    // SAFETY: As in `vq_trampoline`.
+    T::config_changed(unsafe { ArcBorrow::from_raw(ctx.cast::<T>()) })
+}
+
+/// The trampoline for request slot `slot`.
+fn trampoline<T: DeviceCallbacks>(slot: usize) -> Option<CallbackFn> {
+    let f: CallbackFn = match slot {
+        0 => vq_trampoline::<T, 0>,
+        1 => vq_trampoline::<T, 1>,
+        2 => vq_trampoline::<T, 2>,
+        3 => vq_trampoline::<T, 3>,
+        4 => vq_trampoline::<T, 4>,
+        5 => vq_trampoline::<T, 5>,
+        6 => vq_trampoline::<T, 6>,
+        7 => vq_trampoline::<T, 7>,
+        _ => return None,
+    };
+    Some(f)
+}
 
 impl DeviceHandle {
     /// Creates the handle a transport publishes for a device.
-    pub(crate) const fn new(device_type: u32, host_features: u64) -> Self {
+    pub(crate) const fn new(
+        device_type: u32,
+        host_features: u64,
+        ops: &'static TransportOps,
+        ctx: *const c_void,
+    ) -> Self {
         Self {
             header: AbiHeader::for_type::<Self>(),
             device_type,
             host_features,
-            ctx: core::ptr::null(),
+            ops,
+            ctx,
         }
     }
 
@@ -182,7 +294,166 @@ impl DeviceHandle {
         let header = unsafe { core::ptr::addr_of!((*ptr).header).read() };
         header.check::<Self>()?;
         // SAFETY: As above; the header check proved that the producer used this layout.
-        Ok(unsafe { &*ptr })
+        let this = unsafe { &*ptr };
+        // SAFETY: `ops` is valid as long as the handle (type invariant).
+        unsafe { &*this.ops }.header.check::<TransportOps>()?;
+        Ok(this)
+    }
+
+    fn ops(&self) -> &TransportOps {
+        // SAFETY: `ops` is valid as long as the handle (type invariant).
+        unsafe { &*self.ops }
+    }
+
+    /// Negotiates features: returns what the device, the transport and `driver` all support.
+    pub(crate) fn finalize_features(&self, driver: u64) -> u64 {
+        // SAFETY: `ctx` belongs to `ops` (type invariant).
+        unsafe { (self.ops().finalize_features)(self.ctx, driver) }
+    }
+
+    /// Reads the little-endian 32-bit configuration field at `off` in one access.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the field is outside the device configuration.
+    pub(crate) fn config_read32(&self, off: u32) -> Result<u32> {
+        let mut val = 0;
+        // SAFETY: `ctx` belongs to `ops`; `val` is a valid out pointer.
+        kernel::error::to_result(unsafe { (self.ops().config_read)(self.ctx, off, 4, &mut val) })?;
+        Ok(val)
+    }
+
+    /// Writes the little-endian 32-bit configuration field at `off` in one access.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the field is outside the device configuration.
+    pub(crate) fn config_write32(&self, off: u32, val: u32) -> Result {
+        // SAFETY: `ctx` belongs to `ops`.
+        kernel::error::to_result(unsafe { (self.ops().config_write)(self.ctx, off, 4, val) })
+    }
+
+    /// Tells the device the driver is ready (DRIVER_OK).
+    pub(crate) fn ready(&self) {
+        // SAFETY: `ctx` belongs to `ops`.
+        unsafe { (self.ops().add_status)(self.ctx, STATUS_DRIVER_OK) }
+    }
+
+    /// Tells the device the driver gave up (FAILED).
+    pub(crate) fn fail(&self) {
+        // SAFETY: `ctx` belongs to `ops`.
+        unsafe { (self.ops().add_status)(self.ctx, STATUS_FAILED) }
+    }
+
+    /// Resets the device; when it returns, no callback is running.
+    pub(crate) fn reset(&self) {
+        // SAFETY: `ctx` belongs to `ops`.
+        unsafe { (self.ops().reset)(self.ctx) }
+    }
+
+    /// Creates the queues at `indexes` on the device, with `cbs` receiving their interrupts
+    /// and configuration changes.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for more than [`MAX_VQS`] queues, `ENOENT` for a queue the device does not
+    /// have, `E2BIG` when ring memory is out of the legacy interface's reach, `ENOMEM`.
+    ///
+    /// # Safety
+    ///
+    /// The returned [`Vqs`] must be dropped before the driver is unbound from the auxiliary
+    /// device (the handle is only valid until then).
+    pub(crate) unsafe fn find_vqs<T: DeviceCallbacks + 'static>(
+        &self,
+        indexes: &[u16],
+        cbs: Arc<T>,
+    ) -> Result<Vqs<T>> {
+        if indexes.len() > MAX_VQS {
+            return Err(EINVAL);
+        }
+        let ctx = Arc::as_ptr(&cbs).cast::<c_void>();
+        let mut reqs = KVec::with_capacity(indexes.len(), GFP_KERNEL)?;
+        for (slot, &index) in indexes.iter().enumerate() {
+            reqs.push(
+                VqRequest {
+                    index,
+                    _reserved: [0; 3],
+                    callback: trampoline::<T>(slot),
+                    ctx,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        let mut raw = KVec::from_elem(core::ptr::null_mut(), indexes.len(), GFP_KERNEL)?;
+        // CAST: at most `MAX_VQS` requests.
+        let n = reqs.len() as u32;
+        // SAFETY: `ctx` belongs to `ops`; `reqs` and `raw` hold `n` entries; the callback
+        // context (`cbs`) is kept alive by the returned `Vqs` until `del_vqs` returned.
+        kernel::error::to_result(unsafe {
+            (self.ops().find_vqs)(
+                self.ctx,
+                n,
+                reqs.as_ptr(),
+                raw.as_mut_ptr(),
+                Some(config_trampoline::<T>),
+                ctx,
+            )
+        })?;
+        let mut vqs = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
+        // Build the handles only after the allocation, so that no error path leaves queues
+        // behind: on failure `Vqs` is not built and the transport must be told.
+        for p in raw.iter() {
+            match NonNull::new(*p) {
+                // SAFETY: The transport created this queue; it lives until `del_vqs`, which
+                // only `Vqs::drop` calls, and this is the only handle.
+                Some(p) => vqs.push(Some(unsafe { Virtqueue::from_raw(p) }), GFP_KERNEL).ok(),
+                None => vqs.push(None, GFP_KERNEL).ok(),
+            };
+        }
+        if vqs.len() != raw.len() {
+            // SAFETY: `ctx` belongs to `ops`; the queues were created above.
+            unsafe { (self.ops().del_vqs)(self.ctx) };
+            return Err(ENOMEM);
+        }
+        Ok(Vqs {
+            handle: NonNull::from(self),
+            vqs,
+            _cbs: cbs,
+        })
+    }
+}
+
+/// The queues of a device, as its driver owns them; dropping it destroys them.
+///
+/// # Invariants
+///
+/// `handle` is valid for the lifetime of the value (guaranteed by the creator of
+/// [`DeviceHandle::find_vqs`]), and the queues behind `vqs` live until `Drop`.
+pub(crate) struct Vqs<T: DeviceCallbacks> {
+    handle: NonNull<DeviceHandle>,
+    vqs: KVec<Option<Virtqueue>>,
+    _cbs: Arc<T>,
+}
+
+// SAFETY: The handle is `Sync` and the queue handles are `Send`.
+unsafe impl<T: DeviceCallbacks> Send for Vqs<T> {}
+
+impl<T: DeviceCallbacks> Vqs<T> {
+    /// The queue of request slot `slot`.
+    pub(crate) fn get(&mut self, slot: usize) -> Option<&mut Virtqueue> {
+        self.vqs.get_mut(slot).and_then(|v| v.as_mut())
+    }
+}
+
+impl<T: DeviceCallbacks> Drop for Vqs<T> {
+    fn drop(&mut self) {
+        // Handles go first: nothing uses the queues past this point.
+        self.vqs.clear();
+        // SAFETY: `handle` is valid (type invariant).
+        let handle = unsafe { self.handle.as_ref() };
+        // SAFETY: `ctx` belongs to `ops`; this destroys the queues `find_vqs` made, after
+        // which no callback runs, so `_cbs` may be released next.
+        unsafe { (handle.ops().del_vqs)(handle.ctx) };
     }
 }
 
@@ -468,10 +739,21 @@ impl OwnedVq {
         Virtqueue { raw: self.raw }
     }
 
-    /// The raw queue, for passing through the transport operations table.
+    /// The raw queue, for the transport's interrupt handlers.
     pub(crate) fn as_raw(&self) -> *mut RawVq {
         self.raw.as_ptr()
     }
+}
+
+/// Runs the interrupt entry point of a queue published by pointer (the transport's interrupt
+/// handlers keep raw pointers, set and cleared around the queues' lifetime).
+///
+/// # Safety
+///
+/// `raw` must be a live queue.
+pub(crate) unsafe fn vq_interrupt_raw(raw: NonNull<RawVq>) -> bool {
+    // SAFETY: `raw` is live (caller's guarantee); the interrupt entry may run concurrently.
+    unsafe { imports::virtio_rs_vq_interrupt(raw.as_ptr()) }
 }
 
 impl Drop for OwnedVq {
@@ -623,8 +905,12 @@ const _: () = {
     assert!(offset_of!(DeviceHandle, header) == 0);
     assert!(offset_of!(DeviceHandle, device_type) == 12);
     assert!(offset_of!(DeviceHandle, host_features) == 16);
-    assert!(offset_of!(DeviceHandle, ctx) == 24);
-    assert!(size_of::<DeviceHandle>() == 32);
+    assert!(offset_of!(DeviceHandle, ops) == 24);
+    assert!(offset_of!(DeviceHandle, ctx) == 32);
+    assert!(size_of::<DeviceHandle>() == 40);
+    assert!(size_of::<VqRequest>() == 24);
+    assert!(offset_of!(TransportOps, finalize_features) == 16);
+    assert!(size_of::<TransportOps>() == 72);
     assert!(size_of::<Sg>() == 16);
     assert!(offset_of!(VqParams, index) == 12);
     assert!(offset_of!(VqParams, num) == 16);

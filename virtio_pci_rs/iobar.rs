@@ -190,3 +190,40 @@ macro_rules! impl_iobar_io_capable {
 impl_iobar_io_capable!(u8, ioread8, iowrite8);
 impl_iobar_io_capable!(u16, ioread16, iowrite16);
 impl_iobar_io_capable!(u32, ioread32, iowrite32);
+
+/// The legacy ISR register, readable from an interrupt handler that cannot borrow the BAR.
+///
+/// # Invariants
+///
+/// `addr` is the ISR register inside a live [`IoBar`] mapping, for as long as the value is
+/// used (guaranteed by the creator, see [`IsrPort::new`]).
+pub(crate) struct IsrPort {
+    addr: usize,
+}
+
+impl IsrPort {
+    /// Offset of the ISR register in the legacy register block.
+    const OFFSET: usize = 0x13;
+
+    /// The ISR register of `bar`.
+    ///
+    /// # Safety
+    ///
+    /// The value must not be used after `bar` is dropped.
+    pub(crate) unsafe fn new<const SIZE: usize>(bar: &IoBar<'_, SIZE>) -> Self {
+        const { assert!(Self::OFFSET < SIZE) };
+        // INVARIANT: the register lies inside the mapping (asserted above); the caller keeps
+        // the mapping alive.
+        Self {
+            addr: bar.addr + Self::OFFSET,
+        }
+    }
+
+    /// Reads (and so acknowledges) the interrupt status.
+    pub(crate) fn read(&self) -> u8 {
+        // SAFETY: `addr` is a register inside a live mapping (type invariant).
+        let val = unsafe { bindings::ioread8(self.addr as *const c_void) };
+        // CAST: `ioread8()` returns the byte zero-extended.
+        val as u8
+    }
+}

@@ -104,3 +104,16 @@ pub(crate) mod status {
     /// The guest gave up on the device.
     pub(crate) const FAILED: u8 = 0x80;
 }
+
+/// ISR bit: the device configuration changed.
+pub(crate) const ISR_CONFIG: u8 = 2;
+
+/// First transport feature bit (28); bits below are device-specific.
+pub(crate) const F_TRANSPORT_START: u32 = 28;
+
+/// Transport feature: indirect descriptor tables.
+pub(crate) const F_INDIRECT_DESC: u32 = 28;
+
+/// Legacy feature bit 30 (`VIRTIO_F_BAD_FEATURE`): offered by QEMU to catch drivers that
+/// acknowledge features blindly; never acknowledged.
+pub(crate) const F_BAD_FEATURE: u32 = 30;

@@ -425,8 +425,9 @@ pub struct Completed {
 /// - `num_free <= layout.num()`, and the free list starting at `free_head` holds `num_free`
 ///   distinct descriptors; every other descriptor belongs to exactly one chain in flight.
 /// - `avail_idx - last_used` (wrapping) is the number of heads in flight, at most `num`.
-/// - `avail_idx` and `avail_flags` are what the ring memory holds (the device cannot change
-///   them; the driver never reads them back).
+/// - While the ring is usable, the driver-owned fields of the ring memory hold what the shadows
+///   say: `avail->idx == avail_idx`, and `avail->flags == avail_flags` without `EVENT_IDX`.
+///   The driver never reads them back, so a device scribbling on them changes nothing.
 /// - Once `broken` is set it stays set; `violation` keeps the first device violation.
 pub struct SplitRing<S: DerefMut<Target = [DescState]>> {
     /// Where the rings sit in the ring memory.
@@ -821,7 +822,8 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
             return Err(self.set_broken(Violation::UsedLenTooLong { id, len, max }));
         }
         // `id` indexes `state`, whose length is `num` <= 32768.
-        let head = u16::try_from(id).map_err(|_| RingError::Broken)?;
+        let head =
+            u16::try_from(id).map_err(|_| self.set_broken(Violation::UsedIdOutOfRange { id }))?;
         let (token, indirect) = self.detach_chain(head);
         // INVARIANT: the head left flight and the used index moves past it together.
         self.last_used = self.last_used.wrapping_add(1);

@@ -64,7 +64,10 @@ fn init_zeroes_the_ring_and_publishes_the_shadows() {
     let mut ring = SplitRing::new(layout, vec![DescState::default(); 16], false, false).unwrap();
     ring.disable_cb(&mem);
     ring.init(&mem);
-    assert_eq!(mem.dev_read_u16(layout.avail_offset()), Some(VRING_AVAIL_F_NO_INTERRUPT));
+    assert_eq!(
+        mem.dev_read_u16(layout.avail_offset()),
+        Some(VRING_AVAIL_F_NO_INTERRUPT)
+    );
 }
 
 #[test]
@@ -172,9 +175,15 @@ fn add_refuses_more_elements_than_the_queue_size() {
 fn add_on_a_full_ring_fails_without_touching_memory() {
     let mut h = Harness::new(4, false, false);
     h.add_ok(&[1, 1, 1], &[]);
-    let before: Vec<u16> = (0..h.mem.len()).step_by(2).map(|o| h.mem.dev_read_u16(o).unwrap()).collect();
+    let before: Vec<u16> = (0..h.mem.len())
+        .step_by(2)
+        .map(|o| h.mem.dev_read_u16(o).unwrap())
+        .collect();
     assert_eq!(h.add(&[1, 1], &[]), Err(RingError::NoSpace));
-    let after: Vec<u16> = (0..h.mem.len()).step_by(2).map(|o| h.mem.dev_read_u16(o).unwrap()).collect();
+    let after: Vec<u16> = (0..h.mem.len())
+        .step_by(2)
+        .map(|o| h.mem.dev_read_u16(o).unwrap())
+        .collect();
     assert_eq!(before, after);
     // One descriptor is still free.
     h.add_ok(&[1], &[]);
@@ -221,7 +230,10 @@ fn add_barrier_order_is_descriptors_ring_entry_barrier_index() {
     assert!(last_desc < entry && entry < wmb && wmb < idx, "{log:?}");
     assert_eq!(idx, log.len() - 1, "the avail index is the last write");
     // The driver never reads device-visible memory while adding.
-    assert!(!log.iter().any(|a| matches!(a, Access::Read { .. })), "{log:?}");
+    assert!(
+        !log.iter().any(|a| matches!(a, Access::Read { .. })),
+        "{log:?}"
+    );
 }
 
 #[test]
@@ -233,10 +245,37 @@ fn get_buf_reads_the_entry_after_a_read_barrier() {
     h.mem.start_log();
     h.get_buf().unwrap().unwrap();
     let log = h.mem.take_log();
-    let idx = log.iter().position(|a| *a == Access::Read { off: used + 2, size: 2 }).unwrap();
-    let rmb = log.iter().position(|a| *a == Access::Barrier(Barrier::Read)).unwrap();
-    let id = log.iter().position(|a| *a == Access::Read { off: used + 4, size: 4 }).unwrap();
-    let len = log.iter().position(|a| *a == Access::Read { off: used + 8, size: 4 }).unwrap();
+    let idx = log
+        .iter()
+        .position(|a| {
+            *a == Access::Read {
+                off: used + 2,
+                size: 2,
+            }
+        })
+        .unwrap();
+    let rmb = log
+        .iter()
+        .position(|a| *a == Access::Barrier(Barrier::Read))
+        .unwrap();
+    let id = log
+        .iter()
+        .position(|a| {
+            *a == Access::Read {
+                off: used + 4,
+                size: 4,
+            }
+        })
+        .unwrap();
+    let len = log
+        .iter()
+        .position(|a| {
+            *a == Access::Read {
+                off: used + 8,
+                size: 4,
+            }
+        })
+        .unwrap();
     assert!(idx < rmb && rmb < id && rmb < len, "{log:?}");
 }
 
@@ -244,7 +283,10 @@ fn get_buf_reads_the_entry_after_a_read_barrier() {
 fn indirect_table_round_trip() {
     let mut h = Harness::new(4, false, true);
     assert!(h.ring.wants_indirect(3));
-    assert!(!h.ring.wants_indirect(1), "a single element never goes indirect");
+    assert!(
+        !h.ring.wants_indirect(1),
+        "a single element never goes indirect"
+    );
     assert!(!h.ring.wants_indirect(0));
     let t = h.add_ok(&[10, 20], &[30, 40]);
     assert_eq!(h.ring.num_free(), 3, "one ring descriptor for the table");
@@ -280,7 +322,13 @@ fn indirect_fills_a_ring_with_more_buffers_than_direct() {
     assert_eq!(h.ring.num_free(), 0);
     assert!(!h.ring.wants_indirect(2), "no free descriptor, as C checks");
     assert_eq!(h.add(&[1], &[1]), Err(RingError::NoSpace));
-    assert_eq!(h.detach_all().iter().filter(|c| c.indirect.is_some()).count(), 4);
+    assert_eq!(
+        h.detach_all()
+            .iter()
+            .filter(|c| c.indirect.is_some())
+            .count(),
+        4
+    );
 }
 
 #[test]
@@ -318,12 +366,18 @@ fn indirect_refused_when_not_negotiated_or_table_too_small() {
     let mut ring = SplitRing::new(layout, vec![DescState::default(); 8], false, false).unwrap();
     ring.init(&mem);
     assert!(!ring.wants_indirect(3));
-    assert_eq!(ring.add(&mem, &elems, &[], 1, Some(ind(&big))), Err(RingError::InvalidSize));
+    assert_eq!(
+        ring.add(&mem, &elems, &[], 1, Some(ind(&big))),
+        Err(RingError::InvalidSize)
+    );
     assert_eq!(ring.num_free(), 8);
 
     let mut ring = SplitRing::new(layout, vec![DescState::default(); 8], false, true).unwrap();
     ring.init(&mem);
-    assert_eq!(ring.add(&mem, &elems, &[], 1, Some(ind(&small))), Err(RingError::InvalidSize));
+    assert_eq!(
+        ring.add(&mem, &elems, &[], 1, Some(ind(&small))),
+        Err(RingError::InvalidSize)
+    );
     assert_eq!(ring.num_free(), 8);
     assert!(!ring.is_broken());
     ring.add(&mem, &elems, &[], 1, Some(ind(&big))).unwrap();
@@ -336,12 +390,19 @@ fn kick_prepare_honours_no_notify_without_event_idx() {
     h.add_ok(&[1], &[]);
     let full = h.mem.barriers(Barrier::Full);
     assert!(h.ring.kick_prepare(&h.mem));
-    assert_eq!(h.mem.barriers(Barrier::Full), full + 1, "a full barrier first");
+    assert_eq!(
+        h.mem.barriers(Barrier::Full),
+        full + 1,
+        "a full barrier first"
+    );
     h.dev.set_no_notify(&h.mem, true);
     h.add_ok(&[1], &[]);
     assert!(!h.ring.kick_prepare(&h.mem));
     h.dev.set_no_notify(&h.mem, false);
-    assert!(h.ring.kick_prepare(&h.mem), "without EVENT_IDX only the flag counts");
+    assert!(
+        h.ring.kick_prepare(&h.mem),
+        "without EVENT_IDX only the flag counts"
+    );
     h.detach_all();
 }
 
@@ -402,7 +463,8 @@ fn added_counter_saturates_so_a_late_kick_still_notifies() {
     }
     // 70000 adds without a kick. The device's event index is 5000 entries back: outside
     // the last 70000 % 65536 = 4464 adds, so a wrapped counter would miss it.
-    h.dev.set_avail_event(&h.mem, h.ring.avail_idx().wrapping_sub(5000));
+    h.dev
+        .set_avail_event(&h.mem, h.ring.avail_idx().wrapping_sub(5000));
     assert!(h.ring.kick_prepare(&h.mem));
     assert!(!h.ring.kick_prepare(&h.mem));
 }
@@ -412,7 +474,10 @@ fn interrupt_suppression_with_flags() {
     let mut h = Harness::new(8, false, false);
     let avail_flags = h.ring.layout().avail_offset();
     h.ring.disable_cb(&h.mem);
-    assert_eq!(h.mem.dev_read_u16(avail_flags), Some(VRING_AVAIL_F_NO_INTERRUPT));
+    assert_eq!(
+        h.mem.dev_read_u16(avail_flags),
+        Some(VRING_AVAIL_F_NO_INTERRUPT)
+    );
     h.add_ok(&[1], &[]);
     h.serve_all();
     assert!(!h.dev.should_interrupt(&h.mem));
@@ -443,13 +508,21 @@ fn interrupt_suppression_with_event_idx() {
     // (C's used_event = 0 would still fire here).
     h.ring.disable_cb(&h.mem);
     assert_eq!(h.dev.used_event(&h.mem), 0xffff);
-    assert_eq!(h.mem.dev_read_u16(avail_flags), Some(0), "flags stay 0 with EVENT_IDX");
+    assert_eq!(
+        h.mem.dev_read_u16(avail_flags),
+        Some(0),
+        "flags stay 0 with EVENT_IDX"
+    );
     h.dev.should_interrupt(&h.mem); // QEMU always signals its first decision
     h.add_ok(&[1], &[]);
     h.serve_all();
     assert!(!h.dev.should_interrupt(&h.mem));
     h.get_buf().unwrap().unwrap();
-    assert_eq!(h.dev.used_event(&h.mem), 0xffff, "get_buf leaves it while disabled");
+    assert_eq!(
+        h.dev.used_event(&h.mem),
+        0xffff,
+        "get_buf leaves it while disabled"
+    );
 
     assert!(h.ring.enable_cb(&h.mem));
     assert_eq!(h.dev.used_event(&h.mem), 1);
@@ -480,7 +553,10 @@ fn enable_cb_delayed_waits_for_three_quarters() {
         fired.push(h.dev.should_interrupt(&h.mem));
     }
     // The device signals when it publishes entry 6 (its 7th).
-    assert_eq!(fired, [false, false, false, false, false, false, true, false]);
+    assert_eq!(
+        fired,
+        [false, false, false, false, false, false, true, false]
+    );
     assert_eq!(h.drain().len(), 8);
     // Too late: with 2 outstanding the point is 1 entry away, and the device already
     // completed both.
@@ -520,8 +596,15 @@ fn detach_unused_returns_everything_at_teardown() {
     let got = h.detach_all();
     assert_eq!(got.len(), 3);
     assert_eq!(h.ring.avail_idx(), h.ring.last_used_idx());
-    let avail_idx = h.mem.dev_read_u16(h.ring.layout().avail_offset() + 2).unwrap();
-    assert_eq!(avail_idx, h.ring.avail_idx(), "avail->idx moved back, as C does");
+    let avail_idx = h
+        .mem
+        .dev_read_u16(h.ring.layout().avail_offset() + 2)
+        .unwrap();
+    assert_eq!(
+        avail_idx,
+        h.ring.avail_idx(),
+        "avail->idx moved back, as C does"
+    );
 }
 
 #[test]
@@ -537,7 +620,11 @@ fn mark_broken_refuses_work_but_detach_works() {
     h.serve_all();
     h.ring.mark_broken();
     assert!(h.ring.is_broken());
-    assert_eq!(h.ring.violation(), None, "the transport's reason is not a violation");
+    assert_eq!(
+        h.ring.violation(),
+        None,
+        "the transport's reason is not a violation"
+    );
     h.tainted = true;
     assert_eq!(h.add(&[1], &[]), Err(RingError::Broken));
     assert!(!h.ring.wants_indirect(2));
@@ -560,8 +647,14 @@ fn ring_memory_smaller_than_the_layout_breaks_the_ring_without_touching_it() {
     assert!(ring.is_broken());
     let need = layout.size();
     let len = need - 2;
-    assert_eq!(ring.violation(), Some(Violation::RingTooSmall { len, need }));
-    assert_eq!(ring.add(&mem, &[buf(1, 1)], &[], 1, NO_TABLE), Err(RingError::Broken));
+    assert_eq!(
+        ring.violation(),
+        Some(Violation::RingTooSmall { len, need })
+    );
+    assert_eq!(
+        ring.add(&mem, &[buf(1, 1)], &[], 1, NO_TABLE),
+        Err(RingError::Broken)
+    );
     assert_eq!(ring.get_buf(&mem), Err(RingError::Broken));
     assert!(!ring.more_used(&mem));
     assert_eq!(ring.detach_unused(&mem), None);
@@ -621,13 +714,26 @@ fn sixteen_bit_wrap_around_over_many_cycles() {
 #[test]
 fn violation_display() {
     let cases = [
-        (Violation::UsedIdOutOfRange { id: 9 }, "used id 9 out of range"),
-        (Violation::UsedIdNotInFlight { id: 3 }, "used id 3 is not a head in flight"),
         (
-            Violation::UsedLenTooLong { id: 1, len: 9, max: 8 },
+            Violation::UsedIdOutOfRange { id: 9 },
+            "used id 9 out of range",
+        ),
+        (
+            Violation::UsedIdNotInFlight { id: 3 },
+            "used id 3 is not a head in flight",
+        ),
+        (
+            Violation::UsedLenTooLong {
+                id: 1,
+                len: 9,
+                max: 8,
+            },
             "used id 1 len 9 exceeds writable length 8",
         ),
-        (Violation::UsedIdxJump { last: 1, new: 9 }, "used idx jumped from 1 to 9"),
+        (
+            Violation::UsedIdxJump { last: 1, new: 9 },
+            "used idx jumped from 1 to 9",
+        ),
         (
             Violation::RingTooSmall { len: 1, need: 2 },
             "ring memory of 1 bytes, layout needs 2",

@@ -1,0 +1,634 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The transport operations of one legacy function: features, configuration, status, queues
+//! and interrupts (`virtio_pci_legacy.c` and `virtio_pci_common.c`).
+//!
+//! Interrupts are allocated once, at probe: MSI-X with a configuration vector and one vector
+//! shared by all queues (QEMU's default `vectors=2`), else the INTx line, shared.  The handlers
+//! are `'static` and find the current queues and configuration callback through atomics in
+//! [`IrqShared`]: `find_vqs` publishes them after creating the queues, `del_vqs` clears them
+//! and waits for running handlers (`synchronize_irq`) before destroying anything.
+//!
+//! Lock order: `Transport::queues` (a mutex) is the only lock; the interrupt handlers take
+//! none.
+
+use crate::{
+    abi::{
+        self,
+        CallbackFn,
+        DeviceHandle,
+        OwnedVq,
+        RawVq,
+        TransportOps,
+        VqParams,
+        VqRequest,
+        MAX_VQS, //
+    },
+    iobar::IsrPort,
+    regs,
+    Bar0,
+};
+use core::{
+    ffi::c_void,
+    ptr::NonNull, //
+};
+use kernel::{
+    device::{
+        Bound,
+        Device, //
+    },
+    dma::Coherent,
+    io::Io,
+    irq::{
+        self,
+        IrqReturn, //
+    },
+    new_mutex,
+    pci::{
+        self,
+        IrqType,
+        IrqTypes, //
+    },
+    prelude::*,
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        Arc,
+        Mutex,
+    },
+};
+
+/// Vector of the configuration interrupt when MSI-X is enabled.
+const MSIX_CONFIG_VECTOR: u16 = 0;
+
+/// Vector shared by all queues when MSI-X is enabled.
+const MSIX_QUEUES_VECTOR: u16 = 1;
+
+/// A configuration-change callback, boxed so that it can be published through one atomic
+/// pointer.
+struct ConfigCb {
+    f: CallbackFn,
+    ctx: *const c_void,
+}
+
+/// What the interrupt handlers share with the transport.
+///
+/// # Invariants
+///
+/// - A non-null `vqs[i]` is a live queue; it is cleared, and the interrupts synchronized,
+///   before the queue is destroyed.
+/// - A non-null `config` is a `KBox<ConfigCb>` raw pointer whose callback may be called; it is
+///   cleared and the interrupts synchronized before the box is freed.
+pub(crate) struct IrqShared {
+    vqs: [Atomic<*mut RawVq>; MAX_VQS],
+    config: Atomic<*mut ConfigCb>,
+    isr: Option<IsrPort>,
+}
+
+// SAFETY: The raw pointers are only dereferenced under the type invariants; the driver's
+// callbacks are safe to call from any context (contract of `TransportOps::find_vqs`).
+unsafe impl Send for IrqShared {}
+// SAFETY: See `Send`; all fields are atomics or immutable.
+unsafe impl Sync for IrqShared {}
+
+impl IrqShared {
+    fn new(isr: Option<IsrPort>) -> Self {
+        Self {
+            vqs: [const { Atomic::new(core::ptr::null_mut()) }; MAX_VQS],
+            config: Atomic::new(core::ptr::null_mut()),
+            isr,
+        }
+    }
+
+    /// Runs the interrupt entry of every published queue; true if one had work.
+    fn queues(&self) -> bool {
+        let mut handled = false;
+        for slot in &self.vqs {
+            if let Some(vq) = NonNull::new(slot.load(Relaxed)) {
+                // SAFETY: A published queue is live until cleared and synchronized (invariant).
+                handled |= unsafe { abi::vq_interrupt_raw(vq) };
+            }
+        }
+        handled
+    }
+
+    /// Runs the configuration callback, if one is published.
+    fn config(&self) {
+        let cb = self.config.load(Relaxed);
+        if !cb.is_null() {
+            // SAFETY: A published callback box is live until cleared and synchronized
+            // (invariant); its callback may run in interrupt context.
+            unsafe { ((*cb).f)((*cb).ctx) };
+        }
+    }
+}
+
+/// Handler of the MSI-X configuration vector.
+struct ConfigHandler(Arc<IrqShared>);
+
+impl irq::Handler for ConfigHandler {
+    fn handle(&self, _dev: &Device<Bound>) -> IrqReturn {
+        self.0.config();
+        IrqReturn::Handled
+    }
+}
+
+/// Handler of the MSI-X vector shared by the queues.
+struct QueuesHandler(Arc<IrqShared>);
+
+impl irq::Handler for QueuesHandler {
+    fn handle(&self, _dev: &Device<Bound>) -> IrqReturn {
+        if self.0.queues() {
+            IrqReturn::Handled
+        } else {
+            IrqReturn::None
+        }
+    }
+}
+
+/// Handler of the shared INTx line (`vp_interrupt()`).
+struct IntxHandler(Arc<IrqShared>);
+
+impl irq::Handler for IntxHandler {
+    fn handle(&self, _dev: &Device<Bound>) -> IrqReturn {
+        // Reading ISR acknowledges the interrupt; 0 means it was another device's.
+        let isr = self.0.isr.as_ref().map_or(0, |p| p.read());
+        if isr == 0 {
+            return IrqReturn::None;
+        }
+        if isr & regs::ISR_CONFIG != 0 {
+            self.0.config();
+        }
+        self.0.queues();
+        IrqReturn::Handled
+    }
+}
+
+/// The interrupt registrations of a function.
+enum Irqs {
+    /// MSI-X: a configuration vector and a vector for all queues.
+    MsiX {
+        config: Pin<KBox<irq::Registration<ConfigHandler>>>,
+        queues: Pin<KBox<irq::Registration<QueuesHandler>>>,
+    },
+    /// The INTx line, shared with other devices.
+    Intx {
+        line: Pin<KBox<irq::Registration<IntxHandler>>>,
+    },
+}
+
+/// One created queue: the ring memory outlives the queue (field order).
+struct QueueSlot {
+    vq: OwnedVq,
+    _ring: Coherent<[u8]>,
+    index: u16,
+}
+
+/// Everything one legacy function needs to serve its device driver.
+///
+/// Drop order (field order): the interrupt handlers go before the BAR their ISR port reads.
+///
+/// # Invariants
+///
+/// `shared` is the state of the handlers in `irqs`.
+pub(crate) struct Transport<'bound> {
+    pdev: &'bound pci::Device<Bound>,
+    host_features: u32,
+    negotiated: Atomic<u64>,
+    config_off: usize,
+    shared: Arc<IrqShared>,
+    irqs: Irqs,
+    queues: Pin<KBox<Mutex<KVec<QueueSlot>>>>,
+    bar: Bar0<'bound>,
+}
+
+/// The operations table every handle of this transport points to.
+pub(crate) static OPS: TransportOps = TransportOps {
+    header: abi::AbiHeader::for_type::<TransportOps>(),
+    finalize_features: op_finalize_features,
+    config_read: op_config_read,
+    config_write: op_config_write,
+    find_vqs: op_find_vqs,
+    del_vqs: op_del_vqs,
+    add_status: op_add_status,
+    reset: op_reset,
+};
+
+impl<'bound> Transport<'bound> {
+    /// Allocates the interrupts (MSI-X, else INTx) and prepares the function for its driver.
+    ///
+    /// # Errors
+    ///
+    /// The errors of interrupt allocation and registration, `ENOMEM`.
+    pub(crate) fn new(
+        pdev: &'bound pci::Device<Bound>,
+        bar: Bar0<'bound>,
+        name: &'static CStr,
+    ) -> Result<Self> {
+        let host_features = bar.read(regs::HOST_FEATURES).into_raw();
+        let (shared, irqs, msix) = match Self::request_msix(pdev, &bar, name) {
+            Ok((shared, irqs)) => (shared, irqs, true),
+            Err(e) => {
+                dev_info!(pdev, "no MSI-X ({:?}), using the INTx line\n", e);
+                let (shared, irqs) = Self::request_intx(pdev, &bar, name)?;
+                (shared, irqs, false)
+            }
+        };
+        Ok(Self {
+            pdev,
+            bar,
+            host_features,
+            negotiated: Atomic::new(0),
+            config_off: if msix {
+                regs::CONFIG_OFFSET_MSIX
+            } else {
+                regs::CONFIG_OFFSET_NO_MSIX
+            },
+            shared,
+            irqs,
+            queues: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
+        })
+    }
+
+    fn request_msix(
+        pdev: &'bound pci::Device<Bound>,
+        bar: &Bar0<'_>,
+        name: &'static CStr,
+    ) -> Result<(Arc<IrqShared>, Irqs)> {
+        let vecs = pdev.alloc_irq_vectors(2, 2, IrqTypes::default().with(IrqType::MsiX))?;
+        let shared = Arc::new(IrqShared::new(None), GFP_KERNEL)?;
+        let config = KBox::pin_init(
+            pdev.request_irq(
+                *vecs.start(),
+                irq::Flags::TRIGGER_NONE,
+                name,
+                Ok::<_, Error>(ConfigHandler(shared.clone())),
+            ),
+            GFP_KERNEL,
+        )?;
+        let queues = KBox::pin_init(
+            pdev.request_irq(
+                *vecs.end(),
+                irq::Flags::TRIGGER_NONE,
+                name,
+                Ok::<_, Error>(QueuesHandler(shared.clone())),
+            ),
+            GFP_KERNEL,
+        )?;
+        // Route configuration changes to vector 0; a read-back of NO_VECTOR means the device
+        // could not (`vp_legacy_config_vector()`).
+        bar.write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
+        if bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
+            return Err(EBUSY);
+        }
+        Ok((shared, Irqs::MsiX { config, queues }))
+    }
+
+    fn request_intx(
+        pdev: &'bound pci::Device<Bound>,
+        bar: &Bar0<'_>,
+        name: &'static CStr,
+    ) -> Result<(Arc<IrqShared>, Irqs)> {
+        let vecs = pdev.alloc_irq_vectors(1, 1, IrqTypes::default().with(IrqType::Intx))?;
+        // SAFETY: The port is only read by the handler registered below, which the transport
+        // drops before the BAR (field order of `Transport`).
+        let isr = unsafe { IsrPort::new(bar) };
+        let shared = Arc::new(IrqShared::new(Some(isr)), GFP_KERNEL)?;
+        let line = KBox::pin_init(
+            pdev.request_irq(
+                *vecs.start(),
+                irq::Flags::SHARED,
+                name,
+                Ok::<_, Error>(IntxHandler(shared.clone())),
+            ),
+            GFP_KERNEL,
+        )?;
+        Ok((shared, Irqs::Intx { line }))
+    }
+
+    /// The handle to publish for this function.
+    pub(crate) fn handle(self: Pin<&Self>, device_type: u32) -> DeviceHandle {
+        DeviceHandle::new(
+            device_type,
+            self.host_features.into(),
+            &OPS,
+            core::ptr::from_ref(self.get_ref()).cast(),
+        )
+    }
+
+    /// Whether MSI-X is in use.
+    pub(crate) fn msix(&self) -> bool {
+        matches!(self.irqs, Irqs::MsiX { .. })
+    }
+
+    /// Waits for running interrupt handlers.
+    fn synchronize(&self) {
+        let dev: &Device<Bound> = self.pdev.as_ref();
+        let res = match &self.irqs {
+            Irqs::MsiX { config, queues } => {
+                config.synchronize(dev).and_then(|()| queues.synchronize(dev))
+            }
+            Irqs::Intx { line } => line.synchronize(dev),
+        };
+        if let Err(e) = res {
+            dev_warn!(self.pdev, "could not synchronize interrupts: {:?}\n", e);
+        }
+    }
+
+    /// Resets the device (write 0, read back) and waits for running handlers.
+    pub(crate) fn reset(&self) {
+        crate::reset(&self.bar);
+        self.synchronize();
+    }
+
+    fn finalize_features(&self, driver: u64) -> u64 {
+        // Device-specific bits (0-27) the driver asked for, the ring's transport bits, and
+        // never bit 30 (BAD_FEATURE, offered to legacy drivers to catch broken ones).
+        let transport = abi::ring_features() & !(1u64 << regs::F_INDIRECT_DESC);
+        let allowed = ((1u64 << regs::F_TRANSPORT_START) - 1) & driver | transport;
+        let negotiated = u64::from(self.host_features) & allowed & !(1u64 << regs::F_BAD_FEATURE);
+        // CAST: legacy features are 32 bits; `host_features` is `u32`.
+        self.bar
+            .write_reg(regs::GUEST_FEATURES::from_raw(negotiated as u32));
+        self.negotiated.store(negotiated, Relaxed);
+        negotiated
+    }
+
+    fn config_read(&self, off: u32, width: u32) -> Result<u32> {
+        let off = self.config_off + usize::try_from(off)?;
+        // The BAR length bounds the configuration; `try_read*` checks it at run time.
+        match width {
+            1 => self.bar.try_read8(off).map(u32::from),
+            2 => self.bar.try_read16(off).map(u32::from),
+            4 => self.bar.try_read32(off),
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn config_write(&self, off: u32, width: u32, val: u32) -> Result {
+        let off = self.config_off + usize::try_from(off)?;
+        match width {
+            1 => self.bar.try_write8(u8::try_from(val)?, off),
+            2 => self.bar.try_write16(u16::try_from(val)?, off),
+            4 => self.bar.try_write32(val, off),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Creates one queue (`setup_vq()` in `virtio_pci_legacy.c`).
+    fn setup_vq(&self, req: &VqRequest) -> Result<QueueSlot> {
+        let index = req.index;
+        self.bar.write_reg(regs::QUEUE_SEL::from_raw(index));
+        let num = self.bar.read(regs::QUEUE_NUM).into_raw();
+        if num == 0 {
+            return Err(ENOENT);
+        }
+        if self.bar.read(regs::QUEUE_PFN).into_raw() != 0 {
+            dev_err!(self.pdev, "queue {} is already active\n", index);
+            return Err(EBUSY);
+        }
+        let size = abi::vring_size(num.into(), regs::VRING_ALIGN)?;
+        let ring = Coherent::<u8>::zeroed_slice(self.pdev.as_ref(), size, GFP_KERNEL)?;
+        let dma = ring.dma_handle();
+        let pfn = u32::try_from(dma >> regs::QUEUE_ADDR_SHIFT).map_err(|_| {
+            dev_err!(
+                self.pdev,
+                "queue {} at {:#x}: legacy virtio-pci cannot reach memory above 16 TiB\n",
+                index,
+                dma
+            );
+            E2BIG
+        })?;
+        let params = VqParams {
+            header: abi::AbiHeader::for_type::<VqParams>(),
+            index,
+            _reserved: 0,
+            num: num.into(),
+            features: self.negotiated.load(Relaxed),
+            ring: ring.as_mut_ptr().cast(),
+            ring_dma: dma,
+            ring_len: size,
+            notify: Some(op_notify),
+            notify_ctx: core::ptr::from_ref(self).cast(),
+            callback: req.callback,
+            callback_ctx: req.ctx,
+            indirect_alloc: None,
+            indirect_free: None,
+            indirect_ctx: core::ptr::null(),
+        };
+        // SAFETY: The ring memory lives in the returned slot, after the queue (field order);
+        // `self` (the notify context) outlives every queue, deleted by `del_vqs` at the
+        // latest when the device is unbound; the driver's callback contract is `find_vqs`'s.
+        let vq = unsafe { OwnedVq::new(&params)? };
+        self.bar.write_reg(regs::QUEUE_PFN::from_raw(pfn));
+        if self.msix() {
+            self.bar
+                .write_reg(regs::MSI_QUEUE_VECTOR::from_raw(MSIX_QUEUES_VECTOR));
+            if self.bar.read(regs::MSI_QUEUE_VECTOR).into_raw() == regs::NO_VECTOR {
+                self.bar.write_reg(regs::QUEUE_PFN::from_raw(0));
+                return Err(EBUSY);
+            }
+        }
+        Ok(QueueSlot {
+            vq,
+            _ring: ring,
+            index,
+        })
+    }
+
+    fn find_vqs(
+        &self,
+        reqs: &[VqRequest],
+        out: &mut [*mut RawVq],
+        config: Option<CallbackFn>,
+        config_ctx: *const c_void,
+    ) -> Result {
+        if reqs.len() > MAX_VQS || out.len() != reqs.len() {
+            return Err(EINVAL);
+        }
+        let mut queues = self.queues.lock();
+        if !queues.is_empty() {
+            return Err(EBUSY);
+        }
+        let mut slots = KVec::with_capacity(reqs.len(), GFP_KERNEL)?;
+        for req in reqs {
+            match self.setup_vq(req) {
+                Ok(slot) => slots.push(slot, GFP_KERNEL)?,
+                Err(e) => {
+                    dev_err!(self.pdev, "queue {}: setup failed: {:?}\n", req.index, e);
+                    drop(queues);
+                    self.teardown(slots);
+                    return Err(e);
+                }
+            }
+        }
+        let cb = match config {
+            Some(f) => KBox::into_raw(KBox::new(
+                ConfigCb {
+                    f,
+                    ctx: config_ctx,
+                },
+                GFP_KERNEL,
+            )?),
+            None => core::ptr::null_mut(),
+        };
+        // Publish to the interrupt handlers last, when everything exists.
+        for ((slot, o), shared) in slots.iter().zip(out.iter_mut()).zip(&self.shared.vqs) {
+            *o = slot.vq.as_raw();
+            shared.store(slot.vq.as_raw(), Relaxed);
+        }
+        // INVARIANT: the box is live until `del_vqs` clears it and synchronizes.
+        self.shared.config.store(cb, Relaxed);
+        *queues = slots;
+        Ok(())
+    }
+
+    /// Deactivates and destroys queues (`del_vq()`); writing PFN 0 resets the whole device in
+    /// QEMU, which is why drivers reset the device before deleting their queues.
+    fn teardown(&self, slots: KVec<QueueSlot>) {
+        for slot in slots {
+            self.bar.write_reg(regs::QUEUE_SEL::from_raw(slot.index));
+            if self.msix() {
+                self.bar
+                    .write_reg(regs::MSI_QUEUE_VECTOR::from_raw(regs::NO_VECTOR));
+                // Flush the vector write (and any pending interrupt) with an ISR read.
+                let _ = self.bar.read(regs::ISR);
+            }
+            self.bar.write_reg(regs::QUEUE_PFN::from_raw(0));
+            drop(slot);
+        }
+    }
+
+    fn del_vqs(&self) {
+        let slots = {
+            let mut queues = self.queues.lock();
+            core::mem::take(&mut *queues)
+        };
+        for shared in &self.shared.vqs {
+            shared.store(core::ptr::null_mut(), Relaxed);
+        }
+        let cb = self.shared.config.xchg(core::ptr::null_mut(), Relaxed);
+        // No handler uses the queues or the callback once this returns.
+        self.synchronize();
+        if !cb.is_null() {
+            // SAFETY: `cb` came from `KBox::into_raw` in `find_vqs` and is no longer
+            // published; handlers are synchronized.
+            drop(unsafe { KBox::from_raw(cb) });
+        }
+        self.teardown(slots);
+    }
+
+    /// Adds bits to the device status.
+    pub(crate) fn add_status(&self, bits: u8) {
+        crate::add_status(&self.bar, bits);
+    }
+
+    /// Quiesces the function when the transport lets it go: the driver is gone, its queues
+    /// must be too.
+    fn shutdown(&self) {
+        self.reset();
+        if !self.queues.lock().is_empty() {
+            dev_warn!(self.pdev, "device driver left its queues behind; deleting them\n");
+            self.del_vqs();
+        }
+        if self.msix() {
+            self.bar
+                .write_reg(regs::MSI_CONFIG_VECTOR::from_raw(regs::NO_VECTOR));
+        }
+    }
+}
+
+/// Recovers the transport from an operations context.
+///
+/// # Safety
+///
+/// `ctx` must be the context of a live [`Transport`] (from [`Transport::handle`]).
+impl Drop for Transport<'_> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+unsafe fn transport<'a>(ctx: *const c_void) -> &'a Transport<'a> {
+    // SAFETY: The caller's guarantee; handles are only published for pinned transports that
+    // outlive them.
+    unsafe { &*ctx.cast::<Transport<'a>>() }
+}
+
+unsafe extern "C" fn op_notify(ctx: *const c_void, index: u16) -> bool {
+    // SAFETY: `ctx` is the transport that created the queue, alive while it exists.
+    let t = unsafe { transport(ctx) };
+    // A 16-bit write of the queue index (QEMU's ioeventfd matches exactly that).
+    t.bar.write_reg(regs::QUEUE_NOTIFY::from_raw(index));
+    true
+}
+
+unsafe extern "C" fn op_finalize_features(ctx: *const c_void, driver: u64) -> u64 {
+    // SAFETY: `ctx` comes from the handle (contract of `TransportOps`).
+    unsafe { transport(ctx) }.finalize_features(driver)
+}
+
+unsafe extern "C" fn op_config_read(ctx: *const c_void, off: u32, width: u32, val: *mut u32) -> i32 {
+    // SAFETY: As above.
+    match unsafe { transport(ctx) }.config_read(off, width) {
+        Ok(v) => {
+            // SAFETY: The caller passes a valid out pointer.
+            unsafe { val.write(v) };
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+unsafe extern "C" fn op_config_write(ctx: *const c_void, off: u32, width: u32, val: u32) -> i32 {
+    // SAFETY: As above.
+    match unsafe { transport(ctx) }.config_write(off, width, val) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+unsafe extern "C" fn op_find_vqs(
+    ctx: *const c_void,
+    n: u32,
+    reqs: *const VqRequest,
+    vqs: *mut *mut RawVq,
+    config: Option<CallbackFn>,
+    config_ctx: *const c_void,
+) -> i32 {
+    let Ok(n) = usize::try_from(n) else {
+        return EINVAL.to_errno();
+    };
+    if n > MAX_VQS || reqs.is_null() || vqs.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: The caller passes `n` requests and room for `n` queue pointers.
+    let (reqs, out) = unsafe {
+        (
+            core::slice::from_raw_parts(reqs, n),
+            core::slice::from_raw_parts_mut(vqs, n),
+        )
+    };
+    // SAFETY: As above.
+    match unsafe { transport(ctx) }.find_vqs(reqs, out, config, config_ctx) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+unsafe extern "C" fn op_del_vqs(ctx: *const c_void) {
+    // SAFETY: As above.
+    unsafe { transport(ctx) }.del_vqs()
+}
+
+unsafe extern "C" fn op_add_status(ctx: *const c_void, bits: u8) {
+    // SAFETY: As above.
+    unsafe { transport(ctx) }.add_status(bits)
+}
+
+unsafe extern "C" fn op_reset(ctx: *const c_void) {
+    // SAFETY: As above.
+    unsafe { transport(ctx) }.reset()
+}
