@@ -28,6 +28,13 @@ pub mod split;
 #[path = "virtio_ring_rs/queue.rs"]
 mod queue;
 
+#[path = "virtio_ring_rs/bench.rs"]
+mod bench;
+
+#[cfg(virtio_rs_kunit)]
+#[path = "virtio_ring_rs/kunit.rs"]
+mod kunit;
+
 use abi::{
     abi_fn,
     RawVq,
@@ -299,6 +306,10 @@ struct VirtioRingModule;
 
 impl kernel::Module for VirtioRingModule {
     fn init(_module: &'static ThisModule) -> Result<Self> {
+        let cycles = *module_parameters::bench_cycles.value();
+        if cycles != 0 {
+            bench::run(cycles)?;
+        }
         Ok(Self)
     }
 }
@@ -309,6 +320,12 @@ module! {
     authors: ["The virtio-rs developers"],
     description: "Split virtqueue helpers for legacy virtio devices (Rust)",
     license: "GPL",
+    params: {
+        bench_cycles: u32 {
+            default: 0,
+            description: "Run the ring micro-benchmark for this many cycles at load (0: off)",
+        },
+    },
 }
 
 #[cfg(virtio_rs_kunit)]
