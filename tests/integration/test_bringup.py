@@ -67,7 +67,7 @@ def test_transport_binds_and_unbinds(guest):
     assert any(a.startswith("virtio_pci_rs.balloon.") for a in aux), aux
     log = "\n".join(guest.new_kernel_log())
     assert "legacy virtio balloon (type 5)" in log
-    assert "balloon bound" in log
+    assert "balloon ready" in log
     guest.unbind(bdf)
     assert not [a for a in guest.sh("ls /sys/bus/auxiliary/devices/").split()
                 if a.startswith("virtio_pci_rs.")]
