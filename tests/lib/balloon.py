@@ -48,16 +48,16 @@ def actual(g):
     return g.qmp_cmd("query-balloon")["actual"]
 
 
-def wait_actual(g, size_bytes, timeout=120, samples=None):
+def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None):
     """Wait until query-balloon reports `size_bytes`; return the seconds it took.
 
-    With `samples` (a list), append (seconds, actual) pairs along the way."""
+    With `samples` (a list), append (seconds since `origin`, actual) pairs along the way."""
     t0 = time.monotonic()
     while True:
         a = actual(g)
         now = time.monotonic() - t0
         if samples is not None:
-            samples.append((now, a))
+            samples.append((time.monotonic() - (origin if origin is not None else t0), a))
         if a == size_bytes:
             return now
         if now > timeout:
