@@ -23,16 +23,14 @@ use kernel::{
         Core, //
     },
     dma::Coherent,
-    new_condvar,
-    new_mutex,
-    new_work,
+    new_condvar, new_mutex, new_work,
     prelude::*,
     sync::{
+        aref::ARef,
         atomic::{
             Atomic,
             Relaxed, //
         },
-        aref::ARef,
         Arc,
         ArcBorrow,
         CondVar,
@@ -241,22 +239,14 @@ impl BalloonShared {
         let dma = state.pfns.dma_handle();
         // CAST: at most `PFNS_PER_MSG` 4-byte entries.
         let sg = Sg::new(dma, (n * 4) as u32);
-        let vq = state
-            .vqs
-            .as_mut()
-            .and_then(|v| v.get(slot))
-            .ok_or(EIO)?;
+        let vq = state.vqs.as_mut().and_then(|v| v.get(slot)).ok_or(EIO)?;
         vq.add_outbuf(sg, MSG_TOKEN)?;
         if !vq.kick() {
             return Err(EIO);
         }
         let mut left = msecs_to_jiffies(ACK_TIMEOUT_MS);
         loop {
-            let vq = state
-                .vqs
-                .as_mut()
-                .and_then(|v| v.get(slot))
-                .ok_or(EIO)?;
+            let vq = state.vqs.as_mut().and_then(|v| v.get(slot)).ok_or(EIO)?;
             if vq.get_buf().is_some() {
                 return Ok(());
             }
@@ -269,7 +259,11 @@ impl BalloonShared {
             }
             match self.acked.wait_interruptible_timeout(state, left) {
                 kernel::sync::CondVarTimeoutResult::Timeout => {
-                    dev_err!(self.dev, "device did not take a message in {} ms\n", ACK_TIMEOUT_MS);
+                    dev_err!(
+                        self.dev,
+                        "device did not take a message in {} ms\n",
+                        ACK_TIMEOUT_MS
+                    );
                     return Err(ETIMEDOUT);
                 }
                 kernel::sync::CondVarTimeoutResult::Woken { jiffies }
@@ -372,21 +366,27 @@ impl BalloonShared {
             }
         };
         let current = self.state.lock().num_pages;
-        let done = if target > current {
-            let added = self.fill(target - current);
-            if added == 0 {
-                // Out of memory (or the device is gone): retry later, politely.
-                fsleep(Delta::from_millis(ALLOC_RETRY_MS));
+        let done = match target.cmp(&current) {
+            core::cmp::Ordering::Greater => {
+                let added = self.fill(target - current);
+                if added == 0 {
+                    // Out of memory (or the device is gone): retry later, politely.
+                    fsleep(Delta::from_millis(ALLOC_RETRY_MS));
+                }
+                added
             }
-            added
-        } else if target < current {
-            self.leak(current - target)
-        } else {
-            0
+            core::cmp::Ordering::Less => self.leak(current - target),
+            core::cmp::Ordering::Equal => 0,
         };
         let now = self.state.lock().num_pages;
         self.write_actual(now);
-        let broken = self.state.lock().vqs.as_mut().and_then(|v| v.get(INFLATE)).is_none_or(|q| q.is_broken());
+        let broken = self
+            .state
+            .lock()
+            .vqs
+            .as_mut()
+            .and_then(|v| v.get(INFLATE))
+            .is_none_or(|q| q.is_broken());
         target != now && !broken && (done != 0 || target > now)
     }
 
@@ -405,7 +405,11 @@ impl BalloonShared {
         let mut state = self.state.lock();
         let left = state.pages.len();
         if left != 0 {
-            dev_warn!(self.dev, "freeing {} pages the device was not told about\n", left);
+            dev_warn!(
+                self.dev,
+                "freeing {} pages the device was not told about\n",
+                left
+            );
             while let Some(page) = state.pages.pop() {
                 if !self.has(F_DEFLATE_ON_OOM) {
                     page.adjust_managed(1);
@@ -463,7 +467,11 @@ impl auxiliary::Driver for BalloonDriver {
         _info: &'bound Self::IdInfo,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         let handle = DeviceHandle::from_auxiliary(adev).inspect_err(|e| {
-            dev_err!(adev, "no usable device handle from the transport ({:?})\n", e);
+            dev_err!(
+                adev,
+                "no usable device handle from the transport ({:?})\n",
+                e
+            );
         })?;
         if handle.device_type != abi::VIRTIO_ID_BALLOON {
             dev_err!(adev, "not a balloon: device type {}\n", handle.device_type);

@@ -151,7 +151,11 @@ impl pci::Driver for VirtioPciDriver {
         // The virtio device type is the PCI subsystem device id (legacy interface).
         let device_type = u32::from(pdev.subsystem_device_id());
         let Some(name) = abi::device_name(device_type) else {
-            dev_info!(pdev, "virtio device type {} is not supported\n", device_type);
+            dev_info!(
+                pdev,
+                "virtio device type {} is not supported\n",
+                device_type
+            );
             return Err(ENODEV);
         };
 

@@ -101,11 +101,16 @@ export_symbol_ns_gpl!(virtio_rs_ring_features: abi_fn::RingFeatures, "VIRTIO_RS"
 /// `params` must point to a valid [`VqParams`] whose memory and contexts stay valid until the
 /// queue is deleted; `vq` must be valid for a write.
 #[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_new(params: *const VqParams, vq: *mut *mut RawVq) -> i32 {
+pub(crate) unsafe extern "C" fn virtio_rs_vq_new(
+    params: *const VqParams,
+    vq: *mut *mut RawVq,
+) -> i32 {
     // SAFETY: The caller passes a valid parameter block.
     let params = unsafe { &*params };
     // SAFETY: The caller guarantees the lifetime of the memory and contexts.
-    let q = match unsafe { Queue::new(params) }.and_then(|q| KBox::new(q, GFP_KERNEL).map_err(Into::into)) {
+    let q = match unsafe { Queue::new(params) }
+        .and_then(|q| KBox::new(q, GFP_KERNEL).map_err(Into::into))
+    {
         Ok(q) => q,
         Err(e) => return e.to_errno(),
     };

@@ -175,7 +175,8 @@ pub(crate) struct TransportOps {
     pub(crate) config_read:
         unsafe extern "C" fn(ctx: *const c_void, off: u32, width: u32, val: *mut u32) -> i32,
     /// Writes a `width`-byte field of the device configuration in one access.
-    pub(crate) config_write: unsafe extern "C" fn(ctx: *const c_void, off: u32, width: u32, val: u32) -> i32,
+    pub(crate) config_write:
+        unsafe extern "C" fn(ctx: *const c_void, off: u32, width: u32, val: u32) -> i32,
     /// Creates the requested queues and routes their interrupts; `config` runs (in interrupt
     /// context) on configuration changes until `del_vqs`.
     pub(crate) find_vqs: unsafe extern "C" fn(
@@ -406,7 +407,9 @@ impl DeviceHandle {
             match NonNull::new(*p) {
                 // SAFETY: The transport created this queue; it lives until `del_vqs`, which
                 // only `Vqs::drop` calls, and this is the only handle.
-                Some(p) => vqs.push(Some(unsafe { Virtqueue::from_raw(p) }), GFP_KERNEL).ok(),
+                Some(p) => vqs
+                    .push(Some(unsafe { Virtqueue::from_raw(p) }), GFP_KERNEL)
+                    .ok(),
                 None => vqs.push(None, GFP_KERNEL).ok(),
             };
         }
@@ -473,8 +476,12 @@ pub(crate) type CallbackFn = unsafe extern "C" fn(ctx: *const c_void);
 /// Transport callback that allocates `bytes` of DMA-able memory for an indirect table,
 /// storing its device address in `*dma`; null on failure.  May be called in atomic context
 /// when `atomic` is true.
-pub(crate) type IndirectAllocFn =
-    unsafe extern "C" fn(ctx: *const c_void, bytes: usize, atomic: bool, dma: *mut u64) -> *mut c_void;
+pub(crate) type IndirectAllocFn = unsafe extern "C" fn(
+    ctx: *const c_void,
+    bytes: usize,
+    atomic: bool,
+    dma: *mut u64,
+) -> *mut c_void;
 
 /// Transport callback that frees an indirect table from [`IndirectAllocFn`].
 pub(crate) type IndirectFreeFn =
@@ -564,7 +571,8 @@ pub(crate) mod abi_fn {
     /// `virtio_rs_ring_features`: the transport feature bits the ring implements.
     pub(crate) type RingFeatures = extern "C" fn() -> u64;
     /// `virtio_rs_vq_new`: creates a queue; 0 or a negative errno.
-    pub(crate) type VqNew = unsafe extern "C" fn(params: *const VqParams, vq: *mut *mut RawVq) -> i32;
+    pub(crate) type VqNew =
+        unsafe extern "C" fn(params: *const VqParams, vq: *mut *mut RawVq) -> i32;
     /// `virtio_rs_vq_del`: destroys a queue (its buffers must have been detached).
     pub(crate) type VqDel = unsafe extern "C" fn(vq: *mut RawVq);
     /// `virtio_rs_vq_add`: exposes `out` readable then `inp` writable elements of `sg` to the

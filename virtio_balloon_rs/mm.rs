@@ -5,10 +5,7 @@
 //! of the balloon lives here.
 
 use core::ptr::NonNull;
-use kernel::{
-    bindings,
-    page::PAGE_SIZE,
-};
+use kernel::{bindings, page::PAGE_SIZE};
 
 /// Shift of the balloon's page frame numbers: the device counts 4 KiB pages whatever the
 /// guest's page size (`VIRTIO_BALLOON_PFN_SHIFT`).
@@ -67,8 +64,8 @@ impl BalloonPage {
         // `vmemmap_base`, indexed by PFN (`__page_to_pfn()` in `memory_model.h`).
         // SAFETY: `vmemmap_base` is set once at boot, before any module loads.
         let base = unsafe { bindings::vmemmap_base };
-        // CAST: addresses as integers for the array index computation.
-        let offset = (self.page.as_ptr() as usize).wrapping_sub(base as usize);
+        // CAST: addresses as integers for the array index computation (`c_ulong` is `usize`).
+        let offset = (self.page.as_ptr() as usize).wrapping_sub(base);
         // CAST: a PFN fits in 64 bits.
         (offset / core::mem::size_of::<bindings::page>()) as u64
     }

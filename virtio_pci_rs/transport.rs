@@ -25,8 +25,7 @@ use crate::{
         MAX_VQS, //
     },
     iobar::IsrPort,
-    regs,
-    Bar0,
+    regs, Bar0,
 };
 use core::{
     ffi::c_void,
@@ -55,8 +54,7 @@ use kernel::{
             Atomic,
             Relaxed, //
         },
-        Arc,
-        Mutex,
+        Arc, Mutex,
     },
 };
 
@@ -327,9 +325,9 @@ impl<'bound> Transport<'bound> {
     fn synchronize(&self) {
         let dev: &Device<Bound> = self.pdev.as_ref();
         let res = match &self.irqs {
-            Irqs::MsiX { config, queues } => {
-                config.synchronize(dev).and_then(|()| queues.synchronize(dev))
-            }
+            Irqs::MsiX { config, queues } => config
+                .synchronize(dev)
+                .and_then(|()| queues.synchronize(dev)),
             Irqs::Intx { line } => line.synchronize(dev),
         };
         if let Err(e) = res {
@@ -465,13 +463,7 @@ impl<'bound> Transport<'bound> {
             }
         }
         let cb = match config {
-            Some(f) => KBox::into_raw(KBox::new(
-                ConfigCb {
-                    f,
-                    ctx: config_ctx,
-                },
-                GFP_KERNEL,
-            )?),
+            Some(f) => KBox::into_raw(KBox::new(ConfigCb { f, ctx: config_ctx }, GFP_KERNEL)?),
             None => core::ptr::null_mut(),
         };
         // Publish to the interrupt handlers last, when everything exists.
@@ -530,7 +522,10 @@ impl<'bound> Transport<'bound> {
     fn shutdown(&self) {
         self.reset();
         if !self.queues.lock().is_empty() {
-            dev_warn!(self.pdev, "device driver left its queues behind; deleting them\n");
+            dev_warn!(
+                self.pdev,
+                "device driver left its queues behind; deleting them\n"
+            );
             self.del_vqs();
         }
         if self.msix() {
@@ -540,23 +535,29 @@ impl<'bound> Transport<'bound> {
     }
 }
 
-/// Recovers the transport from an operations context.
-///
-/// # Safety
-///
-/// `ctx` must be the context of a live [`Transport`] (from [`Transport::handle`]).
 impl Drop for Transport<'_> {
     fn drop(&mut self) {
         self.shutdown();
     }
 }
 
+/// Recovers the transport from an operations context.
+///
+/// # Safety
+///
+/// `ctx` must be the context of a live [`Transport`] (from [`Transport::handle`]).
 unsafe fn transport<'a>(ctx: *const c_void) -> &'a Transport<'a> {
     // SAFETY: The caller's guarantee; handles are only published for pinned transports that
     // outlive them.
     unsafe { &*ctx.cast::<Transport<'a>>() }
 }
 
+/// Notifies the device of new buffers in queue `index` (`vp_notify()`).
+///
+/// # Safety
+///
+/// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
+/// [`TransportOps`].
 unsafe extern "C" fn op_notify(ctx: *const c_void, index: u16) -> bool {
     // SAFETY: `ctx` is the transport that created the queue, alive while it exists.
     let t = unsafe { transport(ctx) };
@@ -565,12 +566,29 @@ unsafe extern "C" fn op_notify(ctx: *const c_void, index: u16) -> bool {
     true
 }
 
+/// [`TransportOps::finalize_features`].
+///
+/// # Safety
+///
+/// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
+/// [`TransportOps`].
 unsafe extern "C" fn op_finalize_features(ctx: *const c_void, driver: u64) -> u64 {
     // SAFETY: `ctx` comes from the handle (contract of `TransportOps`).
     unsafe { transport(ctx) }.finalize_features(driver)
 }
 
-unsafe extern "C" fn op_config_read(ctx: *const c_void, off: u32, width: u32, val: *mut u32) -> i32 {
+/// [`TransportOps::config_read`].
+///
+/// # Safety
+///
+/// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
+/// [`TransportOps`].
+unsafe extern "C" fn op_config_read(
+    ctx: *const c_void,
+    off: u32,
+    width: u32,
+    val: *mut u32,
+) -> i32 {
     // SAFETY: As above.
     match unsafe { transport(ctx) }.config_read(off, width) {
         Ok(v) => {
@@ -582,6 +600,12 @@ unsafe extern "C" fn op_config_read(ctx: *const c_void, off: u32, width: u32, va
     }
 }
 
+/// [`TransportOps::config_write`].
+///
+/// # Safety
+///
+/// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
+/// [`TransportOps`].
 unsafe extern "C" fn op_config_write(ctx: *const c_void, off: u32, width: u32, val: u32) -> i32 {
     // SAFETY: As above.
     match unsafe { transport(ctx) }.config_write(off, width, val) {
@@ -590,6 +614,12 @@ unsafe extern "C" fn op_config_write(ctx: *const c_void, off: u32, width: u32, v
     }
 }
 
+/// [`TransportOps::find_vqs`].
+///
+/// # Safety
+///
+/// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
+/// [`TransportOps`].
 unsafe extern "C" fn op_find_vqs(
     ctx: *const c_void,
     n: u32,
@@ -618,16 +648,34 @@ unsafe extern "C" fn op_find_vqs(
     }
 }
 
+/// [`TransportOps::del_vqs`].
+///
+/// # Safety
+///
+/// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
+/// [`TransportOps`].
 unsafe extern "C" fn op_del_vqs(ctx: *const c_void) {
     // SAFETY: As above.
     unsafe { transport(ctx) }.del_vqs()
 }
 
+/// [`TransportOps::add_status`].
+///
+/// # Safety
+///
+/// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
+/// [`TransportOps`].
 unsafe extern "C" fn op_add_status(ctx: *const c_void, bits: u8) {
     // SAFETY: As above.
     unsafe { transport(ctx) }.add_status(bits)
 }
 
+/// [`TransportOps::reset`].
+///
+/// # Safety
+///
+/// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
+/// [`TransportOps`].
 unsafe extern "C" fn op_reset(ctx: *const c_void) {
     // SAFETY: As above.
     unsafe { transport(ctx) }.reset()

@@ -283,7 +283,9 @@ impl Device {
         if self.next_avail == self.avail_idx() {
             return None;
         }
-        let head = self.mem.read_u16(self.avail_ring(self.next_avail & (self.num() - 1)));
+        let head = self
+            .mem
+            .read_u16(self.avail_ring(self.next_avail & (self.num() - 1)));
         self.next_avail = self.next_avail.wrapping_add(1);
         Some(head)
     }
@@ -300,7 +302,7 @@ impl Device {
     /// The descriptors of the buffer at `head` (following an indirect table).
     ///
     /// Only for heads the device took and has not completed: their indirect table is live.
-    fn chain(&self, head: u16) -> Result<KVec<Desc>> {
+    fn descs(&self, head: u16) -> Result<KVec<Desc>> {
         let first = self.desc(head);
         let mut out = KVec::new();
         if first.flags & split::VRING_DESC_F_INDIRECT != 0 {
@@ -341,7 +343,7 @@ impl Device {
     /// Total length of the device-writable descriptors of the buffer at `head`.
     fn writable(&self, head: u16) -> Result<u32> {
         Ok(self
-            .chain(head)?
+            .descs(head)?
             .iter()
             .filter(|d| d.flags & split::VRING_DESC_F_WRITE != 0)
             .fold(0u32, |acc, d| acc.saturating_add(d.len)))
@@ -422,8 +424,7 @@ impl Setup {
     /// The parameter block a transport would pass for `ring_len` bytes at `ring`.
     fn params(&self, ring: *mut c_void, ring_len: usize, ctx: &Ctx) -> VqParams {
         let ctx: *const c_void = core::ptr::from_ref(ctx).cast();
-        let (alloc, free): (Option<IndirectAllocFn>, Option<IndirectFreeFn>) = if self.allocator
-        {
+        let (alloc, free): (Option<IndirectAllocFn>, Option<IndirectFreeFn>) = if self.allocator {
             (Some(indirect_alloc), Some(indirect_free))
         } else {
             (None, None)
@@ -587,7 +588,10 @@ impl Rig {
             exactly_once(&got, outstanding),
             "detach returns every outstanding token exactly once",
         )?;
-        ensure(self.num_free() == self.num, "every descriptor is free again")?;
+        ensure(
+            self.num_free() == self.num,
+            "every descriptor is free again",
+        )?;
         ensure(
             load(&self.ctx.allocs) == load(&self.ctx.frees) && load(&self.ctx.bad_frees) == 0,
             "every indirect table was freed once",
@@ -602,7 +606,9 @@ mod queue_tests {
     #[test]
     fn new_refuses_bad_sizes() -> Result {
         let ctx = Ctx::new();
-        let size = Layout::new(8, split::VRING_ALIGN).map_err(|_| EINVAL)?.size();
+        let size = Layout::new(8, split::VRING_ALIGN)
+            .map_err(|_| EINVAL)?
+            .size();
         let mut ring = KVec::from_elem(!0u64, size.div_ceil(8) + 1, GFP_KERNEL)?;
         let ptr = ring.as_mut_ptr().cast::<c_void>();
         let len = ring.len() * 8;
@@ -616,13 +622,25 @@ mod queue_tests {
             assert_eq!(try_new(&p), Some(EINVAL));
         }
         // Memory one byte short of the layout, or none.
-        assert_eq!(try_new(&Setup::new(8).params(ptr, size - 1, &ctx)), Some(EINVAL));
-        assert_eq!(try_new(&Setup::new(16).params(ptr, len, &ctx)), Some(EINVAL));
+        assert_eq!(
+            try_new(&Setup::new(8).params(ptr, size - 1, &ctx)),
+            Some(EINVAL)
+        );
+        assert_eq!(
+            try_new(&Setup::new(16).params(ptr, len, &ctx)),
+            Some(EINVAL)
+        );
         let null = core::ptr::null_mut();
-        assert_eq!(try_new(&Setup::new(8).params(null, len, &ctx)), Some(EINVAL));
+        assert_eq!(
+            try_new(&Setup::new(8).params(null, len, &ctx)),
+            Some(EINVAL)
+        );
         // Not 8-byte aligned.
         let odd = ptr.cast::<u8>().wrapping_add(4).cast::<c_void>();
-        assert_eq!(try_new(&Setup::new(8).params(odd, len - 4, &ctx)), Some(EINVAL));
+        assert_eq!(
+            try_new(&Setup::new(8).params(odd, len - 4, &ctx)),
+            Some(EINVAL)
+        );
         // No notification.
         let mut p = Setup::new(8).params(ptr, len, &ctx);
         p.notify = None;
@@ -660,14 +678,14 @@ mod queue_tests {
 
         let heads = rig.dev.pop_n(3)?;
         let (h0, h1, h2) = (heads[0], heads[1], heads[2]);
-        let c = rig.dev.chain(h0)?;
+        let c = rig.dev.descs(h0)?;
         assert_eq!(c.len(), 2);
         assert!(desc_is(&c[0], addr(0), 16, split::VRING_DESC_F_NEXT));
         assert!(desc_is(&c[1], addr(1), 512, split::VRING_DESC_F_WRITE));
-        let c = rig.dev.chain(h1)?;
+        let c = rig.dev.descs(h1)?;
         assert_eq!(c.len(), 1);
         assert!(desc_is(&c[0], addr(2), 4096, split::VRING_DESC_F_WRITE));
-        let c = rig.dev.chain(h2)?;
+        let c = rig.dev.descs(h2)?;
         assert_eq!(c.len(), 2);
         assert!(desc_is(&c[0], addr(3), 8, split::VRING_DESC_F_NEXT));
         assert!(desc_is(&c[1], addr(4), 24, 0));
@@ -770,7 +788,7 @@ mod queue_tests {
         assert_eq!(d.flags, split::VRING_DESC_F_INDIRECT);
         assert_eq!(d.len, 3 * 16);
         assert!(d.addr % 8 == 0 && d.addr != 0);
-        let c = rig.dev.chain(h0)?;
+        let c = rig.dev.descs(h0)?;
         assert_eq!(c.len(), 3);
         let (next, write) = (split::VRING_DESC_F_NEXT, split::VRING_DESC_F_WRITE);
         assert!(desc_is(&c[0], addr(0), 16, next) && c[0].next == 1);
@@ -838,7 +856,10 @@ mod queue_tests {
         assert_eq!(load(&rig.ctx.frees), 1);
 
         let got = rig.detach_all()?;
-        assert!(exactly_once(&got, &[token(1), token(2), token(3), token(4)]));
+        assert!(exactly_once(
+            &got,
+            &[token(1), token(2), token(3), token(4)]
+        ));
         assert_eq!(load(&rig.ctx.frees), 4);
         assert_eq!(load(&rig.ctx.bad_frees), 0);
         assert_eq!(rig.num_free(), 8);
@@ -875,7 +896,7 @@ mod queue_tests {
         assert_eq!(load(&rig.ctx.allocs), 0);
         assert_eq!(rig.num_free(), 5);
         let h = rig.dev.pop().ok_or(ENOENT)?;
-        let c = rig.dev.chain(h)?;
+        let c = rig.dev.descs(h)?;
         assert_eq!(c.len(), 3);
         assert!(desc_is(&c[0], addr(0), 16, next));
         assert!(desc_is(&c[1], addr(1), 100, next | write));
@@ -903,7 +924,7 @@ mod queue_tests {
             assert_eq!(rig.num_free(), 5);
             let h = rig.dev.pop().ok_or(ENOENT)?;
             assert_eq!(rig.dev.desc(h).flags, next);
-            assert_eq!(rig.dev.chain(h)?.len(), 3);
+            assert_eq!(rig.dev.descs(h)?.len(), 3);
             assert_eq!(rig.detach_all()?.len(), 1);
         }
 
@@ -1124,7 +1145,11 @@ mod hostile_tests {
         for bad in [8, 0x1_0000, u32::MAX] {
             let (mut rig, heads) = three_in_flight(Setup::new(8))?;
             // 0x1_0000 + head would alias a real head if truncated to 16 bits.
-            let id = if bad == 0x1_0000 { bad + u32::from(heads[0]) } else { bad };
+            let id = if bad == 0x1_0000 {
+                bad + u32::from(heads[0])
+            } else {
+                bad
+            };
             rig.dev.push_used(id, 0);
             assert_eq!(rig.get_buf(), None);
             assert!(rig.vq.is_broken());
