@@ -18,6 +18,7 @@
 use core::num::NonZeroUsize;
 use kernel::{
     auxiliary,
+    debugfs,
     device::{
         self,
         Core, //
@@ -25,6 +26,7 @@ use kernel::{
     dma::Coherent,
     new_condvar, new_mutex, new_work,
     prelude::*,
+    str::CString,
     sync::{
         aref::ARef,
         atomic::{
@@ -55,6 +57,12 @@ mod abi;
 #[path = "virtio_balloon_rs/mm.rs"]
 mod mm;
 
+#[path = "virtio_balloon_rs/pressure.rs"]
+mod pressure;
+
+#[path = "virtio_balloon_rs/stats.rs"]
+mod stats;
+
 use abi::{
     DeviceCallbacks,
     DeviceHandle,
@@ -63,16 +71,26 @@ use abi::{
 };
 use mm::{
     BalloonPage,
+    MemSnapshot,
     PAGES_PER_PAGE, //
 };
+use pressure::{
+    Deflate,
+    OomNotifier,
+    Pressure,
+    Shrinker, //
+};
+use stats::Counters;
 
 /// Feature: the host must be told before a deflated page is used (virtio 0.9.5 appendix G).
 const F_MUST_TELL_HOST: u32 = 0;
+/// Feature: the device has a statistics queue.
+const F_STATS_VQ: u32 = 1;
 /// Feature: deflate when the guest runs out of memory.
 const F_DEFLATE_ON_OOM: u32 = 2;
 
 /// Features this driver asks for.
-const DRIVER_FEATURES: u64 = (1 << F_MUST_TELL_HOST) | (1 << F_DEFLATE_ON_OOM);
+const DRIVER_FEATURES: u64 = (1 << F_MUST_TELL_HOST) | (1 << F_STATS_VQ) | (1 << F_DEFLATE_ON_OOM);
 
 /// Configuration offset of `num_pages`, the size the device wants (LE, 4 KiB pages).
 const CONFIG_NUM_PAGES: u32 = 0;
@@ -83,6 +101,26 @@ const CONFIG_ACTUAL: u32 = 4;
 const INFLATE: usize = 0;
 /// Request slot of the deflate queue (queue index 1).
 const DEFLATE: usize = 1;
+/// Request slot of the statistics queue (queue index 2, present when the device offers
+/// STATS_VQ: QEMU numbers queues by the features it offers).
+const STATS: usize = 2;
+
+/// Token of the statistics buffer.
+const STATS_TOKEN: NonZeroUsize = NonZeroUsize::MIN;
+
+/// `deflate_policy` values.
+mod policy {
+    /// The OOM notifier when DEFLATE_ON_OOM is negotiated, else nothing (the C driver).
+    pub(crate) const AUTO: u32 = 0;
+    /// The OOM notifier.
+    pub(crate) const OOM: u32 = 1;
+    /// The shrinker.
+    pub(crate) const SHRINKER: u32 = 2;
+    /// Both.
+    pub(crate) const BOTH: u32 = 3;
+    /// Neither: the balloon only follows the device.
+    pub(crate) const NONE: u32 = 4;
+}
 
 /// Frame numbers per inflate/deflate message (`VIRTIO_BALLOON_ARRAY_PFNS_MAX`).
 const PFNS_PER_MSG: usize = 256;
@@ -94,8 +132,11 @@ const MSG_TOKEN: NonZeroUsize = NonZeroUsize::MIN;
 // TIMEOUT: QEMU answers within microseconds; a device silent for 5 s is broken or gone.
 const ACK_TIMEOUT_MS: u32 = 5000;
 
-/// Back-off after a failed page allocation, before the worker retries.
-const ALLOC_RETRY_MS: i64 = 200;
+/// First back-off after a failed page allocation, before the worker retries; it doubles up
+/// to [`ALLOC_RETRY_MAX_MS`] while allocations keep failing.
+const ALLOC_RETRY_MS: u32 = 200;
+/// Longest back-off between inflation attempts.
+const ALLOC_RETRY_MAX_MS: u32 = 5000;
 
 /// State of one balloon, behind [`BalloonShared::state`].
 struct State {
@@ -105,6 +146,8 @@ struct State {
     pages: KVVec<BalloonPage>,
     /// Frame numbers of one message, in DMA memory the device reads.
     pfns: Coherent<[u32]>,
+    /// The statistics buffer, in DMA memory the device reads.
+    stats_buf: Coherent<[u8]>,
     /// Balloon size in 4 KiB pages (what `actual` reports).
     num_pages: u32,
     /// An interrupt said the device used a buffer since the last look.
@@ -122,8 +165,21 @@ struct BalloonShared {
     update: Work<BalloonShared, 0>,
     #[pin]
     ack: Work<BalloonShared, 1>,
+    #[pin]
+    stats: Work<BalloonShared, 2>,
+    /// The OOM notifier and the shrinker, when the policy asks for them.
+    #[pin]
+    hooks: Mutex<Option<PressureHooks>>,
     /// Set at teardown: no more work gets queued.
     stop: Atomic<bool>,
+    /// Memory pressure took pages back: do not inflate again until the target changes.
+    pressure_hold: Atomic<bool>,
+    /// Current back-off after failed allocations, in ms (0: none).
+    backoff_ms: Atomic<u32>,
+    /// Guest pages the OOM notifier gives back per call (`oom_pages`).
+    oom_pages: u64,
+    /// What the driver did, for debugfs.
+    counters: Arc<Counters>,
     /// The negotiated features.
     features: u64,
     /// The transport's handle (see the type invariant of [`HandleRef`]).
@@ -135,6 +191,13 @@ struct BalloonShared {
 impl_has_work! {
     impl HasWork<Self, 0> for BalloonShared { self.update }
     impl HasWork<Self, 1> for BalloonShared { self.ack }
+    impl HasWork<Self, 2> for BalloonShared { self.stats }
+}
+
+/// The pressure hooks of a balloon; dropping them unregisters them.
+struct PressureHooks {
+    _oom: Option<OomNotifier<BalloonShared>>,
+    _shrinker: Option<Shrinker<BalloonShared>>,
 }
 
 /// The transport's device handle, held by work items that cannot borrow it.
@@ -159,13 +222,22 @@ impl HandleRef {
 
 impl DeviceCallbacks for BalloonShared {
     fn vq_interrupt(this: ArcBorrow<'_, Self>, slot: usize) {
-        if slot == INFLATE || slot == DEFLATE {
+        match slot {
             // Wake the worker from process context (it sleeps under the state mutex).
-            let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
+            INFLATE | DEFLATE => {
+                let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
+            }
+            // The device returned the statistics buffer: refresh and resend it.
+            STATS if !this.stop.load(Relaxed) => {
+                let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 2>(this.into());
+            }
+            _ => {}
         }
     }
 
     fn config_changed(this: ArcBorrow<'_, Self>) {
+        // A new target: memory pressure no longer holds inflation back.
+        this.pressure_hold.store(false, Relaxed);
         if !this.stop.load(Relaxed) {
             let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 0>(this.into());
         }
@@ -195,15 +267,100 @@ impl WorkItem<1> for BalloonShared {
     }
 }
 
+impl WorkItem<2> for BalloonShared {
+    type Pointer = Arc<Self>;
+
+    fn run(this: Arc<Self>) {
+        if !this.stop.load(Relaxed) {
+            this.send_stats(false);
+        }
+    }
+}
+
+impl Deflate for BalloonShared {
+    fn reclaimable(&self) -> u64 {
+        self.counters.pages_held.load(Relaxed)
+    }
+
+    fn deflate(&self, pages: u64, why: Pressure) -> u64 {
+        // Never wait for the balloon here: the worker may hold the lock while it allocates,
+        // which is what got us called.
+        let Some(mut state) = self.state.try_lock() else {
+            return 0;
+        };
+        let want = u32::try_from(pages.saturating_mul(PAGES_PER_PAGE.into())).unwrap_or(u32::MAX);
+        let mut freed = 0u32;
+        while freed < want {
+            let n = self.leak_locked(&mut state, want - freed);
+            if n == 0 {
+                break;
+            }
+            freed += n;
+        }
+        let now = state.num_pages;
+        drop(state);
+        if freed != 0 {
+            self.pressure_hold.store(true, Relaxed);
+            self.write_actual(now);
+            let c = match why {
+                Pressure::Oom => &self.counters.oom_deflated,
+                Pressure::Shrinker => &self.counters.shrinker_deflated,
+            };
+            Counters::add(c, freed.into());
+        }
+        u64::from(freed / PAGES_PER_PAGE)
+    }
+}
+
 impl BalloonShared {
     /// Waits until neither work item is queued or running.  With `stop` set, they do not
     /// requeue themselves, and the callbacks queue nothing new but acks.
     fn flush_work(&self) {
-        // SAFETY: Both work items are initialized (pinned in `self`) and live as long as it.
+        // SAFETY: The work items are initialized (pinned in `self`) and live as long as it.
         unsafe {
             kernel::bindings::flush_work(Work::<Self, 0>::raw_get(&self.update));
             kernel::bindings::flush_work(Work::<Self, 1>::raw_get(&self.ack));
+            kernel::bindings::flush_work(Work::<Self, 2>::raw_get(&self.stats));
         }
+    }
+
+    /// Sends fresh statistics: the first buffer at probe (`initial`), then each time the
+    /// device returns the buffer (`stats_handle_request()` in C).
+    fn send_stats(&self, initial: bool) {
+        let mut state = self.state.lock();
+        let Some(vq) = state.vqs.as_mut().and_then(|v| v.get(STATS)) else {
+            return;
+        };
+        if !initial && vq.get_buf().is_none() {
+            return;
+        }
+        let values = match MemSnapshot::now() {
+            Ok(m) => stats::tag_values(&m),
+            Err(e) => {
+                dev_warn!(self.dev, "cannot read memory statistics: {:?}\n", e);
+                return;
+            }
+        };
+        let bytes = stats::encode(&values);
+        for (i, b) in bytes.iter().enumerate() {
+            if fill_byte(&state.stats_buf, i, *b).is_err() {
+                return;
+            }
+        }
+        let sg = Sg::new(state.stats_buf.dma_handle(), stats::BUF_SIZE as u32);
+        let Some(vq) = state.vqs.as_mut().and_then(|v| v.get(STATS)) else {
+            return;
+        };
+        if let Err(e) = vq.add_outbuf(sg, STATS_TOKEN) {
+            dev_warn!(self.dev, "cannot queue the statistics: {:?}\n", e);
+            Counters::add(&self.counters.device_errors, 1);
+            return;
+        }
+        vq.kick();
+        for (slot, v) in self.counters.last_stats.iter().zip(values) {
+            slot.store(v, Relaxed);
+        }
+        Counters::add(&self.counters.stats_sent, 1);
     }
 
     fn has(&self, bit: u32) -> bool {
@@ -213,10 +370,13 @@ impl BalloonShared {
     /// The balloon size the device asks for, in 4 KiB pages, rounded to whole guest pages.
     fn target(&self) -> Result<u32> {
         let num = self.handle.get().config_read32(CONFIG_NUM_PAGES)?;
-        Ok(num.next_multiple_of(PAGES_PER_PAGE))
+        let num = num.checked_next_multiple_of(PAGES_PER_PAGE).unwrap_or(u32::MAX);
+        self.counters.target.store(num.into(), Relaxed);
+        Ok(num)
     }
 
     fn write_actual(&self, num_pages: u32) {
+        self.counters.actual.store(num_pages.into(), Relaxed);
         // One 32-bit access: QEMU acts on every configuration write.
         if let Err(e) = self.handle.get().config_write32(CONFIG_ACTUAL, num_pages) {
             dev_warn!(self.dev, "cannot write actual: {:?}\n", e);
@@ -232,7 +392,7 @@ impl BalloonShared {
     /// [`ACK_TIMEOUT_MS`], or the error of adding the buffer.
     fn tell_host(
         &self,
-        state: &mut kernel::sync::lock::Guard<'_, State, kernel::sync::lock::mutex::MutexBackend>,
+        state: &mut StateGuard<'_>,
         slot: usize,
         n: usize,
     ) -> Result {
@@ -287,6 +447,9 @@ impl BalloonShared {
                 None => break,
             }
         }
+        if (batch.len() as u32) < guest_pages {
+            Counters::add(&self.counters.alloc_failures, 1);
+        }
         if batch.is_empty() {
             return 0;
         }
@@ -304,6 +467,7 @@ impl BalloonShared {
         }
         if self.tell_host(&mut state, INFLATE, n).is_err() {
             // The device did not take the pages: give them back to the guest.
+            Counters::add(&self.counters.device_errors, 1);
             return 0;
         }
         let added = u32::try_from(batch.len()).unwrap_or(0) * PAGES_PER_PAGE;
@@ -315,12 +479,21 @@ impl BalloonShared {
             let _ = state.pages.push(page, GFP_KERNEL);
         }
         state.num_pages += added;
+        Counters::add(&self.counters.inflated, added.into());
+        self.counters
+            .pages_held
+            .store(state.pages.len() as u64, Relaxed);
         added
     }
 
     /// Deflates by up to `want` 4 KiB pages; returns how many were released.
     fn leak(&self, want: u32) -> u32 {
         let mut state = self.state.lock();
+        self.leak_locked(&mut state, want)
+    }
+
+    /// [`Self::leak`] with the state already locked.
+    fn leak_locked(&self, state: &mut StateGuard<'_>, want: u32) -> u32 {
         let guest_pages = (want / PAGES_PER_PAGE)
             .min((PFNS_PER_MSG as u32) / PAGES_PER_PAGE)
             .min(u32::try_from(state.pages.len()).unwrap_or(u32::MAX));
@@ -342,8 +515,9 @@ impl BalloonShared {
         // These pages were inflated, so their frame numbers fit.
         let n = write_pfns(&state.pfns, &batch).unwrap_or(0);
         // Tell the host before the pages are reused (MUST_TELL_HOST, and always, as C does).
-        if let Err(e) = self.tell_host(&mut state, DEFLATE, n) {
+        if let Err(e) = self.tell_host(state, DEFLATE, n) {
             dev_warn!(self.dev, "deflate message not delivered ({:?})\n", e);
+            Counters::add(&self.counters.device_errors, 1);
         }
         let released = u32::try_from(batch.len()).unwrap_or(0) * PAGES_PER_PAGE;
         for page in batch {
@@ -353,6 +527,10 @@ impl BalloonShared {
             drop(page);
         }
         state.num_pages -= released;
+        Counters::add(&self.counters.deflated, released.into());
+        self.counters
+            .pages_held
+            .store(state.pages.len() as u64, Relaxed);
         released
     }
 
@@ -367,11 +545,21 @@ impl BalloonShared {
         };
         let current = self.state.lock().num_pages;
         let done = match target.cmp(&current) {
+            // Memory pressure deflated us: wait for a new target before inflating again.
+            core::cmp::Ordering::Greater if self.pressure_hold.load(Relaxed) => return false,
             core::cmp::Ordering::Greater => {
                 let added = self.fill(target - current);
                 if added == 0 {
-                    // Out of memory (or the device is gone): retry later, politely.
-                    fsleep(Delta::from_millis(ALLOC_RETRY_MS));
+                    // Out of memory (or the device is gone): retry later, politely, backing
+                    // off while allocations keep failing.
+                    let ms = match self.backoff_ms.load(Relaxed) {
+                        0 => ALLOC_RETRY_MS,
+                        ms => ms.saturating_mul(2).min(ALLOC_RETRY_MAX_MS),
+                    };
+                    self.backoff_ms.store(ms, Relaxed);
+                    fsleep(Delta::from_millis(ms.into()));
+                } else {
+                    self.backoff_ms.store(0, Relaxed);
                 }
                 added
             }
@@ -416,8 +604,22 @@ impl BalloonShared {
                 }
             }
             state.num_pages = 0;
+            self.counters.pages_held.store(0, Relaxed);
         }
     }
+}
+
+/// The locked balloon state.
+type StateGuard<'a> = kernel::sync::lock::Guard<'a, State, kernel::sync::lock::mutex::MutexBackend>;
+
+/// Writes byte `i` of a DMA buffer.
+///
+/// # Errors
+///
+/// `EINVAL` if `i` is out of bounds.
+fn fill_byte(buf: &Coherent<[u8]>, i: usize, b: u8) -> Result {
+    kernel::dma_write!(buf, [try: i], b);
+    Ok(())
 }
 
 /// Writes the device frame numbers of `pages` into `pfns`; returns how many it wrote.
@@ -439,7 +641,12 @@ fn write_pfns(pfns: &Coherent<[u32]>, pages: &[BalloonPage]) -> Result<usize> {
 }
 
 /// Per-device driver data.
+///
+/// Drop order (field order): the debugfs files go first; the shared state last.
 struct Balloon {
+    _status: Pin<KBox<debugfs::File<Arc<Counters>>>>,
+    _stats: Pin<KBox<debugfs::File<Arc<Counters>>>>,
+    _dir: debugfs::Dir,
     shared: Arc<BalloonShared>,
 }
 
@@ -456,6 +663,36 @@ kernel::auxiliary_device_table!(
 /// The balloon driver.
 struct BalloonDriver;
 
+impl BalloonDriver {
+    /// Registers the OOM notifier and the shrinker that `deflate_policy` asks for.
+    fn pressure_hooks(shared: &Arc<BalloonShared>) -> Result<PressureHooks> {
+        let deflate_on_oom = shared.has(F_DEFLATE_ON_OOM);
+        let (oom, shrinker) = match *module_parameters::deflate_policy.value() {
+            policy::AUTO => (deflate_on_oom, false),
+            policy::OOM => (true, false),
+            policy::SHRINKER => (false, true),
+            policy::BOTH => (true, true),
+            policy::NONE => (false, false),
+            other => {
+                dev_err!(shared.dev, "deflate_policy={} is not 0-4\n", other);
+                return Err(EINVAL);
+            }
+        };
+        Ok(PressureHooks {
+            _oom: if oom {
+                Some(OomNotifier::new(shared.clone(), shared.oom_pages)?)
+            } else {
+                None
+            },
+            _shrinker: if shrinker {
+                Some(Shrinker::new(shared.clone(), c"virtio_balloon_rs")?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
 impl auxiliary::Driver for BalloonDriver {
     type IdInfo = ();
     type Data<'bound> = Balloon;
@@ -467,11 +704,7 @@ impl auxiliary::Driver for BalloonDriver {
         _info: &'bound Self::IdInfo,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         let handle = DeviceHandle::from_auxiliary(adev).inspect_err(|e| {
-            dev_err!(
-                adev,
-                "no usable device handle from the transport ({:?})\n",
-                e
-            );
+            dev_err!(adev, "no usable device handle from the transport ({:?})\n", e);
         })?;
         if handle.device_type != abi::VIRTIO_ID_BALLOON {
             dev_err!(adev, "not a balloon: device type {}\n", handle.device_type);
@@ -480,33 +713,83 @@ impl auxiliary::Driver for BalloonDriver {
         let features = handle.finalize_features(DRIVER_FEATURES);
         let parent = adev.parent();
         let pfns = Coherent::<u32>::zeroed_slice(parent, PFNS_PER_MSG, GFP_KERNEL)?;
+        let stats_buf = Coherent::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
+        let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
+        counters.features.store(features, Relaxed);
+        let shared_counters = counters.clone();
         let shared = Arc::pin_init(
             pin_init!(BalloonShared {
                 state <- new_mutex!(State {
                     vqs: None,
                     pages: KVVec::new(),
                     pfns,
+                    stats_buf,
                     num_pages: 0,
                     ack_pending: false,
                 }),
                 acked <- new_condvar!(),
                 update <- new_work!("virtio_balloon_rs::update"),
                 ack <- new_work!("virtio_balloon_rs::ack"),
+                stats <- new_work!("virtio_balloon_rs::stats"),
+                hooks <- new_mutex!(None),
                 stop: Atomic::new(false),
+                pressure_hold: Atomic::new(false),
+                backoff_ms: Atomic::new(0),
+                oom_pages: (*module_parameters::oom_pages.value()).into(),
+                counters: shared_counters,
                 features,
                 handle: HandleRef(core::ptr::NonNull::from(handle)),
                 dev: ARef::from(adev.as_ref()),
             }),
             GFP_KERNEL,
         )?;
-        // The stats queue (index 2) is not requested yet; inflate and deflate are 0 and 1.
+        // Queue indexes follow what the device offers: QEMU has the stats queue at 2 whether
+        // or not the driver uses it.
+        let stats_offered = handle.host_features & (1 << F_STATS_VQ) != 0;
+        let indexes: &[u16] = if stats_offered && shared.has(F_STATS_VQ) {
+            &[0, 1, 2]
+        } else {
+            &[0, 1]
+        };
         // SAFETY: The queues are deleted in `unbind`, before the handle can go away.
-        let vqs = unsafe { handle.find_vqs(&[0, 1], shared.clone()) }.inspect_err(|e| {
+        let vqs = unsafe { handle.find_vqs(indexes, shared.clone()) }.inspect_err(|e| {
             dev_err!(adev, "cannot set up the queues: {:?}\n", e);
             handle.fail();
         })?;
         shared.state.lock().vqs = Some(vqs);
         handle.ready();
+        if shared.has(F_STATS_VQ) {
+            shared.send_stats(true);
+        }
+        match Self::pressure_hooks(&shared) {
+            Ok(hooks) => *shared.hooks.lock() = Some(hooks),
+            Err(e) => {
+                shared.stop.store(true, Relaxed);
+                handle.reset();
+                drop(shared.state.lock().vqs.take());
+                return Err(e);
+            }
+        }
+
+        let name = CString::try_from_fmt(fmt!("balloon.{}", adev.id()))?;
+        let dir = debugfs::Dir::new(c"virtio_balloon_rs").subdir(&name);
+        let status = KBox::pin_init(
+            dir.read_callback_file(
+                c"status",
+                Ok::<_, Error>(counters.clone()),
+                &|c: &Arc<Counters>, f: &mut kernel::fmt::Formatter<'_>| c.show_status(f),
+            ),
+            GFP_KERNEL,
+        )?;
+        let stats_file = KBox::pin_init(
+            dir.read_callback_file(
+                c"stats",
+                Ok::<_, Error>(counters),
+                &|c: &Arc<Counters>, f: &mut kernel::fmt::Formatter<'_>| c.show_stats(f),
+            ),
+            GFP_KERNEL,
+        )?;
+
         dev_info!(
             adev,
             "balloon ready (device features {:#010x}, negotiated {:#x})\n",
@@ -515,12 +798,18 @@ impl auxiliary::Driver for BalloonDriver {
         );
         // Move toward the current target right away.
         let _ = workqueue::system_freezable().enqueue::<Arc<BalloonShared>, 0>(shared.clone());
-        Ok(Balloon { shared })
+        Ok(Balloon {
+            _status: status,
+            _stats: stats_file,
+            _dir: dir,
+            shared,
+        })
     }
 
     fn unbind<'bound>(adev: &'bound auxiliary::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let shared = &this.shared;
-        // Stop: no more work gets queued; wait for what is queued or running.
+        // Quiesce (as `virtballoon_quiesce()`): no more pressure callbacks, no more work.
+        drop(shared.hooks.lock().take());
         shared.stop.store(true, Relaxed);
         shared.flush_work();
         let handle = shared.handle.get();
@@ -564,4 +853,14 @@ module! {
     description: "Virtio memory balloon driver for the virtio-rs legacy transport (Rust)",
     license: "GPL",
     imports_ns: ["VIRTIO_RS"],
+    params: {
+        oom_pages: u32 {
+            default: 256,
+            description: "Pages to give back each time the OOM notifier runs",
+        },
+        deflate_policy: u32 {
+            default: 0,
+            description: "Deflate under pressure: 0 auto (OOM notifier if DEFLATE_ON_OOM), 1 oom, 2 shrinker, 3 both, 4 none",
+        },
+    },
 }

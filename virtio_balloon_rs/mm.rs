@@ -93,3 +93,110 @@ impl Drop for BalloonPage {
 
 #[cfg(not(all(CONFIG_X86_64, CONFIG_SPARSEMEM_VMEMMAP)))]
 compile_error!("BalloonPage::pfn() supports x86-64 with SPARSEMEM_VMEMMAP only");
+
+/// What the kernel's memory counters say, for the statistics queue (`update_balloon_stats()`
+/// and `update_balloon_vm_stats()` in C).  Counts of pages are already in bytes.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MemSnapshot {
+    /// Bytes swapped in (`PSWPIN` pages).
+    pub(crate) swap_in: u64,
+    /// Bytes swapped out (`PSWPOUT` pages).
+    pub(crate) swap_out: u64,
+    /// Major page faults.
+    pub(crate) major_faults: u64,
+    /// All page faults.
+    pub(crate) minor_faults: u64,
+    /// Free memory in bytes.
+    pub(crate) free: u64,
+    /// Total memory in bytes.
+    pub(crate) total: u64,
+    /// Available memory in bytes (`si_mem_available()`).
+    pub(crate) available: u64,
+    /// Page cache in bytes (`NR_FILE_PAGES`).
+    pub(crate) caches: u64,
+    /// Successful huge page allocations.
+    pub(crate) htlb_alloc: u64,
+    /// Failed huge page allocations.
+    pub(crate) htlb_fail: u64,
+    /// OOM kills.
+    pub(crate) oom_kills: u64,
+    /// Direct-reclaim stalls over all zones.
+    pub(crate) alloc_stalls: u64,
+    /// Bytes scanned by kswapd.
+    pub(crate) async_scan: u64,
+    /// Bytes scanned by direct reclaim.
+    pub(crate) direct_scan: u64,
+    /// Bytes reclaimed by kswapd.
+    pub(crate) async_reclaim: u64,
+    /// Bytes reclaimed by direct reclaim.
+    pub(crate) direct_reclaim: u64,
+}
+
+/// Bytes of `pages` pages.
+fn pages_to_bytes(pages: u64) -> u64 {
+    // CAST: `PAGE_SIZE` fits in 64 bits.
+    pages.saturating_mul(PAGE_SIZE as u64)
+}
+
+/// A global node statistic (`global_node_page_state()`), clamped at 0 like the C helper.
+fn node_stat(item: bindings::node_stat_item) -> u64 {
+    // CAST: the enumerators are small array indexes.
+    let idx = item as usize;
+    // SAFETY: `vm_node_stat` is an exported array of `NR_VM_NODE_STAT_ITEMS` atomics, valid for
+    // the kernel's lifetime; the index is an enumerator below that count (bindgen'd from the
+    // same headers); the counter is read once, racy like `atomic_long_read()`.
+    let val = unsafe {
+        let stats = core::ptr::addr_of!(bindings::vm_node_stat);
+        core::ptr::addr_of!((*stats)[idx].counter).read_volatile()
+    };
+    u64::try_from(val).unwrap_or(0)
+}
+
+impl MemSnapshot {
+    /// Reads the counters now.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM` if the event array cannot be allocated.
+    pub(crate) fn now() -> kernel::error::Result<Self> {
+        use kernel::alloc::{flags::GFP_KERNEL, KVec};
+        // CAST: the count of event items is a small enumerator.
+        let n = bindings::vm_event_item_NR_VM_EVENT_ITEMS as usize;
+        let mut events = KVec::from_elem(0 as kernel::ffi::c_ulong, n, GFP_KERNEL)?;
+        // SAFETY: `events` holds `NR_VM_EVENT_ITEMS` entries, what `all_vm_events()` fills.
+        unsafe { bindings::all_vm_events(events.as_mut_ptr()) };
+        // CAST: enumerators index the array just filled; `c_ulong` is 64 bits here.
+        let ev = |item: bindings::vm_event_item| events.get(item as usize).map_or(0, |&v| v as u64);
+
+        let mut info = bindings::sysinfo::default();
+        // SAFETY: `info` is a valid `struct sysinfo` to fill.
+        unsafe { bindings::si_meminfo(&mut info) };
+        // SAFETY: No preconditions.
+        let available = unsafe { bindings::si_mem_available() };
+        let unit = u64::from(info.mem_unit);
+
+        Ok(Self {
+            swap_in: pages_to_bytes(ev(bindings::vm_event_item_PSWPIN)),
+            swap_out: pages_to_bytes(ev(bindings::vm_event_item_PSWPOUT)),
+            major_faults: ev(bindings::vm_event_item_PGMAJFAULT),
+            minor_faults: ev(bindings::vm_event_item_PGFAULT),
+            // CAST: `__kernel_ulong_t` is 64 bits here.
+            free: (info.freeram as u64).saturating_mul(unit),
+            // CAST: as above.
+            total: (info.totalram as u64).saturating_mul(unit),
+            available: pages_to_bytes(u64::try_from(available).unwrap_or(0)),
+            caches: pages_to_bytes(node_stat(bindings::node_stat_item_NR_FILE_PAGES)),
+            htlb_alloc: ev(bindings::vm_event_item_HTLB_BUDDY_PGALLOC),
+            htlb_fail: ev(bindings::vm_event_item_HTLB_BUDDY_PGALLOC_FAIL),
+            oom_kills: ev(bindings::vm_event_item_OOM_KILL),
+            alloc_stalls: ev(bindings::vm_event_item_ALLOCSTALL_DMA)
+                + ev(bindings::vm_event_item_ALLOCSTALL_DMA32)
+                + ev(bindings::vm_event_item_ALLOCSTALL_NORMAL)
+                + ev(bindings::vm_event_item_ALLOCSTALL_MOVABLE),
+            async_scan: pages_to_bytes(node_stat(bindings::node_stat_item_PGSCAN_KSWAPD)),
+            direct_scan: pages_to_bytes(node_stat(bindings::node_stat_item_PGSCAN_DIRECT)),
+            async_reclaim: pages_to_bytes(node_stat(bindings::node_stat_item_PGSTEAL_KSWAPD)),
+            direct_reclaim: pages_to_bytes(node_stat(bindings::node_stat_item_PGSTEAL_DIRECT)),
+        })
+    }
+}

@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Deflate on memory pressure: with QEMU's deflate-on-oom, the OOM notifier gives pages back
+instead of an OOM kill; with deflate_policy=2, the shrinker does."""
+
+import balloon as b
+import vm
+
+RAM = 1024 * b.MiB
+GUEST_OPTIONS = {"devices": (vm.LEGACY_BALLOON + ",deflate-on-oom=on",)}
+
+
+def squeeze(g, leave_mib=64):
+    """Inflate until only about `leave_mib` MiB are available in the guest."""
+    avail_mib = b.meminfo(g)["MemAvailable"] // 1024
+    target = RAM - (avail_mib - leave_mib) * b.MiB
+    b.set_target(g, target)
+    b.wait_actual(g, target, timeout=180)
+    return target
+
+
+def oom_kills(g):
+    for line in g.sh("cat /proc/vmstat").splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
+def hog(g, mib):
+    # Touch every page: a filled bytes object, not a lazily zeroed one.
+    return g.run(f"python3 -c \"x = b'\\x01' * ({mib} << 20); print(len(x))\"",
+                 timeout=300, check=False)
+
+
+def test_oom_notifier_deflates_instead_of_killing(guest):
+    b.bind_rust(guest)
+    guest.sh("grep -q . /sys/kernel/debug/virtio_balloon_rs/balloon.*/status")
+    target = squeeze(guest)
+    kills = oom_kills(guest)
+    rc, out = hog(guest, 200)
+    assert rc == 0, out
+    assert oom_kills(guest) == kills
+    st = dict(l.split() for l in guest.sh(
+        "cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status").splitlines())
+    assert int(st["oom_deflated_pages"]) > 0, st
+    # The host saw the balloon shrink.
+    assert b.actual(guest) > target
+    b.set_target(guest, RAM)
+    b.wait_actual(guest, RAM)
+    guest.unbind(guest.balloon_bdf())
+    guest.sh("rmmod virtio_balloon_rs")
+
+
+def test_shrinker_deflates_under_pressure(guest):
+    guest.sh("modprobe virtio_balloon_rs deflate_policy=2")
+    b.bind_rust(guest)
+    target = squeeze(guest)
+    kills = oom_kills(guest)
+    rc, out = hog(guest, 200)
+    assert rc == 0, out
+    assert oom_kills(guest) == kills
+    st = dict(l.split() for l in guest.sh(
+        "cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status").splitlines())
+    assert int(st["shrinker_deflated_pages"]) > 0, st
+    assert b.actual(guest) > target
+    b.set_target(guest, RAM)
+    b.wait_actual(guest, RAM)

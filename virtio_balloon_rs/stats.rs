@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The balloon's counters (shown in debugfs) and the statistics the device asks for on the
+//! stats queue (virtio 1.x section 5.5.6.3; `docs/interop/virtio-balloon-stats.rst` in QEMU).
+
+use crate::mm::MemSnapshot;
+use kernel::{
+    fmt,
+    sync::atomic::{
+        Atomic,
+        Relaxed, //
+    },
+};
+
+/// Number of statistics tags (`VIRTIO_BALLOON_S_NR`).
+pub(crate) const NR_TAGS: usize = 16;
+
+/// Bytes of one statistics entry: `{ u16 tag; u64 val }`, packed.
+pub(crate) const ENTRY_SIZE: usize = 10;
+
+/// Bytes of the statistics buffer.
+pub(crate) const BUF_SIZE: usize = NR_TAGS * ENTRY_SIZE;
+
+/// Names of the tags, as QEMU's `guest-stats` reports them (index = tag).
+const TAG_NAMES: [&str; NR_TAGS] = [
+    "swap_in",
+    "swap_out",
+    "major_faults",
+    "minor_faults",
+    "free_memory",
+    "total_memory",
+    "available_memory",
+    "disk_caches",
+    "htlb_pgalloc",
+    "htlb_pgfail",
+    "oom_kills",
+    "alloc_stalls",
+    "async_scans",
+    "direct_scans",
+    "async_reclaims",
+    "direct_reclaims",
+];
+
+/// The values of every tag, in tag order (all of them are computable on this kernel).
+pub(crate) fn tag_values(m: &MemSnapshot) -> [u64; NR_TAGS] {
+    [
+        m.swap_in,
+        m.swap_out,
+        m.major_faults,
+        m.minor_faults,
+        m.free,
+        m.total,
+        m.available,
+        m.caches,
+        m.htlb_alloc,
+        m.htlb_fail,
+        m.oom_kills,
+        m.alloc_stalls,
+        m.async_scan,
+        m.direct_scan,
+        m.async_reclaim,
+        m.direct_reclaim,
+    ]
+}
+
+/// Encodes `values` as the packed entries the device parses (guest endian, i.e. LE here).
+pub(crate) fn encode(values: &[u64; NR_TAGS]) -> [u8; BUF_SIZE] {
+    let mut buf = [0u8; BUF_SIZE];
+    for ((tag, val), entry) in values.iter().enumerate().zip(buf.chunks_exact_mut(ENTRY_SIZE)) {
+        let (t, v) = entry.split_at_mut(2);
+        // CAST: tags are below 16.
+        t.copy_from_slice(&(tag as u16).to_le_bytes());
+        v.copy_from_slice(&val.to_le_bytes());
+    }
+    buf
+}
+
+/// What the driver did, for debugfs; every field is updated with relaxed atomics.
+pub(crate) struct Counters {
+    /// The device's target, in 4 KiB pages.
+    pub(crate) target: Atomic<u64>,
+    /// The last `actual` written, in 4 KiB pages.
+    pub(crate) actual: Atomic<u64>,
+    /// Guest pages in the balloon.
+    pub(crate) pages_held: Atomic<u64>,
+    /// 4 KiB pages inflated since probe.
+    pub(crate) inflated: Atomic<u64>,
+    /// 4 KiB pages deflated since probe (all causes).
+    pub(crate) deflated: Atomic<u64>,
+    /// 4 KiB pages deflated by the OOM notifier.
+    pub(crate) oom_deflated: Atomic<u64>,
+    /// 4 KiB pages deflated by the shrinker.
+    pub(crate) shrinker_deflated: Atomic<u64>,
+    /// Page allocations that failed while inflating.
+    pub(crate) alloc_failures: Atomic<u64>,
+    /// Messages the device did not take (broken queue, timeout).
+    pub(crate) device_errors: Atomic<u64>,
+    /// Negotiated feature bits.
+    pub(crate) features: Atomic<u64>,
+    /// Statistics buffers sent.
+    pub(crate) stats_sent: Atomic<u64>,
+    /// The last statistics sent, by tag.
+    pub(crate) last_stats: [Atomic<u64>; NR_TAGS],
+}
+
+impl Counters {
+    /// All zero.
+    pub(crate) fn new() -> Self {
+        Self {
+            target: Atomic::new(0),
+            actual: Atomic::new(0),
+            pages_held: Atomic::new(0),
+            inflated: Atomic::new(0),
+            deflated: Atomic::new(0),
+            oom_deflated: Atomic::new(0),
+            shrinker_deflated: Atomic::new(0),
+            alloc_failures: Atomic::new(0),
+            device_errors: Atomic::new(0),
+            features: Atomic::new(0),
+            stats_sent: Atomic::new(0),
+            last_stats: [const { Atomic::new(0) }; NR_TAGS],
+        }
+    }
+
+    /// Adds `n` to a counter.
+    pub(crate) fn add(c: &Atomic<u64>, n: u64) {
+        c.add(n, Relaxed);
+    }
+
+    /// The `status` debugfs file: one `name value` line per counter.
+    pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: [(&str, &Atomic<u64>); 11] = [
+            ("target_pages", &self.target),
+            ("actual_pages", &self.actual),
+            ("pages_held", &self.pages_held),
+            ("inflated_pages", &self.inflated),
+            ("deflated_pages", &self.deflated),
+            ("oom_deflated_pages", &self.oom_deflated),
+            ("shrinker_deflated_pages", &self.shrinker_deflated),
+            ("alloc_failures", &self.alloc_failures),
+            ("device_errors", &self.device_errors),
+            ("features", &self.features),
+            ("stats_sent", &self.stats_sent),
+        ];
+        for (name, v) in rows {
+            writeln!(f, "{} {}", name, v.load(Relaxed))?;
+        }
+        Ok(())
+    }
+
+    /// The `stats` debugfs file: the last statistics sent, one `name value` line per tag.
+    pub(crate) fn show_stats(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, v) in TAG_NAMES.iter().zip(&self.last_stats) {
+            writeln!(f, "{} {}", name, v.load(Relaxed))?;
+        }
+        Ok(())
+    }
+}
