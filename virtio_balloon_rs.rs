@@ -142,8 +142,12 @@ const ALLOC_RETRY_MAX_MS: u32 = 5000;
 struct State {
     /// The queues, until teardown takes them.
     vqs: Option<Vqs<BalloonShared>>,
-    /// The pages in the balloon.
+    /// The pages in the balloon.  Its capacity is grown outside the lock (see
+    /// [`BalloonShared::grow_pages`]): nothing allocates with reclaim under this lock,
+    /// because the shrinker and the OOM notifier take it from reclaim.
     pages: KVVec<BalloonPage>,
+    /// Room for one deflate batch, allocated at probe.
+    spare: KVec<BalloonPage>,
     /// Frame numbers of one message, in DMA memory the device reads.
     pfns: Coherent<[u32]>,
     /// The statistics buffer, in DMA memory the device reads.
@@ -327,6 +331,8 @@ impl BalloonShared {
     /// Sends fresh statistics: the first buffer at probe (`initial`), then each time the
     /// device returns the buffer (`stats_handle_request()` in C).
     fn send_stats(&self, initial: bool) {
+        // Read the counters before taking the lock: this allocates.
+        let snapshot = MemSnapshot::now();
         let mut state = self.state.lock();
         let Some(vq) = state.vqs.as_mut().and_then(|v| v.get(STATS)) else {
             return;
@@ -334,7 +340,7 @@ impl BalloonShared {
         if !initial && vq.get_buf().is_none() {
             return;
         }
-        let values = match MemSnapshot::now() {
+        let values = match snapshot {
             Ok(m) => stats::tag_values(&m),
             Err(e) => {
                 dev_warn!(self.dev, "cannot read memory statistics: {:?}\n", e);
@@ -361,6 +367,40 @@ impl BalloonShared {
             slot.store(v, Relaxed);
         }
         Counters::add(&self.counters.stats_sent, 1);
+    }
+
+    /// Makes room for `extra` more pages in the page list, allocating outside the lock.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    fn grow_pages(&self, extra: usize) -> Result {
+        loop {
+            let (len, cap) = {
+                let s = self.state.lock();
+                (s.pages.len(), s.pages.capacity())
+            };
+            let need = len.checked_add(extra).ok_or(ENOMEM)?;
+            if need <= cap {
+                return Ok(());
+            }
+            // Grow geometrically, like a vector would.
+            let mut bigger = KVVec::with_capacity(need.max(cap.saturating_mul(2)), GFP_KERNEL)?;
+            let mut s = self.state.lock();
+            if s.pages.len() + extra <= s.pages.capacity() {
+                return Ok(());
+            }
+            if bigger.capacity() < s.pages.len() + extra {
+                // Pages were added meanwhile; try again with the new size.
+                continue;
+            }
+            while let Some(p) = s.pages.pop() {
+                // Cannot fail: within the capacity.
+                let _ = bigger.push(p, GFP_NOWAIT);
+            }
+            s.pages = bigger;
+            return Ok(());
+        }
     }
 
     fn has(&self, bit: u32) -> bool {
@@ -453,6 +493,9 @@ impl BalloonShared {
         if batch.is_empty() {
             return 0;
         }
+        if self.grow_pages(batch.len()).is_err() {
+            return 0;
+        }
         let mut state = self.state.lock();
         let n = match write_pfns(&state.pfns, &batch) {
             Ok(n) => n,
@@ -461,8 +504,9 @@ impl BalloonShared {
                 return 0;
             }
         };
-        // Make room first, so that every page the device is told about is tracked.
-        if state.pages.reserve(batch.len(), GFP_KERNEL).is_err() {
+        // Every page the device is told about must be tracked: the room was made above,
+        // but another fill may have used it in between.
+        if state.pages.capacity() - state.pages.len() < batch.len() {
             return 0;
         }
         if self.tell_host(&mut state, INFLATE, n).is_err() {
@@ -497,19 +541,19 @@ impl BalloonShared {
         let guest_pages = (want / PAGES_PER_PAGE)
             .min((PFNS_PER_MSG as u32) / PAGES_PER_PAGE)
             .min(u32::try_from(state.pages.len()).unwrap_or(u32::MAX));
-        let Ok(mut batch) = KVec::with_capacity(guest_pages as usize, GFP_KERNEL) else {
-            return 0;
-        };
-        for _ in 0..guest_pages {
+        // The batch lives in memory allocated at probe: no allocation here.
+        let mut batch = core::mem::take(&mut state.spare);
+        while batch.len() < guest_pages as usize && batch.len() < batch.capacity() {
             match state.pages.pop() {
-                // Cannot fail: the capacity was reserved above.
+                // Cannot fail: within the capacity.
                 Some(p) => {
-                    let _ = batch.push(p, GFP_KERNEL);
+                    let _ = batch.push(p, GFP_NOWAIT);
                 }
                 None => break,
             }
         }
         if batch.is_empty() {
+            state.spare = batch;
             return 0;
         }
         // These pages were inflated, so their frame numbers fit.
@@ -520,12 +564,13 @@ impl BalloonShared {
             Counters::add(&self.counters.device_errors, 1);
         }
         let released = u32::try_from(batch.len()).unwrap_or(0) * PAGES_PER_PAGE;
-        for page in batch {
+        while let Some(page) = batch.pop() {
             if !self.has(F_DEFLATE_ON_OOM) {
                 page.adjust_managed(1);
             }
             drop(page);
         }
+        state.spare = batch;
         state.num_pages -= released;
         Counters::add(&self.counters.deflated, released.into());
         self.counters
@@ -714,6 +759,7 @@ impl auxiliary::Driver for BalloonDriver {
         let parent = adev.parent();
         let pfns = Coherent::<u32>::zeroed_slice(parent, PFNS_PER_MSG, GFP_KERNEL)?;
         let stats_buf = Coherent::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
+        let spare = KVec::with_capacity(PFNS_PER_MSG, GFP_KERNEL)?;
         let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
         counters.features.store(features, Relaxed);
         let shared_counters = counters.clone();
@@ -722,6 +768,7 @@ impl auxiliary::Driver for BalloonDriver {
                 state <- new_mutex!(State {
                     vqs: None,
                     pages: KVVec::new(),
+                    spare,
                     pfns,
                     stats_buf,
                     num_pages: 0,

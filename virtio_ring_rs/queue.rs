@@ -151,6 +151,9 @@ impl RingMem for DmaMem {
     }
 }
 
+/// Scatter-gather lists up to this long are converted on the stack by [`Queue::add`].
+const SMALL_SG: usize = 4;
+
 /// Where an indirect table came from, to give it back to the transport.
 #[derive(Clone, Copy)]
 struct IndirectTable {
@@ -327,16 +330,32 @@ impl Queue {
         // SAFETY: Serialized call, by the caller's guarantee.
         let ring = &mut unsafe { self.serialized() }.ring;
         self.sync_broken(ring);
-        let (out_sg, in_sg) = sg.split_at_checked(out).ok_or(EINVAL)?;
+        if out > sg.len() {
+            return Err(EINVAL);
+        }
         let to_buf = |s: &Sg| Buf {
             addr: s.addr,
             len: s.len,
         };
-        let mut bufs = KVec::with_capacity(sg.len(), if atomic { GFP_ATOMIC } else { GFP_KERNEL })?;
-        for s in Iterator::chain(out_sg.iter(), in_sg) {
-            bufs.push(to_buf(s), GFP_ATOMIC)?;
-        }
-        let (out_bufs, in_bufs) = bufs.split_at(out_sg.len());
+        // Small buffers (the common case) convert on the stack: no allocation on the hot
+        // path, and none at all under the caller's locks.
+        let mut small = [Buf { addr: 0, len: 0 }; SMALL_SG];
+        let mut large = KVec::new();
+        let bufs: &[Buf] = if sg.len() <= SMALL_SG {
+            for (b, s) in small.iter_mut().zip(sg) {
+                *b = to_buf(s);
+            }
+            // PANIC: `sg.len() <= SMALL_SG`, the array's length.
+            &small[..sg.len()]
+        } else {
+            large.reserve(sg.len(), if atomic { GFP_ATOMIC } else { GFP_KERNEL })?;
+            for s in sg {
+                large.push(to_buf(s), GFP_ATOMIC)?;
+            }
+            &large
+        };
+        // PANIC: `out <= sg.len() == bufs.len()`, checked above.
+        let (out_bufs, in_bufs) = bufs.split_at(out);
         // CAST: the token is an opaque, non-null pointer value.
         let token = token.as_ptr() as usize;
 
