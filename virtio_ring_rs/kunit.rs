@@ -219,6 +219,28 @@ fn read_desc<M: RingMem>(mem: &M, off: usize) -> Desc {
     }
 }
 
+/// Calls `f` on each descriptor of the chain starting at `i` in a table of `entries`
+/// descriptors; fails on a link out of the table or a chain longer than the table.
+fn walk_table<M: RingMem>(
+    table: &M,
+    mut i: u16,
+    entries: usize,
+    mut f: impl FnMut(Desc) -> Result,
+) -> Result {
+    for _ in 0..entries {
+        let d = read_desc(table, usize::from(i) * split::DESC_SIZE);
+        f(d)?;
+        if d.flags & split::VRING_DESC_F_NEXT == 0 {
+            return Ok(());
+        }
+        if usize::from(d.next) >= entries {
+            return Err(EINVAL);
+        }
+        i = d.next;
+    }
+    Err(EINVAL)
+}
+
 /// Whether `d` describes `addr`/`len` with `flags` (the chain link is not compared).
 fn desc_is(d: &Desc, addr: u64, len: u32, flags: u16) -> bool {
     d.addr == addr && d.len == len && d.flags == flags
@@ -299,54 +321,42 @@ impl Device {
         Ok(heads)
     }
 
-    /// The descriptors of the buffer at `head` (following an indirect table).
+    /// Calls `f` on each descriptor of the buffer at `head`, following an indirect table;
+    /// fails on a chain that leaves its table or loops.
     ///
     /// Only for heads the device took and has not completed: their indirect table is live.
-    fn descs(&self, head: u16) -> Result<KVec<Desc>> {
+    fn walk(&self, head: u16, f: impl FnMut(Desc) -> Result) -> Result {
         let first = self.desc(head);
+        if first.flags & split::VRING_DESC_F_INDIRECT == 0 {
+            return walk_table(&self.mem, head, self.num().into(), f);
+        }
+        let bytes = usize::try_from(first.len)?;
+        // CAST: the test allocator makes the DMA address the CPU address.
+        let ptr = first.addr as *mut c_void;
+        // SAFETY: The table of a buffer in flight is live memory from `indirect_alloc`
+        // (8-byte aligned, `first.len` bytes long, checked by the indirect tests), and
+        // nothing holds a reference to it.
+        let table = unsafe { DmaMem::new(ptr, bytes)? };
+        walk_table(&table, 0, bytes / split::DESC_SIZE, f)
+    }
+
+    /// The descriptors of the buffer at `head` (see [`Device::walk`]).
+    fn descs(&self, head: u16) -> Result<KVec<Desc>> {
         let mut out = KVec::new();
-        if first.flags & split::VRING_DESC_F_INDIRECT != 0 {
-            let entries = usize::try_from(first.len)? / split::DESC_SIZE;
-            // CAST: the test allocator makes the DMA address the CPU address.
-            let ptr = first.addr as *mut c_void;
-            // SAFETY: The table of a buffer in flight is live memory from `indirect_alloc`
-            // (8-byte aligned, `first.len` bytes long, checked by the indirect tests), and
-            // nothing holds a reference to it.
-            let table = unsafe { DmaMem::new(ptr, usize::try_from(first.len)?)? };
-            let mut i = 0u16;
-            loop {
-                let d = read_desc(&table, usize::from(i) * split::DESC_SIZE);
-                out.push(d, GFP_KERNEL)?;
-                if d.flags & split::VRING_DESC_F_NEXT == 0 {
-                    return Ok(out);
-                }
-                if out.len() >= entries || usize::from(d.next) >= entries {
-                    return Err(EINVAL);
-                }
-                i = d.next;
-            }
-        }
-        let mut i = head;
-        loop {
-            let d = self.desc(i);
-            out.push(d, GFP_KERNEL)?;
-            if d.flags & split::VRING_DESC_F_NEXT == 0 {
-                return Ok(out);
-            }
-            if out.len() >= usize::from(self.num()) || d.next >= self.num() {
-                return Err(EINVAL);
-            }
-            i = d.next;
-        }
+        self.walk(head, |d| Ok(out.push(d, GFP_KERNEL)?))?;
+        Ok(out)
     }
 
     /// Total length of the device-writable descriptors of the buffer at `head`.
     fn writable(&self, head: u16) -> Result<u32> {
-        Ok(self
-            .descs(head)?
-            .iter()
-            .filter(|d| d.flags & split::VRING_DESC_F_WRITE != 0)
-            .fold(0u32, |acc, d| acc.saturating_add(d.len)))
+        let mut len = 0u32;
+        self.walk(head, |d| {
+            if d.flags & split::VRING_DESC_F_WRITE != 0 {
+                len = len.saturating_add(d.len);
+            }
+            Ok(())
+        })?;
+        Ok(len)
     }
 
     /// Writes used element `idx` (free-running) without publishing it.
@@ -495,15 +505,18 @@ struct Rig {
 // The serialized calls of the queue.  SAFETY (for each of them): a test is the only user of
 // its queue and runs on one thread, so its calls are serialized as the locking contract asks.
 impl Rig {
-    /// Adds `out` readable then `inp` writable elements with `token`.
+    /// Adds `out` readable then `inp` writable elements (at most 16) with `token`.
     fn add(&self, out: &[Sg], inp: &[Sg], token: usize) -> Result {
-        let mut sg = KVec::with_capacity(out.len() + inp.len(), GFP_KERNEL)?;
-        sg.extend_from_slice(out, GFP_KERNEL)?;
-        sg.extend_from_slice(inp, GFP_KERNEL)?;
+        // Gathered on the stack: no allocation in the long loops.
+        let mut buf = [Sg::new(0, 0); 16];
+        let sg = buf.get_mut(..out.len() + inp.len()).ok_or(E2BIG)?;
+        for (d, s) in sg.iter_mut().zip(Iterator::chain(out.iter(), inp)) {
+            *d = *s;
+        }
         // CAST: tokens are opaque values the queue hands back, never dereferenced.
         let token = NonNull::new(token as *mut c_void).ok_or(EINVAL)?;
         // SAFETY: Serialized call (see above).
-        unsafe { self.vq.add(&sg, out.len(), token, false) }
+        unsafe { self.vq.add(sg, out.len(), token, false) }
     }
 
     /// Adds one writable element of `len` bytes.
@@ -621,7 +634,7 @@ mod queue_tests {
             let p = Setup::new(num).params(ptr, len, &ctx);
             assert_eq!(try_new(&p), Some(EINVAL));
         }
-        // Memory one byte short of the layout, or none.
+        // Memory one byte short of the layout, sized for a smaller queue, or absent.
         assert_eq!(
             try_new(&Setup::new(8).params(ptr, size - 1, &ctx)),
             Some(EINVAL)
@@ -698,6 +711,22 @@ mod queue_tests {
         assert_eq!(rig.get_buf(), Some((token(2), 0)));
         assert_eq!(rig.get_buf(), Some((token(0), 512)));
         assert_eq!(rig.get_buf(), None);
+        assert_eq!(rig.num_free(), 8);
+
+        // Six elements: more than the queue converts on the stack, so its allocating path.
+        let sg = [10, 11, 12, 13, 14, 15].map(|len: u32| Sg::new(addr(len.into()), len));
+        rig.add(&sg[..2], &sg[2..], token(5))?;
+        assert_eq!(rig.num_free(), 2);
+        let h = rig.dev.pop().ok_or(ENOENT)?;
+        let c = rig.dev.descs(h)?;
+        assert_eq!(c.len(), 6);
+        for (i, (d, s)) in c.iter().zip(sg.iter()).enumerate() {
+            let write = if i < 2 { 0 } else { split::VRING_DESC_F_WRITE };
+            let next = if i < 5 { split::VRING_DESC_F_NEXT } else { 0 };
+            assert!(desc_is(d, s.addr, s.len, write | next));
+        }
+        assert_eq!(rig.dev.complete_head(h)?, 12 + 13 + 14 + 15);
+        assert_eq!(rig.get_buf(), Some((token(5), 54)));
         assert_eq!(rig.num_free(), 8);
 
         // The descriptors are reused: a full ring, then everything back in order.
