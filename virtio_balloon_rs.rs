@@ -17,8 +17,7 @@
 
 use core::num::NonZeroUsize;
 use kernel::{
-    auxiliary,
-    debugfs,
+    auxiliary, debugfs,
     device::{
         self,
         Core, //
@@ -410,7 +409,9 @@ impl BalloonShared {
     /// The balloon size the device asks for, in 4 KiB pages, rounded to whole guest pages.
     fn target(&self) -> Result<u32> {
         let num = self.handle.get().config_read32(CONFIG_NUM_PAGES)?;
-        let num = num.checked_next_multiple_of(PAGES_PER_PAGE).unwrap_or(u32::MAX);
+        let num = num
+            .checked_next_multiple_of(PAGES_PER_PAGE)
+            .unwrap_or(u32::MAX);
         self.counters.target.store(num.into(), Relaxed);
         Ok(num)
     }
@@ -430,12 +431,7 @@ impl BalloonShared {
     ///
     /// `EIO` if the queue is broken or gone, `ETIMEDOUT` if the device did not answer in
     /// [`ACK_TIMEOUT_MS`], or the error of adding the buffer.
-    fn tell_host(
-        &self,
-        state: &mut StateGuard<'_>,
-        slot: usize,
-        n: usize,
-    ) -> Result {
+    fn tell_host(&self, state: &mut StateGuard<'_>, slot: usize, n: usize) -> Result {
         let dma = state.pfns.dma_handle();
         // CAST: at most `PFNS_PER_MSG` 4-byte entries.
         let sg = Sg::new(dma, (n * 4) as u32);
@@ -749,7 +745,11 @@ impl auxiliary::Driver for BalloonDriver {
         _info: &'bound Self::IdInfo,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         let handle = DeviceHandle::from_auxiliary(adev).inspect_err(|e| {
-            dev_err!(adev, "no usable device handle from the transport ({:?})\n", e);
+            dev_err!(
+                adev,
+                "no usable device handle from the transport ({:?})\n",
+                e
+            );
         })?;
         if handle.device_type != abi::VIRTIO_ID_BALLOON {
             dev_err!(adev, "not a balloon: device type {}\n", handle.device_type);

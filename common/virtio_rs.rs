@@ -400,23 +400,19 @@ impl DeviceHandle {
                 ctx,
             )
         })?;
-        let mut vqs = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
-        // Build the handles only after the allocation, so that no error path leaves queues
-        // behind: on failure `Vqs` is not built and the transport must be told.
-        for p in raw.iter() {
-            match NonNull::new(*p) {
-                // SAFETY: The transport created this queue; it lives until `del_vqs`, which
-                // only `Vqs::drop` calls, and this is the only handle.
-                Some(p) => vqs
-                    .push(Some(unsafe { Virtqueue::from_raw(p) }), GFP_KERNEL)
-                    .ok(),
-                None => vqs.push(None, GFP_KERNEL).ok(),
-            };
-        }
-        if vqs.len() != raw.len() {
-            // SAFETY: `ctx` belongs to `ops`; the queues were created above.
+        let Ok(mut vqs) = KVec::with_capacity(raw.len(), GFP_KERNEL) else {
+            // SAFETY: `ctx` belongs to `ops`; this undoes the `find_vqs` above.
             unsafe { (self.ops().del_vqs)(self.ctx) };
             return Err(ENOMEM);
+        };
+        for p in raw.iter() {
+            let handle = NonNull::new(*p).map(|p| {
+                // SAFETY: The transport created this queue; it lives until `del_vqs`, which
+                // only `Vqs::drop` calls, and this is its only handle.
+                unsafe { Virtqueue::from_raw(p) }
+            });
+            // Cannot fail: the capacity was reserved above.
+            let _ = vqs.push(handle, GFP_KERNEL);
         }
         Ok(Vqs {
             handle: NonNull::from(self),

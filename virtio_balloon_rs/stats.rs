@@ -66,7 +66,11 @@ pub(crate) fn tag_values(m: &MemSnapshot) -> [u64; NR_TAGS] {
 /// Encodes `values` as the packed entries the device parses (guest endian, i.e. LE here).
 pub(crate) fn encode(values: &[u64; NR_TAGS]) -> [u8; BUF_SIZE] {
     let mut buf = [0u8; BUF_SIZE];
-    for ((tag, val), entry) in values.iter().enumerate().zip(buf.chunks_exact_mut(ENTRY_SIZE)) {
+    for ((tag, val), entry) in values
+        .iter()
+        .enumerate()
+        .zip(buf.chunks_exact_mut(ENTRY_SIZE))
+    {
         let (t, v) = entry.split_at_mut(2);
         // CAST: tags are below 16.
         t.copy_from_slice(&(tag as u16).to_le_bytes());
