@@ -7,6 +7,7 @@
 #   make            build virtio_ring_rs.ko, virtio_pci_rs.ko, virtio_balloon_rs.ko
 #   make check      host tests, KUnit suites in a guest, QEMU integration tests
 #   make demo       boot a guest and show the stack at work
+#   make bench      the Rust stack against the C drivers in one guest
 #   make fuzz       a long fuzz run of the ring core
 #   make rustfmt    format the Rust sources (rustfmtcheck: only check)
 #   make clippy     build with CLIPPY=1
@@ -18,7 +19,7 @@
 ENV := $(CURDIR)/scripts/env
 RUST_SOURCES = $(shell find $(CURDIR) -name '*.rs' -not -path '*/target/*' -not -path '*/.git/*')
 
-.PHONY: all modules setup check demo fuzz clean rustfmt rustfmtcheck clippy kunit-modules
+.PHONY: all modules setup check demo bench fuzz clean rustfmt rustfmtcheck clippy kunit-modules
 
 all: modules
 
@@ -48,6 +49,9 @@ check:
 
 demo:
 	$(CURDIR)/scripts/demo
+
+bench:
+	$(CURDIR)/scripts/bench
 
 fuzz:
 	$(ENV) env FUZZ_SECONDS=$${FUZZ_SECONDS:-1800} $(CURDIR)/scripts/host-tests --fuzz-only

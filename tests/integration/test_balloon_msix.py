@@ -1,17 +1,74 @@
 # SPDX-License-Identifier: GPL-2.0
-"""The Rust stack follows QEMU's target with MSI-X (QEMU's default: 2 vectors), and gives every
-page back on unbind and rmmod."""
+"""The Rust stack with MSI-X (QEMU's default: 2 vectors): it follows QEMU's target, answers
+the statistics queue, shows the same state in debugfs as QMP does, and gives every page back
+on unbind and rmmod.  One guest for all, in this order."""
+
+import time
 
 import balloon as b
 import balloon_cases
 
 RAM = 1024 * b.MiB
+PATH = "/machine/peripheral/balloon0"
+TAGS = ("stat-swap-in", "stat-swap-out", "stat-major-faults", "stat-minor-faults",
+        "stat-free-memory", "stat-total-memory", "stat-available-memory", "stat-disk-caches",
+        "stat-htlb-pgalloc", "stat-htlb-pgfail", "stat-oom-kills", "stat-alloc-stalls",
+        "stat-async-scans", "stat-direct-scans", "stat-async-reclaims", "stat-direct-reclaims")
+UNSET = 2**64 - 1
+
+
+def debugfs(g, name):
+    out = g.sh(f"cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/{name}")
+    return {k: int(v) for k, v in (l.split() for l in out.splitlines())}
 
 
 def test_rust_transport_uses_msix(guest):
     b.bind_rust(guest)
     log = "\n".join(guest.new_kernel_log())
     assert "MSI-X" in log and "balloon ready" in log, log
+
+
+def test_guest_stats_carry_every_tag(guest):
+    guest.qmp_cmd("qom-set", path=PATH, property="guest-stats-polling-interval", value=2)
+    deadline = time.monotonic() + 60
+    first = None
+    while time.monotonic() < deadline:
+        st = guest.qmp_cmd("qom-get", path=PATH, property="guest-stats")
+        if st["last-update"]:
+            if first is None:
+                first = st["last-update"]
+            elif st["last-update"] != first:
+                break  # the driver answered a refresh, not only the first buffer
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"no refreshed guest-stats: {st}")
+    stats = st["stats"]
+    missing = [t for t in TAGS if stats.get(t, UNSET) == UNSET]
+    assert not missing, (missing, stats)
+    mem = b.meminfo(guest)
+    total, free = mem["MemTotal"] * 1024, mem["MemFree"] * 1024
+    assert abs(stats["stat-total-memory"] - total) < 0.03 * total, (stats, mem)
+    assert abs(stats["stat-free-memory"] - free) < 0.05 * total, (stats, mem)
+    # debugfs shows what was sent (a refresh may have happened since QMP's copy).
+    assert debugfs(guest, "status")["stats_sent"] >= 2
+    assert abs(debugfs(guest, "stats")["total_memory"] - stats["stat-total-memory"]) \
+        < 0.03 * total
+
+
+def test_debugfs_matches_qmp_after_inflate_and_deflate(guest):
+    b.set_target(guest, 768 * b.MiB)
+    b.wait_actual(guest, 768 * b.MiB)
+    st = debugfs(guest, "status")
+    want = (RAM - 768 * b.MiB) // 4096
+    assert st["actual_pages"] == want and st["target_pages"] == want, st
+    assert st["pages_held"] == want, st
+    assert st["inflated_pages"] - st["deflated_pages"] == want, st
+    assert st["features"] & (1 << 1), st  # STATS_VQ negotiated
+    b.set_target(guest, RAM)
+    b.wait_actual(guest, RAM)
+    st = debugfs(guest, "status")
+    assert st["actual_pages"] == 0 and st["pages_held"] == 0, st
+    assert st["device_errors"] == 0, st
 
 
 def test_inflate_to_512m_and_back(guest):

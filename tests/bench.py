@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""make bench: the Rust stack against the C drivers on the same device in the same VM.
+
+One guest boot.  The legacy balloon function is bound alternately to the C drivers
+(virtio-pci + virtio_balloon) and to the Rust stack, interleaved, REPS times each; each run
+inflates the balloon by 1 GiB and deflates it again, timed from the QMP command to
+query-balloon's `actual` reaching the target.  Also: guest CPU time spent (from /proc/stat),
+the ring micro-benchmark (ns per add/kick-prepare/complete/get_buf cycle, module parameter
+`bench_cycles`), and the size of each .ko.  Prints a table with medians, min and max and the
+Rust/C ratios, and writes a PNG (balloon size over time, both drivers, same axes).
+"""
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import balloon as b  # noqa: E402
+import vm  # noqa: E402
+
+RAM_MIB = int(os.environ.get("BENCH_RAM_MIB", "2048"))
+RAM = RAM_MIB * b.MiB
+DELTA = 1024 * b.MiB
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+RING_CYCLES = int(os.environ.get("BENCH_RING_CYCLES", "200000"))
+
+
+def cpu_ticks(g):
+    """Busy and total jiffies of the guest (all CPUs)."""
+    fields = [int(x) for x in g.sh("head -1 /proc/stat").split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def timed(g, target, samples, origin):
+    busy0, _ = cpu_ticks(g)
+    t0 = time.monotonic()
+    b.set_target(g, target)
+    b.wait_actual(g, target, timeout=600, samples=samples, origin=origin)
+    secs = time.monotonic() - t0
+    busy1, _ = cpu_ticks(g)
+    hz = 100
+    return secs, (busy1 - busy0) / hz
+
+
+def run_one(g, driver, trace):
+    if driver == "C":
+        b.bind_c(g)
+    else:
+        b.bind_rust(g)
+    b.set_target(g, RAM)
+    b.wait_actual(g, RAM)
+    origin = time.monotonic()
+    inf = timed(g, RAM - DELTA, trace, origin)
+    dfl = timed(g, RAM, trace, origin)
+    return inf, dfl
+
+
+def ring_bench(g, moddir):
+    g.run("rmmod virtio_balloon_rs virtio_pci_rs virtio_ring_rs 2>/dev/null", check=False)
+    g.sh(f"insmod {moddir}/virtio_ring_rs.ko bench_cycles={RING_CYCLES}", timeout=900)
+    line = [l for l in g.sh("dmesg | grep 'bench:' | tail -1").splitlines() if l]
+    g.sh("rmmod virtio_ring_rs")
+    return line[0].split("] ", 1)[-1] if line else "no result"
+
+
+def fmt_stats(xs):
+    return f"{statistics.median(xs):7.2f} {min(xs):7.2f} {max(xs):7.2f}"
+
+
+def plot(traces, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, trace in traces.items():
+        ax.plot([s for s, _ in trace], [(RAM - a) / b.MiB for _, a in trace],
+                drawstyle="steps-post", label=name)
+    ax.set_xlabel("seconds since the inflate command")
+    ax.set_ylabel("balloon size (MiB)")
+    ax.set_title(f"inflate + deflate of 1 GiB, {RAM_MIB} MiB guest (TCG), same VM")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main():
+    outdir = os.path.join(os.environ.get("VIRTIO_RS_CACHE", "/var/tmp"), "bench")
+    os.makedirs(outdir, exist_ok=True)
+    sizes = {m: os.path.getsize(os.path.join(vm.TOP, f"{m}.ko"))
+             for m in ("virtio_ring_rs", "virtio_pci_rs", "virtio_balloon_rs")}
+    results = {"C": [], "Rust": []}
+    traces = {}
+    with vm.Guest("bench", memory=f"{RAM_MIB}M", cpus=2) as g:
+        ring = ring_bench(g, vm.TOP)
+        for rep in range(REPS):
+            for driver in ("C", "Rust") if rep % 2 == 0 else ("Rust", "C"):
+                trace = []
+                inf, dfl = run_one(g, driver, trace)
+                results[driver].append((inf, dfl))
+                traces.setdefault(driver, trace)
+                print(f"rep {rep} {driver:4s}: inflate {inf[0]:6.2f}s ({inf[1]:5.2f}s CPU), "
+                      f"deflate {dfl[0]:6.2f}s ({dfl[1]:5.2f}s CPU)", flush=True)
+        problems = g.kernel_problems()
+    pages = DELTA // 4096
+    print(f"\nballoon: inflate then deflate {DELTA // b.MiB} MiB, {RAM_MIB} MiB guest, "
+          f"{REPS} runs per driver, interleaved (seconds: median min max)")
+    print(f"{'':18s} {'C':>23s}   {'Rust':>23s}   Rust/C")
+    med = {}
+    for i, what in enumerate(("inflate", "deflate")):
+        for j, unit in enumerate(("wall", "guest CPU")):
+            c = [r[i][j] for r in results["C"]]
+            r = [r[i][j] for r in results["Rust"]]
+            med[(what, unit)] = (statistics.median(c), statistics.median(r))
+            ratio = statistics.median(r) / statistics.median(c) if statistics.median(c) else 0
+            print(f"{what + ' ' + unit:18s} {fmt_stats(c)}   {fmt_stats(r)}   {ratio:5.2f}")
+    for what in ("inflate", "deflate"):
+        c, r = med[(what, "wall")]
+        print(f"{what} pages/s          C {pages / c:9.0f}   Rust {pages / r:9.0f}")
+    tot_c = med[("inflate", "wall")][0] + med[("deflate", "wall")][0]
+    tot_r = med[("inflate", "wall")][1] + med[("deflate", "wall")][1]
+    print(f"inflate+deflate     C {tot_c:6.2f}s  Rust {tot_r:6.2f}s  speed-up C/Rust {tot_c / tot_r:4.2f}x")
+    print(f"ring micro-benchmark: {ring}")
+    print("module sizes: " + ", ".join(f"{m}.ko {s} bytes" for m, s in sizes.items()))
+    png = os.path.join(outdir, "balloon-c-vs-rust.png")
+    if plot(traces, png):
+        print(f"plot: {png}")
+    if problems:
+        print("kernel problems:\n" + "\n".join(problems))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
