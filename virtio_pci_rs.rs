@@ -178,7 +178,7 @@ impl pci::Driver for VirtioPciDriver {
         add_status(&bar, status::DRIVER);
         let bar_len = bar.maxsize();
 
-        let transport = KBox::pin(Transport::new(pdev, bar, MODULE_NAME)?, GFP_KERNEL)?;
+        let transport = KBox::pin(Transport::new(pdev, bar, MODULE_NAME, queues)?, GFP_KERNEL)?;
         let handle = KBox::pin(transport.as_ref().handle(device_type), GFP_KERNEL)?;
         let id = NEXT_AUX_ID.fetch_add(1, Relaxed);
         let aux = auxiliary::Registration::<ForLt!(usize)>::new(
@@ -198,7 +198,7 @@ impl pci::Driver for VirtioPciDriver {
             queues,
             host_features,
             bar_len,
-            if transport.msix() { "MSI-X" } else { "INTx" }
+            transport.irq_mode()
         );
 
         Ok(VirtioPciDevice {

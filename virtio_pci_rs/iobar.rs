@@ -227,3 +227,93 @@ impl IsrPort {
         val as u8
     }
 }
+
+/// What a [`RawIrq`] runs in hard-IRQ context; returns whether the interrupt was ours.
+pub(crate) trait RawIrqHandler: Send + Sync + 'static {
+    /// Handles one interrupt.
+    fn handle(&self) -> bool;
+}
+
+/// An MSI-X vector's interrupt, requested with `request_threaded_irq()` because the safe PCI
+/// API can name only the first and the last vector of an allocation; freed on drop.
+///
+/// # Invariants
+///
+/// `irq` was requested with the address of `handler` as its cookie and [`raw_irq_handler`]
+/// for `H`; it is freed exactly once, in `Drop`, before `handler` is.
+pub(crate) struct RawIrq<H: RawIrqHandler> {
+    irq: u32,
+    handler: Pin<KBox<H>>,
+}
+
+impl<H: RawIrqHandler> RawIrq<H> {
+    /// Requests vector `vector` of the vectors allocated on `pdev`.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the vector is not allocated, `ENOMEM`, or the error of
+    /// `request_threaded_irq()`.
+    pub(crate) fn request(
+        pdev: &pci::Device<Bound>,
+        vector: u32,
+        name: &'static CStr,
+        handler: H,
+    ) -> Result<Self> {
+        // SAFETY: `raw(pdev)` is a valid, bound `struct pci_dev`.
+        let irq = unsafe { bindings::pci_irq_vector(raw(pdev), vector) };
+        let irq = u32::try_from(irq).map_err(|_| EINVAL)?;
+        let handler = KBox::pin(handler, GFP_KERNEL)?;
+        let cookie = core::ptr::from_ref(handler.as_ref().get_ref())
+            .cast::<c_void>()
+            .cast_mut();
+        // SAFETY: `raw_irq_handler::<H>` matches `irq_handler_t`; the cookie points to the
+        // pinned handler, which outlives the request (freed after `free_irq()` in `Drop`);
+        // `name` lives forever.
+        kernel::error::to_result(unsafe {
+            bindings::request_threaded_irq(
+                irq,
+                Some(raw_irq_handler::<H>),
+                None,
+                0,
+                name.as_char_ptr(),
+                cookie,
+            )
+        })?;
+        // INVARIANT: requested just above with this cookie.
+        Ok(Self { irq, handler })
+    }
+
+    /// Waits for a running handler of this interrupt.
+    pub(crate) fn synchronize(&self) {
+        // SAFETY: `irq` is requested (type invariant).
+        unsafe { bindings::synchronize_irq(self.irq) }
+    }
+}
+
+impl<H: RawIrqHandler> Drop for RawIrq<H> {
+    fn drop(&mut self) {
+        let cookie = core::ptr::from_ref(self.handler.as_ref().get_ref())
+            .cast::<c_void>()
+            .cast_mut();
+        // SAFETY: Requested with this cookie (type invariant); `free_irq()` waits for a
+        // running handler, so the handler is unused when it is dropped next.
+        unsafe { bindings::free_irq(self.irq, cookie) };
+    }
+}
+
+/// The C-ABI handler of a [`RawIrq`].
+///
+/// # Safety
+///
+/// `cookie` must be the address of a live `H` (the cookie [`RawIrq::request`] registered).
+unsafe extern "C" fn raw_irq_handler<H: RawIrqHandler>(
+    _irq: kernel::ffi::c_int,
+    cookie: *mut c_void,
+) -> bindings::irqreturn_t {
+    // SAFETY: The caller passes the registered cookie, live until `free_irq()` returned.
+    if unsafe { &*cookie.cast::<H>() }.handle() {
+        bindings::irqreturn_IRQ_HANDLED
+    } else {
+        bindings::irqreturn_IRQ_NONE
+    }
+}

@@ -3,8 +3,10 @@
 //! The transport operations of one legacy function: features, configuration, status, queues
 //! and interrupts (`virtio_pci_legacy.c` and `virtio_pci_common.c`).
 //!
-//! Interrupts are allocated once, at probe: MSI-X with a configuration vector and one vector
-//! shared by all queues (QEMU's default `vectors=2`), else the INTx line, shared.  The handlers
+//! Interrupts are allocated once, at probe, in the order C tries them: MSI-X with a
+//! configuration vector and one vector per queue (QEMU `vectors=4` and up for the balloon),
+//! else MSI-X with a configuration vector and one vector shared by all queues (QEMU's
+//! default `vectors=2`), else the INTx line, shared.  The handlers
 //! are `'static` and find the current queues and configuration callback through atomics in
 //! [`IrqShared`]: `find_vqs` publishes them after creating the queues, `del_vqs` clears them
 //! and waits for running handlers (`synchronize_irq`) before destroying anything.
@@ -24,7 +26,11 @@ use crate::{
         VqRequest,
         MAX_VQS, //
     },
-    iobar::IsrPort,
+    iobar::{
+        IsrPort,
+        RawIrq,
+        RawIrqHandler, //
+    },
     regs, Bar0,
 };
 use core::{
@@ -100,6 +106,20 @@ impl IrqShared {
         }
     }
 
+    /// Runs the interrupt entry of queue `index`, if published; true if it had work.
+    fn queue(&self, index: usize) -> bool {
+        match self
+            .vqs
+            .get(index)
+            .map(|slot| slot.load(Relaxed))
+            .and_then(NonNull::new)
+        {
+            // SAFETY: A published queue is live until cleared and synchronized (invariant).
+            Some(vq) => unsafe { abi::vq_interrupt_raw(vq) },
+            None => false,
+        }
+    }
+
     /// Runs the interrupt entry of every published queue; true if one had work.
     fn queues(&self) -> bool {
         let mut handled = false;
@@ -146,6 +166,18 @@ impl irq::Handler for QueuesHandler {
     }
 }
 
+/// Handler of one queue's own MSI-X vector (`vring_interrupt()`).
+struct QueueVector {
+    shared: Arc<IrqShared>,
+    index: usize,
+}
+
+impl RawIrqHandler for QueueVector {
+    fn handle(&self) -> bool {
+        self.shared.queue(self.index)
+    }
+}
+
 /// Handler of the shared INTx line (`vp_interrupt()`).
 struct IntxHandler(Arc<IrqShared>);
 
@@ -166,6 +198,11 @@ impl irq::Handler for IntxHandler {
 
 /// The interrupt registrations of a function.
 enum Irqs {
+    /// MSI-X: a configuration vector and one vector per queue (vector `1 + index`).
+    PerQueue {
+        config: Pin<KBox<irq::Registration<ConfigHandler>>>,
+        queues: KVec<RawIrq<QueueVector>>,
+    },
     /// MSI-X: a configuration vector and a vector for all queues.
     MsiX {
         config: Pin<KBox<irq::Registration<ConfigHandler>>>,
@@ -224,9 +261,11 @@ impl<'bound> Transport<'bound> {
         pdev: &'bound pci::Device<Bound>,
         bar: Bar0<'bound>,
         name: &'static CStr,
+        nqueues: u16,
     ) -> Result<Self> {
         let host_features = bar.read(regs::HOST_FEATURES).into_raw();
-        let (shared, irqs, msix) = match Self::request_msix(pdev, &bar, name) {
+        let per_queue = Self::request_per_queue(pdev, &bar, name, nqueues);
+        let (shared, irqs, msix) = match per_queue.or_else(|_| Self::request_msix(pdev, &bar, name)) {
             Ok((shared, irqs)) => (shared, irqs, true),
             Err(e) => {
                 dev_info!(pdev, "no MSI-X ({:?}), using the INTx line\n", e);
@@ -248,6 +287,46 @@ impl<'bound> Transport<'bound> {
             irqs,
             queues: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
         })
+    }
+
+    fn request_per_queue(
+        pdev: &'bound pci::Device<Bound>,
+        bar: &Bar0<'_>,
+        name: &'static CStr,
+        nqueues: u16,
+    ) -> Result<(Arc<IrqShared>, Irqs)> {
+        let nqueues = usize::from(nqueues).min(MAX_VQS);
+        if nqueues == 0 {
+            return Err(ENODEV);
+        }
+        // CAST: at most `1 + MAX_VQS` vectors.
+        let n = (1 + nqueues) as u32;
+        let vecs = pdev.alloc_irq_vectors(n, n, IrqTypes::default().with(IrqType::MsiX))?;
+        let shared = Arc::new(IrqShared::new(None), GFP_KERNEL)?;
+        let config = KBox::pin_init(
+            pdev.request_irq(
+                *vecs.start(),
+                irq::Flags::TRIGGER_NONE,
+                name,
+                Ok::<_, Error>(ConfigHandler(shared.clone())),
+            ),
+            GFP_KERNEL,
+        )?;
+        let mut queues = KVec::with_capacity(nqueues, GFP_KERNEL)?;
+        for index in 0..nqueues {
+            // CAST: at most `MAX_VQS`.
+            let vector = 1 + index as u32;
+            let handler = QueueVector {
+                shared: shared.clone(),
+                index,
+            };
+            queues.push(RawIrq::request(pdev, vector, name, handler)?, GFP_KERNEL)?;
+        }
+        bar.write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
+        if bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
+            return Err(EBUSY);
+        }
+        Ok((shared, Irqs::PerQueue { config, queues }))
     }
 
     fn request_msix(
@@ -318,13 +397,26 @@ impl<'bound> Transport<'bound> {
 
     /// Whether MSI-X is in use.
     pub(crate) fn msix(&self) -> bool {
-        matches!(self.irqs, Irqs::MsiX { .. })
+        !matches!(self.irqs, Irqs::Intx { .. })
+    }
+
+    /// How interrupts are delivered, for the log.
+    pub(crate) fn irq_mode(&self) -> &'static str {
+        match self.irqs {
+            Irqs::PerQueue { .. } => "MSI-X, one vector per queue",
+            Irqs::MsiX { .. } => "MSI-X, one vector for all queues",
+            Irqs::Intx { .. } => "INTx",
+        }
     }
 
     /// Waits for running interrupt handlers.
     fn synchronize(&self) {
         let dev: &Device<Bound> = self.pdev.as_ref();
         let res = match &self.irqs {
+            Irqs::PerQueue { config, queues } => {
+                queues.iter().for_each(RawIrq::synchronize);
+                config.synchronize(dev)
+            }
             Irqs::MsiX { config, queues } => config
                 .synchronize(dev)
                 .and_then(|()| queues.synchronize(dev)),
@@ -378,6 +470,9 @@ impl<'bound> Transport<'bound> {
     /// Creates one queue (`setup_vq()` in `virtio_pci_legacy.c`).
     fn setup_vq(&self, req: &VqRequest) -> Result<QueueSlot> {
         let index = req.index;
+        if usize::from(index) >= MAX_VQS {
+            return Err(EINVAL);
+        }
         self.bar.write_reg(regs::QUEUE_SEL::from_raw(index));
         let num = self.bar.read(regs::QUEUE_NUM).into_raw();
         if num == 0 {
@@ -421,9 +516,13 @@ impl<'bound> Transport<'bound> {
         // latest when the device is unbound; the driver's callback contract is `find_vqs`'s.
         let vq = unsafe { OwnedVq::new(&params)? };
         self.bar.write_reg(regs::QUEUE_PFN::from_raw(pfn));
-        if self.msix() {
-            self.bar
-                .write_reg(regs::MSI_QUEUE_VECTOR::from_raw(MSIX_QUEUES_VECTOR));
+        let vector = match self.irqs {
+            Irqs::PerQueue { .. } => Some(1 + index),
+            Irqs::MsiX { .. } => Some(MSIX_QUEUES_VECTOR),
+            Irqs::Intx { .. } => None,
+        };
+        if let Some(vector) = vector {
+            self.bar.write_reg(regs::MSI_QUEUE_VECTOR::from_raw(vector));
             if self.bar.read(regs::MSI_QUEUE_VECTOR).into_raw() == regs::NO_VECTOR {
                 self.bar.write_reg(regs::QUEUE_PFN::from_raw(0));
                 return Err(EBUSY);
@@ -466,10 +565,13 @@ impl<'bound> Transport<'bound> {
             Some(f) => KBox::into_raw(KBox::new(ConfigCb { f, ctx: config_ctx }, GFP_KERNEL)?),
             None => core::ptr::null_mut(),
         };
-        // Publish to the interrupt handlers last, when everything exists.
-        for ((slot, o), shared) in slots.iter().zip(out.iter_mut()).zip(&self.shared.vqs) {
+        // Publish to the interrupt handlers last, when everything exists; handlers find
+        // queues by their device index (below `MAX_VQS`, checked by `setup_vq`).
+        for (slot, o) in slots.iter().zip(out.iter_mut()) {
             *o = slot.vq.as_raw();
-            shared.store(slot.vq.as_raw(), Relaxed);
+            if let Some(shared) = self.shared.vqs.get(usize::from(slot.index)) {
+                shared.store(slot.vq.as_raw(), Relaxed);
+            }
         }
         // INVARIANT: the box is live until `del_vqs` clears it and synchronizes.
         self.shared.config.store(cb, Relaxed);
