@@ -16,7 +16,8 @@ if [ -L "/lib/modules/$kver" ] || [ ! -e "/lib/modules/$kver" ]; then
 	src=$(readlink -f "/lib/modules/$kver" 2>/dev/null)
 	rm -f "/lib/modules/$kver"
 	mkdir -p "/lib/modules/$kver/extra"
-	[ -n "$src" ] && [ -d "$src" ] && cp -a "$src"/. "/lib/modules/$kver"/
+	# Dereference: virtme-ng's tree links the modules relatively to the build tree.
+	[ -n "$src" ] && [ -d "$src" ] && cp -rL "$src"/. "/lib/modules/$kver"/
 fi
 mkdir -p "/lib/modules/$kver/extra"
 cp "$MODS"/*.ko "/lib/modules/$kver/extra/" 2>/dev/null
