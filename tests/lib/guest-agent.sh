@@ -16,8 +16,14 @@ if [ -L "/lib/modules/$kver" ] || [ ! -e "/lib/modules/$kver" ]; then
 	src=$(readlink -f "/lib/modules/$kver" 2>/dev/null)
 	rm -f "/lib/modules/$kver"
 	mkdir -p "/lib/modules/$kver/extra"
-	# Dereference: virtme-ng's tree links the modules relatively to the build tree.
-	[ -n "$src" ] && [ -d "$src" ] && cp -rL "$src"/. "/lib/modules/$kver"/
+	# Dereference: virtme-ng's tree links files relatively to the kernel build tree, which
+	# itself is linked as build/ (never copy that one).
+	if [ -n "$src" ] && [ -d "$src" ]; then
+		for f in "$src"/*; do
+			case ${f##*/} in build | source) continue ;; esac
+			cp -rL "$f" "/lib/modules/$kver/"
+		done
+	fi
 fi
 mkdir -p "/lib/modules/$kver/extra"
 cp "$MODS"/*.ko "/lib/modules/$kver/extra/" 2>/dev/null
