@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -80,8 +81,10 @@ class Guest:
             cmd += ["--append", a]
         self.t_start = time.monotonic()
         with open(self.console, "wb") as out:
+            # Own process group: killing the guest kills QEMU too, not only vng.
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd="/")
+                                         stderr=subprocess.STDOUT, cwd="/",
+                                         start_new_session=True)
         deadline = time.monotonic() + self.boot_timeout
         while not os.path.exists(os.path.join(self.dir, "ready")):
             if self.proc.poll() is not None:
@@ -115,7 +118,10 @@ class Guest:
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
     def cleanup(self):
