@@ -289,6 +289,31 @@ impl<'bound> Transport<'bound> {
         })
     }
 
+    /// Requests the MSI-X configuration vector and routes configuration changes to it; a
+    /// read-back of NO_VECTOR means the device could not (`vp_legacy_config_vector()`).
+    fn request_config<'a>(
+        pdev: &'a pci::Device<Bound>,
+        bar: &Bar0<'_>,
+        name: &'static CStr,
+        vector: pci::IrqVector<'a>,
+        shared: &Arc<IrqShared>,
+    ) -> Result<Pin<KBox<irq::Registration<ConfigHandler>>>> {
+        let config = KBox::pin_init(
+            pdev.request_irq(
+                vector,
+                irq::Flags::TRIGGER_NONE,
+                name,
+                Ok::<_, Error>(ConfigHandler(shared.clone())),
+            ),
+            GFP_KERNEL,
+        )?;
+        bar.write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
+        if bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
+            return Err(EBUSY);
+        }
+        Ok(config)
+    }
+
     fn request_per_queue(
         pdev: &'bound pci::Device<Bound>,
         bar: &Bar0<'_>,
@@ -303,15 +328,7 @@ impl<'bound> Transport<'bound> {
         let n = (1 + nqueues) as u32;
         let vecs = pdev.alloc_irq_vectors(n, n, IrqTypes::default().with(IrqType::MsiX))?;
         let shared = Arc::new(IrqShared::new(None), GFP_KERNEL)?;
-        let config = KBox::pin_init(
-            pdev.request_irq(
-                *vecs.start(),
-                irq::Flags::TRIGGER_NONE,
-                name,
-                Ok::<_, Error>(ConfigHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
-        )?;
+        let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
         let mut queues = KVec::with_capacity(nqueues, GFP_KERNEL)?;
         for index in 0..nqueues {
             // CAST: at most `MAX_VQS`.
@@ -321,10 +338,6 @@ impl<'bound> Transport<'bound> {
                 index,
             };
             queues.push(RawIrq::request(pdev, vector, name, handler)?, GFP_KERNEL)?;
-        }
-        bar.write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
-        if bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
-            return Err(EBUSY);
         }
         Ok((shared, Irqs::PerQueue { config, queues }))
     }
@@ -336,15 +349,7 @@ impl<'bound> Transport<'bound> {
     ) -> Result<(Arc<IrqShared>, Irqs)> {
         let vecs = pdev.alloc_irq_vectors(2, 2, IrqTypes::default().with(IrqType::MsiX))?;
         let shared = Arc::new(IrqShared::new(None), GFP_KERNEL)?;
-        let config = KBox::pin_init(
-            pdev.request_irq(
-                *vecs.start(),
-                irq::Flags::TRIGGER_NONE,
-                name,
-                Ok::<_, Error>(ConfigHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
-        )?;
+        let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
         let queues = KBox::pin_init(
             pdev.request_irq(
                 *vecs.end(),
@@ -354,12 +359,6 @@ impl<'bound> Transport<'bound> {
             ),
             GFP_KERNEL,
         )?;
-        // Route configuration changes to vector 0; a read-back of NO_VECTOR means the device
-        // could not (`vp_legacy_config_vector()`).
-        bar.write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
-        if bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
-            return Err(EBUSY);
-        }
         Ok((shared, Irqs::MsiX { config, queues }))
     }
 

@@ -45,20 +45,24 @@ def test_per_queue_msix_vectors(guest):
     assert len(irqs.splitlines()) == 4, irqs
 
 
-def test_oom_notifier_deflates_instead_of_killing(guest):
-    guest.sh("grep -q . /sys/kernel/debug/virtio_balloon_rs/balloon.*/status")
-    target = squeeze(guest)
-    kills = oom_kills(guest)
-    rc, out = hog(guest, 200)
+def deflates_under_pressure(g, counter):
+    """Squeeze the guest, run a memory hog: no OOM kill, and `counter` shows the balloon gave
+    pages back, which the host saw."""
+    target = squeeze(g)
+    kills = oom_kills(g)
+    rc, out = hog(g, 200)
     assert rc == 0, out
-    assert oom_kills(guest) == kills
-    st = dict(l.split() for l in guest.sh(
+    assert oom_kills(g) == kills
+    st = dict(l.split() for l in g.sh(
         "cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status").splitlines())
-    assert int(st["oom_deflated_pages"]) > 0, st
-    # The host saw the balloon shrink.
-    assert b.actual(guest) > target
-    b.set_target(guest, RAM)
-    b.wait_actual(guest, RAM)
+    assert int(st[counter]) > 0, st
+    assert b.actual(g) > target
+    b.set_target(g, RAM)
+    b.wait_actual(g, RAM)
+
+
+def test_oom_notifier_deflates_instead_of_killing(guest):
+    deflates_under_pressure(guest, "oom_deflated_pages")
     guest.unbind(guest.balloon_bdf())
     guest.sh("rmmod virtio_balloon_rs")
 
@@ -66,14 +70,4 @@ def test_oom_notifier_deflates_instead_of_killing(guest):
 def test_shrinker_deflates_under_pressure(guest):
     guest.sh("modprobe virtio_balloon_rs deflate_policy=2")
     b.bind_rust(guest)
-    target = squeeze(guest)
-    kills = oom_kills(guest)
-    rc, out = hog(guest, 200)
-    assert rc == 0, out
-    assert oom_kills(guest) == kills
-    st = dict(l.split() for l in guest.sh(
-        "cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status").splitlines())
-    assert int(st["shrinker_deflated_pages"]) > 0, st
-    assert b.actual(guest) > target
-    b.set_target(guest, RAM)
-    b.wait_actual(guest, RAM)
+    deflates_under_pressure(guest, "shrinker_deflated_pages")
