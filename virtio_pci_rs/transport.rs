@@ -265,7 +265,8 @@ impl<'bound> Transport<'bound> {
     ) -> Result<Self> {
         let host_features = bar.read(regs::HOST_FEATURES).into_raw();
         let per_queue = Self::request_per_queue(pdev, &bar, name, nqueues);
-        let (shared, irqs, msix) = match per_queue.or_else(|_| Self::request_msix(pdev, &bar, name)) {
+        let (shared, irqs, msix) = match per_queue.or_else(|_| Self::request_msix(pdev, &bar, name))
+        {
             Ok((shared, irqs)) => (shared, irqs, true),
             Err(e) => {
                 dev_info!(pdev, "no MSI-X ({:?}), using the INTx line\n", e);
