@@ -14,8 +14,8 @@
 //! memory whose CPU address stands for the DMA address (nothing does DMA).  The benchmark
 //! plays the device through a second view of that memory: it takes the head from the avail
 //! ring, asks to be notified of the next buffer (`avail_event`, as QEMU does), and writes the
-//! used element and index.  The time includes the queue's own allocation in `add` and the
-//! (empty) notification call, so it is an upper bound of the driver-side cost.
+//! used element and index.  The time includes the (empty) notification call, so it is an
+//! upper bound of the driver-side cost.
 
 use crate::{
     abi::{

@@ -11,7 +11,6 @@
 
 use crate::{
     abi::{
-        self,
         CallbackFn,
         IndirectAllocFn,
         IndirectFreeFn,
@@ -602,7 +601,3 @@ impl Drop for Queue {
         }
     }
 }
-
-/// Keeps `abi` referenced for the layout assertions even when no other item of this file
-/// needs it.
-const _: usize = core::mem::size_of::<abi::RawVq>();
