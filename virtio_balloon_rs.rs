@@ -53,6 +53,9 @@ use kernel::{
 #[path = "common/virtio_rs.rs"]
 mod abi;
 
+#[path = "virtio_balloon_rs/engine.rs"]
+mod engine;
+
 #[path = "virtio_balloon_rs/mm.rs"]
 mod mm;
 
@@ -67,6 +70,12 @@ use abi::{
     DeviceHandle,
     Sg,
     Vqs, //
+};
+use engine::{
+    Dir,
+    Engine,
+    Host,
+    Progress, //
 };
 use mm::{
     BalloonPage,
@@ -121,11 +130,6 @@ mod policy {
     pub(crate) const NONE: u32 = 4;
 }
 
-/// Frame numbers per inflate/deflate message (`VIRTIO_BALLOON_ARRAY_PFNS_MAX`).
-const PFNS_PER_MSG: usize = 256;
-
-/// Token of the one buffer in flight on the inflate or deflate queue.
-const MSG_TOKEN: NonZeroUsize = NonZeroUsize::MIN;
 
 /// How long to wait for the device to take a message before declaring it dead.
 // TIMEOUT: QEMU answers within microseconds; a device silent for 5 s is broken or gone.
@@ -137,22 +141,106 @@ const ALLOC_RETRY_MS: u32 = 200;
 /// Longest back-off between inflation attempts.
 const ALLOC_RETRY_MAX_MS: u32 = 5000;
 
-/// State of one balloon, behind [`BalloonShared::state`].
-struct State {
+/// Messages per run of the update work item; it requeues itself for more, so that teardown
+/// and memory pressure get the lock in between.
+const MSGS_PER_RUN: usize = 16;
+
+/// The balloon's device side, as the [`Engine`] drives it: the queues and the message
+/// buffers in DMA memory.
+struct DeviceHost {
     /// The queues, until teardown takes them.
     vqs: Option<Vqs<BalloonShared>>,
-    /// The pages in the balloon.  Its capacity is grown outside the lock (see
-    /// [`BalloonShared::grow_pages`]): nothing allocates with reclaim under this lock,
-    /// because the shrinker and the OOM notifier take it from reclaim.
-    pages: KVVec<BalloonPage>,
-    /// Room for one deflate batch, allocated at probe.
-    spare: KVec<BalloonPage>,
-    /// Frame numbers of one message, in DMA memory the device reads.
+    /// Frame numbers of [`engine::SLOTS`] messages of [`engine::MSG_PFNS`] each, in DMA
+    /// memory the device reads.
     pfns: Coherent<[u32]>,
+    /// Whether balloon pages stay in the managed page counts (DEFLATE_ON_OOM, as C).
+    keep_managed: bool,
+}
+
+impl DeviceHost {
+    fn vq(&mut self, dir: Dir) -> Option<&mut abi::Virtqueue> {
+        let slot = match dir {
+            Dir::Inflate => INFLATE,
+            Dir::Deflate => DEFLATE,
+        };
+        self.vqs.as_mut().and_then(|v| v.get(slot))
+    }
+
+    /// Whether the inflate or deflate queue is broken or gone.
+    fn broken(&mut self) -> bool {
+        [Dir::Inflate, Dir::Deflate]
+            .into_iter()
+            .any(|d| self.vq(d).is_none_or(|q| q.is_broken()))
+    }
+}
+
+/// The token of message slot `slot`.
+fn slot_token(slot: usize) -> NonZeroUsize {
+    NonZeroUsize::MIN.saturating_add(slot)
+}
+
+impl Host for DeviceHost {
+    type Page = BalloonPage;
+
+    fn pfns(page: &BalloonPage) -> impl Iterator<Item = u64> {
+        page.balloon_pfns()
+    }
+
+    fn write_pfn(&mut self, slot: usize, i: usize, pfn: u32) -> Result {
+        if i >= engine::MSG_PFNS {
+            return Err(EINVAL);
+        }
+        let at = slot.checked_mul(engine::MSG_PFNS).ok_or(EINVAL)? + i;
+        kernel::dma_write!(self.pfns, [try: at], pfn);
+        Ok(())
+    }
+
+    fn post(&mut self, dir: Dir, slot: usize, n: usize) -> Result {
+        if slot >= engine::SLOTS || n > engine::MSG_PFNS {
+            return Err(EINVAL);
+        }
+        // CAST: within the buffer, whose size is far below 4 GiB.
+        let addr = self.pfns.dma_handle() + (slot * engine::MSG_PFNS * 4) as u64;
+        // CAST: at most `MSG_PFNS` 4-byte entries.
+        let sg = Sg::new(addr, (n * 4) as u32);
+        let vq = self.vq(dir).ok_or(EIO)?;
+        vq.add_outbuf(sg, slot_token(slot))?;
+        // The buffer is the device's now: if the notification fails (device gone), the
+        // wait for it fails on a broken queue or times out.
+        vq.kick();
+        Ok(())
+    }
+
+    fn reap(&mut self, dir: Dir) -> Option<usize> {
+        let (token, _) = self.vq(dir)?.get_buf()?;
+        Some(token.get() - 1)
+    }
+
+    fn detach(&mut self, dir: Dir) -> Option<usize> {
+        Some(self.vq(dir)?.detach_unused()?.get() - 1)
+    }
+
+    fn account(&mut self, pages: &[BalloonPage], delta: isize) {
+        if !self.keep_managed {
+            for page in pages {
+                page.adjust_managed(delta);
+            }
+        }
+    }
+
+    fn release(&mut self, pages: &mut KVec<BalloonPage>) {
+        BalloonPage::release_all(pages);
+    }
+}
+
+/// State of one balloon, behind [`BalloonShared::state`].
+struct State {
+    /// The pages, the messages in flight and the queues.  The page list grows outside the
+    /// lock (see [`BalloonShared::grow_pages`]): nothing allocates with reclaim under this
+    /// lock, because the shrinker and the OOM notifier take it from reclaim.
+    engine: Engine<DeviceHost>,
     /// The statistics buffer, in DMA memory the device reads.
     stats_buf: Coherent<[u8]>,
-    /// Balloon size in 4 KiB pages (what `actual` reports).
-    num_pages: u32,
     /// An interrupt said the device used a buffer since the last look.
     ack_pending: bool,
 }
@@ -291,20 +379,18 @@ impl Deflate for BalloonShared {
         let Some(mut state) = self.state.try_lock() else {
             return 0;
         };
-        let want = u32::try_from(pages.saturating_mul(PAGES_PER_PAGE.into())).unwrap_or(u32::MAX);
-        let mut freed = 0u32;
-        while freed < want {
-            let n = self.leak_locked(&mut state, want - freed);
-            if n == 0 {
-                break;
-            }
-            freed += n;
-        }
-        let now = state.num_pages;
+        let want = usize::try_from(pages).unwrap_or(usize::MAX);
+        // Pages are released only once the device took the deflate message: what `leak`
+        // reports is what the guest got back.
+        let freed = self.leak_locked(&mut state, want, usize::MAX);
+        let now = state.engine.num_pages();
+        let idle = state.engine.in_flight() == 0;
         drop(state);
         if freed != 0 {
             self.pressure_hold.store(true, Relaxed);
-            self.write_actual(now);
+            if idle {
+                self.write_actual(now);
+            }
             let c = match why {
                 Pressure::Oom => &self.counters.oom_deflated,
                 Pressure::Shrinker => &self.counters.shrinker_deflated,
@@ -333,7 +419,7 @@ impl BalloonShared {
         // Read the counters before taking the lock: this allocates.
         let snapshot = MemSnapshot::now();
         let mut state = self.state.lock();
-        let Some(vq) = state.vqs.as_mut().and_then(|v| v.get(STATS)) else {
+        let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(STATS)) else {
             return;
         };
         if !initial && vq.get_buf().is_none() {
@@ -353,7 +439,7 @@ impl BalloonShared {
             }
         }
         let sg = Sg::new(state.stats_buf.dma_handle(), stats::BUF_SIZE as u32);
-        let Some(vq) = state.vqs.as_mut().and_then(|v| v.get(STATS)) else {
+        let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(STATS)) else {
             return;
         };
         if let Err(e) = vq.add_outbuf(sg, STATS_TOKEN) {
@@ -368,37 +454,29 @@ impl BalloonShared {
         Counters::add(&self.counters.stats_sent, 1);
     }
 
-    /// Makes room for `extra` more pages in the page list, allocating outside the lock.
+    /// Makes room in the page list for `extra` more pages besides those in flight,
+    /// allocating outside the lock.
     ///
     /// # Errors
     ///
     /// `ENOMEM`.
     fn grow_pages(&self, extra: usize) -> Result {
         loop {
-            let (len, cap) = {
+            let (need, cap) = {
                 let s = self.state.lock();
-                (s.pages.len(), s.pages.capacity())
+                (s.engine.room_needed(extra), s.engine.room())
             };
-            let need = len.checked_add(extra).ok_or(ENOMEM)?;
             if need <= cap {
                 return Ok(());
             }
             // Grow geometrically, like a vector would.
-            let mut bigger = KVVec::with_capacity(need.max(cap.saturating_mul(2)), GFP_KERNEL)?;
+            let bigger = KVVec::with_capacity(need.max(cap.saturating_mul(2)), GFP_KERNEL)?;
             let mut s = self.state.lock();
-            if s.pages.len() + extra <= s.pages.capacity() {
+            if s.engine.room_needed(extra) <= s.engine.room() {
                 return Ok(());
             }
-            if bigger.capacity() < s.pages.len() + extra {
-                // Pages were added meanwhile; try again with the new size.
-                continue;
-            }
-            while let Some(p) = s.pages.pop() {
-                // Cannot fail: within the capacity.
-                let _ = bigger.push(p, GFP_NOWAIT);
-            }
-            s.pages = bigger;
-            return Ok(());
+            // Pages were added meanwhile if this is still too small: try again.
+            let _ = s.engine.install_pages(bigger);
         }
     }
 
@@ -424,29 +502,46 @@ impl BalloonShared {
         }
     }
 
-    /// Sends the first `n` frame numbers of `state.pfns` on queue `slot` and waits until the
-    /// device took them.
+    /// Completes what the device handed back, updating the counters; adds it to `done`.
+    fn reap_locked(&self, state: &mut StateGuard<'_>, done: &mut Progress) -> Result {
+        let p = state.engine.reap().inspect_err(|_| {
+            dev_err!(self.dev, "the device handed back a message it was not given\n");
+            Counters::add(&self.counters.device_errors, 1);
+        })?;
+        if p.inflated != 0 {
+            Counters::add(&self.counters.inflated, p.inflated.into());
+        }
+        if p.deflated != 0 {
+            Counters::add(&self.counters.deflated, p.deflated.into());
+        }
+        done.inflated += p.inflated;
+        done.deflated += p.deflated;
+        self.counters
+            .pages_held
+            .store(state.engine.pages_held() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Completes messages until `ready` holds, waiting for the device at most
+    /// [`ACK_TIMEOUT_MS`] in all; adds what completed to `done`.
     ///
     /// # Errors
     ///
-    /// `EIO` if the queue is broken or gone, `ETIMEDOUT` if the device did not answer in
-    /// [`ACK_TIMEOUT_MS`], or the error of adding the buffer.
-    fn tell_host(&self, state: &mut StateGuard<'_>, slot: usize, n: usize) -> Result {
-        let dma = state.pfns.dma_handle();
-        // CAST: at most `PFNS_PER_MSG` 4-byte entries.
-        let sg = Sg::new(dma, (n * 4) as u32);
-        let vq = state.vqs.as_mut().and_then(|v| v.get(slot)).ok_or(EIO)?;
-        vq.add_outbuf(sg, MSG_TOKEN)?;
-        if !vq.kick() {
-            return Err(EIO);
-        }
+    /// `EIO` if a queue is broken or gone or the device misbehaved, `ETIMEDOUT` if the
+    /// device took no message for [`ACK_TIMEOUT_MS`].
+    fn wait_until(
+        &self,
+        state: &mut StateGuard<'_>,
+        done: &mut Progress,
+        ready: impl Fn(&Engine<DeviceHost>) -> bool,
+    ) -> Result {
         let mut left = msecs_to_jiffies(ACK_TIMEOUT_MS);
         loop {
-            let vq = state.vqs.as_mut().and_then(|v| v.get(slot)).ok_or(EIO)?;
-            if vq.get_buf().is_some() {
+            self.reap_locked(state, done)?;
+            if ready(&state.engine) {
                 return Ok(());
             }
-            if vq.is_broken() {
+            if state.engine.host.broken() {
                 return Err(EIO);
             }
             if state.ack_pending {
@@ -460,119 +555,114 @@ impl BalloonShared {
                         "device did not take a message in {} ms\n",
                         ACK_TIMEOUT_MS
                     );
+                    Counters::add(&self.counters.device_errors, 1);
                     return Err(ETIMEDOUT);
                 }
-                kernel::sync::CondVarTimeoutResult::Woken { jiffies }
-                | kernel::sync::CondVarTimeoutResult::Signal { jiffies } => left = jiffies,
-            }
-        }
-    }
-
-    /// Inflates by up to `want` 4 KiB pages; returns how many were added.
-    fn fill(&self, want: u32) -> u32 {
-        let guest_pages = (want / PAGES_PER_PAGE).min((PFNS_PER_MSG as u32) / PAGES_PER_PAGE);
-        // Allocate outside the lock: this may reclaim.
-        let mut batch = KVec::new();
-        for _ in 0..guest_pages {
-            match BalloonPage::alloc() {
-                Some(p) => {
-                    if batch.push(p, GFP_KERNEL).is_err() {
-                        break;
+                kernel::sync::CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                // The caller has a signal pending (a task in the OOM path): the wait cannot
+                // sleep, so sleep uninterruptibly instead of spinning.
+                kernel::sync::CondVarTimeoutResult::Signal { jiffies } => {
+                    fsleep(Delta::from_millis(1));
+                    left = jiffies.saturating_sub(msecs_to_jiffies(1).max(1));
+                    if left == 0 {
+                        return Err(ETIMEDOUT);
                     }
                 }
-                None => break,
             }
         }
-        if (batch.len() as u32) < guest_pages {
+    }
+
+    /// Inflates by up to `want` 4 KiB pages, in at most [`MSGS_PER_RUN`] messages; returns
+    /// how many joined the balloon.
+    fn fill(&self, want: u32) -> u32 {
+        let mut left = (want / PAGES_PER_PAGE) as usize;
+        // Allocated outside the lock; pages that could not be posted are freed at the end.
+        let Ok(mut batch) = KVec::<BalloonPage>::with_capacity(engine::MSG_PAGES, GFP_KERNEL)
+        else {
+            return 0;
+        };
+        let mut done = Progress::default();
+        let mut short = false;
+        for _ in 0..MSGS_PER_RUN {
+            if left == 0 || self.stop.load(Relaxed) {
+                break;
+            }
+            let n = left.min(engine::MSG_PAGES);
+            // Allocate outside the lock: this may reclaim.
+            let have = batch.len();
+            BalloonPage::alloc_bulk(&mut batch, n.saturating_sub(have));
+            if batch.len() < n {
+                short = true;
+            }
+            if batch.is_empty() || self.grow_pages(batch.len()).is_err() {
+                break;
+            }
+            let mut state = self.state.lock();
+            if self
+                .wait_until(&mut state, &mut done, |e| e.has_free_slot())
+                .is_err()
+            {
+                break;
+            }
+            match state.engine.post_inflate(&mut batch) {
+                Ok(k) => left -= k.min(left),
+                // The page list filled up meanwhile (pressure or teardown): grow again.
+                Err(e) if e == ENOSPC => continue,
+                Err(e) => {
+                    dev_err!(self.dev, "cannot post an inflate message: {:?}\n", e);
+                    Counters::add(&self.counters.device_errors, 1);
+                    break;
+                }
+            }
+            drop(state);
+            if short {
+                break;
+            }
+        }
+        if short {
             Counters::add(&self.counters.alloc_failures, 1);
         }
-        if batch.is_empty() {
-            return 0;
-        }
-        if self.grow_pages(batch.len()).is_err() {
-            return 0;
-        }
         let mut state = self.state.lock();
-        let n = match write_pfns(&state.pfns, &batch) {
-            Ok(n) => n,
-            Err(e) => {
-                dev_err!(self.dev, "cannot describe pages to the device: {:?}\n", e);
-                return 0;
-            }
-        };
-        // Every page the device is told about must be tracked: the room was made above,
-        // but another fill may have used it in between.
-        if state.pages.capacity() - state.pages.len() < batch.len() {
-            return 0;
-        }
-        if self.tell_host(&mut state, INFLATE, n).is_err() {
-            // The device did not take the pages: give them back to the guest.
-            Counters::add(&self.counters.device_errors, 1);
-            return 0;
-        }
-        let added = u32::try_from(batch.len()).unwrap_or(0) * PAGES_PER_PAGE;
-        for page in batch {
-            if !self.has(F_DEFLATE_ON_OOM) {
-                page.adjust_managed(-1);
-            }
-            // Cannot fail: the capacity was reserved above.
-            let _ = state.pages.push(page, GFP_KERNEL);
-        }
-        state.num_pages += added;
-        Counters::add(&self.counters.inflated, added.into());
-        self.counters
-            .pages_held
-            .store(state.pages.len() as u64, Relaxed);
-        added
+        let _ = self.wait_until(&mut state, &mut done, |e| e.in_flight() == 0);
+        drop(state);
+        BalloonPage::release_all(&mut batch);
+        done.inflated
     }
 
-    /// Deflates by up to `want` 4 KiB pages; returns how many were released.
+    /// Deflates by up to `want` 4 KiB pages; returns how many were given back to the guest.
     fn leak(&self, want: u32) -> u32 {
         let mut state = self.state.lock();
-        self.leak_locked(&mut state, want)
+        self.leak_locked(&mut state, (want / PAGES_PER_PAGE) as usize, MSGS_PER_RUN)
     }
 
-    /// [`Self::leak`] with the state already locked.
-    fn leak_locked(&self, state: &mut StateGuard<'_>, want: u32) -> u32 {
-        let guest_pages = (want / PAGES_PER_PAGE)
-            .min((PFNS_PER_MSG as u32) / PAGES_PER_PAGE)
-            .min(u32::try_from(state.pages.len()).unwrap_or(u32::MAX));
-        // The batch lives in memory allocated at probe: no allocation here.
-        let mut batch = core::mem::take(&mut state.spare);
-        while batch.len() < guest_pages as usize && batch.len() < batch.capacity() {
-            match state.pages.pop() {
-                // Cannot fail: within the capacity.
-                Some(p) => {
-                    let _ = batch.push(p, GFP_NOWAIT);
+    /// Deflates by up to `want` guest pages in at most `msgs` messages, telling the device
+    /// before each page goes back to the guest, and waits for the device; returns how many
+    /// 4 KiB pages the guest got back.
+    fn leak_locked(&self, state: &mut StateGuard<'_>, mut want: usize, msgs: usize) -> u32 {
+        let mut done = Progress::default();
+        let mut sent = 0;
+        while want != 0 && sent < msgs {
+            if self
+                .wait_until(state, &mut done, |e| e.has_free_slot())
+                .is_err()
+            {
+                break;
+            }
+            match state.engine.post_deflate(want) {
+                Ok(0) => break,
+                Ok(k) => want -= k.min(want),
+                Err(e) => {
+                    dev_warn!(self.dev, "cannot post a deflate message: {:?}\n", e);
+                    Counters::add(&self.counters.device_errors, 1);
+                    break;
                 }
-                None => break,
             }
+            sent += 1;
         }
-        if batch.is_empty() {
-            state.spare = batch;
-            return 0;
-        }
-        // These pages were inflated, so their frame numbers fit.
-        let n = write_pfns(&state.pfns, &batch).unwrap_or(0);
-        // Tell the host before the pages are reused (MUST_TELL_HOST, and always, as C does).
-        if let Err(e) = self.tell_host(state, DEFLATE, n) {
+        if let Err(e) = self.wait_until(state, &mut done, |e| e.in_flight() == 0) {
             dev_warn!(self.dev, "deflate message not delivered ({:?})\n", e);
-            Counters::add(&self.counters.device_errors, 1);
         }
-        let released = u32::try_from(batch.len()).unwrap_or(0) * PAGES_PER_PAGE;
-        while let Some(page) = batch.pop() {
-            if !self.has(F_DEFLATE_ON_OOM) {
-                page.adjust_managed(1);
-            }
-            drop(page);
-        }
-        state.spare = batch;
-        state.num_pages -= released;
-        Counters::add(&self.counters.deflated, released.into());
-        self.counters
-            .pages_held
-            .store(state.pages.len() as u64, Relaxed);
-        released
+        done.deflated
     }
 
     /// One step toward the target; true if more steps are needed.
@@ -584,7 +674,7 @@ impl BalloonShared {
                 return false;
             }
         };
-        let current = self.state.lock().num_pages;
+        let current = self.state.lock().engine.num_pages();
         let done = match target.cmp(&current) {
             // Memory pressure deflated us: wait for a new target before inflating again.
             core::cmp::Ordering::Greater if self.pressure_hold.load(Relaxed) => return false,
@@ -607,46 +697,38 @@ impl BalloonShared {
             core::cmp::Ordering::Less => self.leak(current - target),
             core::cmp::Ordering::Equal => 0,
         };
-        let now = self.state.lock().num_pages;
+        let (now, broken) = {
+            let mut s = self.state.lock();
+            (s.engine.num_pages(), s.engine.host.broken())
+        };
         self.write_actual(now);
-        let broken = self
-            .state
-            .lock()
-            .vqs
-            .as_mut()
-            .and_then(|v| v.get(INFLATE))
-            .is_none_or(|q| q.is_broken());
         target != now && !broken && (done != 0 || target > now)
     }
 
-    /// Deflates everything (teardown); returns false if some pages could not be told to the
-    /// host (they are freed anyway: a dead device cannot use them).
+    /// Deflates everything, telling the device (teardown); stops early if the device does
+    /// not answer (the caller resets it and releases the rest).
     fn leak_all(&self) {
         loop {
-            let current = self.state.lock().num_pages;
-            if current == 0 {
-                break;
-            }
-            if self.leak(current) == 0 {
+            let current = self.state.lock().engine.num_pages();
+            if current == 0 || self.leak(current) == 0 {
                 break;
             }
         }
+    }
+
+    /// After the device was reset: releases every page still held, in flight or in the
+    /// balloon, without telling the (reset) device.
+    fn release_everything(&self) {
         let mut state = self.state.lock();
-        let left = state.pages.len();
-        if left != 0 {
+        let lost = state.engine.release_all();
+        if lost != 0 {
             dev_warn!(
                 self.dev,
-                "freeing {} pages the device was not told about\n",
-                left
+                "freed {} pages the device was not told about\n",
+                lost
             );
-            while let Some(page) = state.pages.pop() {
-                if !self.has(F_DEFLATE_ON_OOM) {
-                    page.adjust_managed(1);
-                }
-            }
-            state.num_pages = 0;
-            self.counters.pages_held.store(0, Relaxed);
         }
+        self.counters.pages_held.store(0, Relaxed);
     }
 }
 
@@ -661,24 +743,6 @@ type StateGuard<'a> = kernel::sync::lock::Guard<'a, State, kernel::sync::lock::m
 fn fill_byte(buf: &Coherent<[u8]>, i: usize, b: u8) -> Result {
     kernel::dma_write!(buf, [try: i], b);
     Ok(())
-}
-
-/// Writes the device frame numbers of `pages` into `pfns`; returns how many it wrote.
-///
-/// # Errors
-///
-/// `ERANGE` for a frame number above 32 bits (guest RAM beyond 16 TiB, out of the legacy
-/// interface's reach), `EINVAL` if `pfns` is too small.
-fn write_pfns(pfns: &Coherent<[u32]>, pages: &[BalloonPage]) -> Result<usize> {
-    let mut n = 0;
-    for page in pages {
-        for pfn in page.balloon_pfns() {
-            let pfn = u32::try_from(pfn).map_err(|_| ERANGE)?;
-            kernel::dma_write!(pfns, [try: n], pfn);
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 /// Per-device driver data.
@@ -757,21 +821,25 @@ impl auxiliary::Driver for BalloonDriver {
         }
         let features = handle.finalize_features(DRIVER_FEATURES);
         let parent = adev.parent();
-        let pfns = Coherent::<u32>::zeroed_slice(parent, PFNS_PER_MSG, GFP_KERNEL)?;
+        let pfns = Coherent::<u32>::zeroed_slice(
+            parent,
+            engine::SLOTS * engine::MSG_PFNS,
+            GFP_KERNEL,
+        )?;
         let stats_buf = Coherent::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
-        let spare = KVec::with_capacity(PFNS_PER_MSG, GFP_KERNEL)?;
+        let engine = Engine::new(DeviceHost {
+            vqs: None,
+            pfns,
+            keep_managed: features & (1 << F_DEFLATE_ON_OOM) != 0,
+        })?;
         let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
         counters.features.store(features, Relaxed);
         let shared_counters = counters.clone();
         let shared = Arc::pin_init(
             pin_init!(BalloonShared {
                 state <- new_mutex!(State {
-                    vqs: None,
-                    pages: KVVec::new(),
-                    spare,
-                    pfns,
+                    engine,
                     stats_buf,
-                    num_pages: 0,
                     ack_pending: false,
                 }),
                 acked <- new_condvar!(),
@@ -803,7 +871,7 @@ impl auxiliary::Driver for BalloonDriver {
             dev_err!(adev, "cannot set up the queues: {:?}\n", e);
             handle.fail();
         })?;
-        shared.state.lock().vqs = Some(vqs);
+        shared.state.lock().engine.host.vqs = Some(vqs);
         handle.ready();
         if shared.has(F_STATS_VQ) {
             shared.send_stats(true);
@@ -813,7 +881,7 @@ impl auxiliary::Driver for BalloonDriver {
             Err(e) => {
                 shared.stop.store(true, Relaxed);
                 handle.reset();
-                drop(shared.state.lock().vqs.take());
+                drop(shared.state.lock().engine.host.vqs.take());
                 return Err(e);
             }
         }
@@ -862,9 +930,11 @@ impl auxiliary::Driver for BalloonDriver {
         let handle = shared.handle.get();
         shared.leak_all();
         shared.write_actual(0);
-        // Reset before deleting the queues (QEMU resets the device on QUEUE_PFN = 0 anyway).
+        // Reset before deleting the queues (QEMU resets the device on QUEUE_PFN = 0 anyway);
+        // then nothing the device holds is in use any more: release what it did not return.
         handle.reset();
-        drop(shared.state.lock().vqs.take());
+        shared.release_everything();
+        drop(shared.state.lock().engine.host.vqs.take());
         // Work queued by an interrupt after the first flush: flush once more, now that no
         // interrupt can come.
         shared.flush_work();

@@ -5,7 +5,7 @@
 //! of the balloon lives here.
 
 use core::ptr::NonNull;
-use kernel::{bindings, page::PAGE_SIZE};
+use kernel::{alloc::KVec, bindings, page::PAGE_SIZE};
 
 /// Shift of the balloon's page frame numbers: the device counts 4 KiB pages whatever the
 /// guest's page size (`VIRTIO_BALLOON_PFN_SHIFT`).
@@ -36,9 +36,14 @@ const BALLOON_GFP: bindings::gfp_t = gfp(bindings::___GFP_DIRECT_RECLAIM_BIT)
 
 /// One guest page held by the balloon; freed when dropped.
 ///
+/// Transparent over the page pointer, so that a slice of them is an array of `struct page *`
+/// for the batched allocator and [`release_pages()`](BalloonPage::release_all).
+///
 /// # Invariants
 ///
-/// `page` is an order-0 page from `alloc_pages()` that this value owns.
+/// `page` is an order-0 page from the page allocator that this value owns (it holds the
+/// page's only reference).
+#[repr(transparent)]
 pub(crate) struct BalloonPage {
     page: NonNull<bindings::page>,
 }
@@ -49,13 +54,72 @@ unsafe impl Send for BalloonPage {}
 unsafe impl Sync for BalloonPage {}
 
 impl BalloonPage {
-    /// Allocates a page for the balloon, or `None` when memory is short (no warning, no
-    /// retries, no OOM kill).
-    pub(crate) fn alloc() -> Option<Self> {
-        // SAFETY: `alloc_pages()` has no preconditions; order 0.
-        let page = NonNull::new(unsafe { bindings::alloc_pages(BALLOON_GFP, 0) })?;
-        // INVARIANT: we own the page just allocated.
-        Some(Self { page })
+    /// Allocates up to `n` pages into `out` (within its spare capacity) with the batched
+    /// page allocator, which takes them from the per-CPU free lists under one lock when
+    /// memory is plentiful and falls back to one reclaiming allocation otherwise; returns how
+    /// many it added.  Fewer than `n` means memory is short (no warning, no OOM kill).
+    pub(crate) fn alloc_bulk(out: &mut KVec<Self>, n: usize) -> usize {
+        /// Pages per call of the batched allocator (its array lives on the stack).
+        const CHUNK: usize = 32;
+        let mut added = 0;
+        loop {
+            let want = CHUNK
+                .min(n - added)
+                .min(out.capacity() - out.len());
+            if want == 0 {
+                break;
+            }
+            let mut array = [core::ptr::null_mut::<bindings::page>(); CHUNK];
+            // SAFETY: `array` holds `want <= CHUNK` null entries for the allocator to fill; a
+            // null nodemask means any node.
+            let got = unsafe {
+                bindings::alloc_pages_bulk_noprof(
+                    BALLOON_GFP,
+                    NODE,
+                    core::ptr::null_mut(),
+                    // CAST: at most `CHUNK`.
+                    want as kernel::ffi::c_int,
+                    array.as_mut_ptr(),
+                )
+            };
+            // CAST: at most `want`.
+            let got = (got as usize).min(want);
+            for &page in &array[..got] {
+                let Some(page) = NonNull::new(page) else {
+                    continue;
+                };
+                // INVARIANT: the allocator just gave us this order-0 page.
+                // Cannot fail: `got <= want` fits the spare capacity.
+                let _ = out.push_within_capacity(Self { page });
+                added += 1;
+            }
+            if got < want {
+                break;
+            }
+        }
+        added
+    }
+
+    /// Frees every page of `pages` with one batched call (`release_pages()`), leaving it
+    /// empty with its capacity.
+    pub(crate) fn release_all(pages: &mut KVec<Self>) {
+        if pages.is_empty() {
+            return;
+        }
+        let (ptr, len, cap) = core::mem::take(pages).into_raw_parts();
+        // SAFETY: `Self` is transparent over `NonNull<page>`, so the vector's buffer is an
+        // array of `len` valid `struct page *`; each page's only reference is ours (type
+        // invariant) and `release_pages()` drops it, freeing the page.  `len` is at most
+        // `isize::MAX / 8`; balloon vectors hold at most a message's pages.
+        unsafe {
+            bindings::release_pages(
+                bindings::release_pages_arg { pages: ptr.cast() },
+                kernel::ffi::c_int::try_from(len).unwrap_or(kernel::ffi::c_int::MAX),
+            )
+        };
+        // SAFETY: `ptr` and `cap` come from `into_raw_parts` of a vector of this type; length
+        // 0 forgets the owners of the pages just freed.
+        *pages = unsafe { KVec::from_raw_parts(ptr, 0, cap) };
     }
 
     /// The page's frame number (`page_to_pfn()`).
@@ -93,6 +157,12 @@ impl Drop for BalloonPage {
 
 #[cfg(not(all(CONFIG_X86_64, CONFIG_SPARSEMEM_VMEMMAP)))]
 compile_error!("BalloonPage::pfn() supports x86-64 with SPARSEMEM_VMEMMAP only");
+
+/// The node balloon pages come from: the only one (`numa_mem_id()` without NUMA).
+const NODE: kernel::ffi::c_int = 0;
+
+#[cfg(CONFIG_NUMA)]
+compile_error!("BalloonPage::alloc_bulk() supports kernels without NUMA only");
 
 /// What the kernel's memory counters say, for the statistics queue (`update_balloon_stats()`
 /// and `update_balloon_vm_stats()` in C).  Counts of pages are already in bytes.

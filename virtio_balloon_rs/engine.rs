@@ -1,0 +1,401 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The balloon's bookkeeping, independent of the device and of real pages.
+//!
+//! An [`Engine`] owns the pages in the balloon and a few message slots.  A message carries
+//! the frame numbers of up to [`MSG_PAGES`] guest pages to the device on the inflate or the
+//! deflate queue; up to [`SLOTS`] messages are in flight at once.  The engine decides what
+//! happens to pages at each step, and the [`Host`] it is given does the device and
+//! page-allocator work:
+//!
+//! - inflate: freshly allocated pages go into a free slot and are posted; when the device
+//!   hands the message back they join the balloon (and leave the managed pages);
+//! - deflate: pages leave the balloon into a free slot and are posted; only when the device
+//!   hands the message back are they released to the guest.  So a page is never reused before
+//!   the host was told (VIRTIO_BALLOON_F_MUST_TELL_HOST), whatever the features.
+//!
+//! The driver runs the engine under its state lock and does the waiting; the KUnit tests run
+//! it against a simulated device.  Nothing here allocates: the slots' page vectors are
+//! allocated with the engine, and room in the balloon's page list is made by the caller
+//! ([`Engine::room_needed`]) before it posts an inflate message.
+
+use kernel::prelude::*;
+
+/// Messages in flight at most, per balloon (inflate and deflate together).
+pub(crate) const SLOTS: usize = 4;
+
+/// Frame numbers (4 KiB pages) per message: 16 KiB of frame numbers, 16 MiB of memory.  The
+/// legacy device takes messages of any length; the C driver sends 256.
+pub(crate) const MSG_PFNS: usize = 4096;
+
+/// Guest pages per message.
+pub(crate) const MSG_PAGES: usize = MSG_PFNS / super::mm::PAGES_PER_PAGE as usize;
+
+/// Which queue a message goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// The inflate queue: pages given to the host.
+    Inflate,
+    /// The deflate queue: pages taken back.
+    Deflate,
+}
+
+/// What the engine needs from the device and the page allocator.
+pub(crate) trait Host {
+    /// A guest page the balloon may hold.
+    type Page;
+
+    /// The device (4 KiB) frame numbers of `page`.
+    fn pfns(page: &Self::Page) -> impl Iterator<Item = u64>;
+
+    /// Stores frame number `pfn` at position `i` of message slot `slot`.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if `slot` or `i` is out of range.
+    fn write_pfn(&mut self, slot: usize, i: usize, pfn: u32) -> Result;
+
+    /// Posts message `slot`, holding `n` frame numbers, on the queue of `dir` and notifies the
+    /// device.
+    ///
+    /// # Errors
+    ///
+    /// Any error: the message is not in flight.
+    fn post(&mut self, dir: Dir, slot: usize, n: usize) -> Result;
+
+    /// The next message of `dir`'s queue that the device handed back.
+    fn reap(&mut self, dir: Dir) -> Option<usize>;
+
+    /// Takes back a message the device still holds on `dir`'s queue (after a reset).
+    fn detach(&mut self, dir: Dir) -> Option<usize>;
+
+    /// Pages enter (`delta < 0`) or leave (`delta > 0`) the balloon: adjust the managed
+    /// page counts.
+    fn account(&mut self, pages: &[Self::Page], delta: isize);
+
+    /// Gives every page of `pages` back to the guest, emptying it.
+    fn release(&mut self, pages: &mut KVec<Self::Page>);
+}
+
+/// What one call of [`Engine::reap`] completed, in 4 KiB pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// Pages that joined the balloon.
+    pub(crate) inflated: u32,
+    /// Pages given back to the guest after the device was told.
+    pub(crate) deflated: u32,
+}
+
+/// One message slot.
+///
+/// # Invariants
+///
+/// `busy` is `None` iff `pages` is empty; `pages.capacity() >= MSG_PAGES`.
+struct Slot<P> {
+    busy: Option<Dir>,
+    pages: KVec<P>,
+}
+
+/// The balloon's pages and messages.  See the module documentation.
+pub(crate) struct Engine<H: Host> {
+    /// The device side.
+    pub(crate) host: H,
+    /// Pages in the balloon (the device was told and took them).
+    pages: KVVec<H::Page>,
+    slots: KVec<Slot<H::Page>>,
+}
+
+/// Balloon (4 KiB) pages of `n` guest pages.
+fn balloon_pages(n: usize) -> u32 {
+    u32::try_from(n)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(super::mm::PAGES_PER_PAGE)
+}
+
+impl<H: Host> Engine<H> {
+    /// Creates an empty balloon.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn new(host: H) -> Result<Self> {
+        let mut slots = KVec::with_capacity(SLOTS, GFP_KERNEL)?;
+        for _ in 0..SLOTS {
+            // INVARIANT: free, with room for one message.
+            slots.push(
+                Slot {
+                    busy: None,
+                    pages: KVec::with_capacity(MSG_PAGES, GFP_KERNEL)?,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        Ok(Self {
+            host,
+            pages: KVVec::new(),
+            slots,
+        })
+    }
+
+    /// Balloon size in 4 KiB pages: the pages the device took and did not give back.
+    pub(crate) fn num_pages(&self) -> u32 {
+        balloon_pages(self.pages.len())
+    }
+
+    /// Guest pages in the balloon.
+    pub(crate) fn pages_held(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Messages in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.busy.is_some()).count()
+    }
+
+    /// Whether a message can be posted now.
+    pub(crate) fn has_free_slot(&self) -> bool {
+        self.slots.iter().any(|s| s.busy.is_none())
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|s| s.busy.is_none())
+    }
+
+    /// Guest pages that inflate messages in flight will add to the page list.
+    fn inflating(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.busy == Some(Dir::Inflate))
+            .map(|s| s.pages.len())
+            .sum()
+    }
+
+    /// Length the page list needs room for before `extra` more pages can be posted for
+    /// inflation (see [`Self::install_pages`]).
+    pub(crate) fn room_needed(&self, extra: usize) -> usize {
+        self.pages
+            .len()
+            .saturating_add(self.inflating())
+            .saturating_add(extra)
+    }
+
+    /// Capacity of the page list.
+    pub(crate) fn room(&self) -> usize {
+        self.pages.capacity()
+    }
+
+    /// Replaces the page list by `bigger` (allocated by the caller outside its lock), moving
+    /// the pages over.
+    ///
+    /// # Errors
+    ///
+    /// Gives `bigger` back if it is not bigger than the current list.
+    pub(crate) fn install_pages(
+        &mut self,
+        mut bigger: KVVec<H::Page>,
+    ) -> core::result::Result<(), KVVec<H::Page>> {
+        if bigger.capacity() <= self.pages.capacity() || !bigger.is_empty() {
+            return Err(bigger);
+        }
+        for p in self.pages.drain_all() {
+            // Cannot fail: within the capacity checked above.
+            let _ = bigger.push_within_capacity(p);
+        }
+        self.pages = bigger;
+        Ok(())
+    }
+
+    /// Writes the frame numbers of slot `slot`'s pages into its message; returns how many.
+    fn describe(&mut self, slot: usize) -> Result<usize> {
+        let mut n = 0;
+        for page in self.slots[slot].pages.iter() {
+            for pfn in H::pfns(page) {
+                // Legacy frame numbers are 32 bits: memory beyond 16 TiB cannot be ballooned.
+                let pfn = u32::try_from(pfn).map_err(|_| ERANGE)?;
+                self.host.write_pfn(slot, n, pfn)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Posts up to [`MSG_PAGES`] pages taken from the end of `batch` for inflation; returns
+    /// how many guest pages it posted (0 if `batch` is empty).
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY` if no slot is free, `ENOSPC` if the page list has no room for them (see
+    /// [`Self::room_needed`]), or the error of describing or posting the message.  The pages
+    /// stay in `batch` on error.
+    pub(crate) fn post_inflate(&mut self, batch: &mut KVec<H::Page>) -> Result<usize> {
+        let take = batch.len().min(MSG_PAGES);
+        if take == 0 {
+            return Ok(0);
+        }
+        let slot = self.free_slot().ok_or(EBUSY)?;
+        if self.room_needed(take) > self.pages.capacity() {
+            return Err(ENOSPC);
+        }
+        for _ in 0..take {
+            if let Some(p) = batch.pop() {
+                // Cannot fail: `take <= MSG_PAGES <= capacity` (type invariant of `Slot`).
+                let _ = self.slots[slot].pages.push_within_capacity(p);
+            }
+        }
+        let posted = self
+            .describe(slot)
+            .and_then(|n| self.host.post(Dir::Inflate, slot, n));
+        match posted {
+            Ok(()) => {
+                // INVARIANT: busy with a non-empty page vector.
+                self.slots[slot].busy = Some(Dir::Inflate);
+                Ok(take)
+            }
+            Err(e) => {
+                for p in self.slots[slot].pages.drain_all() {
+                    // Cannot fail: the pages came from `batch`, whose capacity is unchanged.
+                    let _ = batch.push_within_capacity(p);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes up to `max` guest pages (at most [`MSG_PAGES`]) out of the balloon and posts
+    /// them for deflation; returns how many (0 if the balloon is empty).  They are released
+    /// when the device hands the message back ([`Self::reap`]).
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY` if no slot is free, or the error of describing or posting the message; the
+    /// pages stay in the balloon on error.
+    pub(crate) fn post_deflate(&mut self, max: usize) -> Result<usize> {
+        let take = max.min(MSG_PAGES).min(self.pages.len());
+        if take == 0 {
+            return Ok(0);
+        }
+        let slot = self.free_slot().ok_or(EBUSY)?;
+        for _ in 0..take {
+            if let Some(p) = self.pages.pop() {
+                // Cannot fail: `take <= MSG_PAGES` (type invariant of `Slot`).
+                let _ = self.slots[slot].pages.push_within_capacity(p);
+            }
+        }
+        let posted = self
+            .describe(slot)
+            .and_then(|n| self.host.post(Dir::Deflate, slot, n));
+        match posted {
+            Ok(()) => {
+                // INVARIANT: busy with a non-empty page vector.
+                self.slots[slot].busy = Some(Dir::Deflate);
+                Ok(take)
+            }
+            Err(e) => {
+                for p in self.slots[slot].pages.drain_all() {
+                    // Cannot fail: the pages just left the list, which kept its capacity.
+                    let _ = self.pages.push_within_capacity(p);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Completes message `slot` of `dir`; false if the device handed back a message that is
+    /// not in flight on that queue (the ring never does: its tokens are checked).
+    fn complete(&mut self, dir: Dir, slot: usize, progress: &mut Progress) -> bool {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        if s.busy != Some(dir) {
+            return false;
+        }
+        s.busy = None;
+        let mut pages = core::mem::take(&mut s.pages);
+        let n = balloon_pages(pages.len());
+        match dir {
+            Dir::Inflate => {
+                self.host.account(&pages, -1);
+                for p in pages.drain_all() {
+                    // Cannot fail: room was checked when the message was posted.
+                    let _ = self.pages.push_within_capacity(p);
+                }
+                progress.inflated += n;
+            }
+            Dir::Deflate => {
+                self.host.account(&pages, 1);
+                self.host.release(&mut pages);
+                progress.deflated += n;
+            }
+        }
+        // INVARIANT: free again, with its vector (empty, capacity kept) back.
+        self.slots[slot].pages = pages;
+        true
+    }
+
+    /// Completes every message the device handed back.
+    ///
+    /// # Errors
+    ///
+    /// `EIO` if the device handed back something that was not in flight (what was completed
+    /// before is kept).
+    pub(crate) fn reap(&mut self) -> Result<Progress> {
+        let mut progress = Progress::default();
+        for dir in [Dir::Inflate, Dir::Deflate] {
+            while let Some(slot) = self.host.reap(dir) {
+                if !self.complete(dir, slot, &mut progress) {
+                    return Err(EIO);
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// After a device reset: gives back the pages of every message still in flight (an
+    /// inflate message's pages never joined the balloon; a deflate message's pages are no
+    /// concern of a reset device) and returns how many 4 KiB pages that was.
+    pub(crate) fn abandon_in_flight(&mut self) -> u32 {
+        let mut progress = Progress::default();
+        for dir in [Dir::Inflate, Dir::Deflate] {
+            while let Some(slot) = self.host.detach(dir) {
+                self.complete(dir, slot, &mut progress);
+            }
+        }
+        // Whatever the queue did not report.
+        let mut n = 0;
+        for i in 0..self.slots.len() {
+            if let Some(dir) = self.slots[i].busy.take() {
+                let mut pages = core::mem::take(&mut self.slots[i].pages);
+                n += balloon_pages(pages.len());
+                if dir == Dir::Deflate {
+                    self.host.account(&pages, 1);
+                }
+                self.host.release(&mut pages);
+                self.slots[i].pages = pages;
+            }
+        }
+        n + progress.deflated
+    }
+
+    /// Gives every page still in the balloon or in flight back to the guest without telling
+    /// the device (teardown, after a reset); returns how many 4 KiB pages.
+    pub(crate) fn release_all(&mut self) -> u32 {
+        let n = self.abandon_in_flight() + self.num_pages();
+        let mut batch = core::mem::take(&mut self.slots[0].pages);
+        // Through a slot vector, in bounded steps: no allocation.
+        while !self.pages.is_empty() {
+            while batch.len() < MSG_PAGES {
+                match self.pages.pop() {
+                    Some(p) => {
+                        // Cannot fail: within the slot vector's capacity.
+                        let _ = batch.push_within_capacity(p);
+                    }
+                    None => break,
+                }
+            }
+            self.host.account(&batch, 1);
+            self.host.release(&mut batch);
+        }
+        self.slots[0].pages = batch;
+        n
+    }
+}
