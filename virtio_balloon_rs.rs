@@ -56,6 +56,10 @@ mod abi;
 #[path = "virtio_balloon_rs/engine.rs"]
 mod engine;
 
+#[cfg(virtio_rs_kunit)]
+#[path = "virtio_balloon_rs/kunit.rs"]
+mod kunit;
+
 #[path = "virtio_balloon_rs/mm.rs"]
 mod mm;
 

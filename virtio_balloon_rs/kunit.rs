@@ -1,0 +1,344 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! KUnit suite `virtio_balloon_rs_engine`: the balloon's [`Engine`] against a simulated
+//! device.
+//!
+//! The simulated device ([`SimHost`]) keeps every message it is given until the test lets it
+//! finish (as a slow device would), remembers which frame numbers it was told about on the
+//! deflate queue once it finished the message, and checks every page the engine releases
+//! against that record: a page given back to the guest before the device finished the deflate
+//! message naming it breaks VIRTIO_BALLOON_F_MUST_TELL_HOST and is counted as a violation.
+//! Pages are fake (a frame number each); nothing here touches real memory.
+//!
+//! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
+
+use crate::engine::{
+    Dir,
+    Engine,
+    Host,
+    Progress,
+    MSG_PAGES,
+    MSG_PFNS,
+    SLOTS, //
+};
+use kernel::prelude::*;
+
+/// A fake guest page: its frame number.
+#[derive(Debug, PartialEq, Eq)]
+struct SimPage(u64);
+
+/// A message as the simulated device received it.
+struct Msg {
+    dir: Dir,
+    slot: usize,
+    pfns: KVec<u32>,
+}
+
+/// The simulated device and page allocator.
+struct SimHost {
+    /// The message buffers, as the driver's DMA memory.
+    buf: KVec<u32>,
+    /// Messages the device holds.
+    pending: KVec<Msg>,
+    /// Messages the device finished, not yet reaped: (queue, slot).
+    used: KVec<(Dir, usize)>,
+    /// Frame numbers the device finished deflating.
+    told: KVec<u64>,
+    /// Frame numbers of pages released to the guest.
+    freed: KVec<u64>,
+    /// Released pages whose deflation the device had not finished.
+    violations: u32,
+    /// Net change of the managed page count.
+    managed: i64,
+    /// Refuse the next posts.
+    fail_post: bool,
+    /// A reset happened: releases without telling are expected.
+    reset: bool,
+}
+
+impl SimHost {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            buf: KVec::from_elem(0, SLOTS * MSG_PFNS, GFP_KERNEL)?,
+            pending: KVec::new(),
+            used: KVec::new(),
+            told: KVec::new(),
+            freed: KVec::new(),
+            violations: 0,
+            managed: 0,
+            fail_post: false,
+            reset: false,
+        })
+    }
+
+    /// The device finishes its oldest pending message; false if it holds none.
+    fn finish_one(&mut self) -> Result<bool> {
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        let msg = self.pending.remove(0).map_err(|_| EINVAL)?;
+        if msg.dir == Dir::Deflate {
+            for &pfn in msg.pfns.iter() {
+                self.told.push(u64::from(pfn), GFP_KERNEL)?;
+            }
+        }
+        self.used.push((msg.dir, msg.slot), GFP_KERNEL)?;
+        Ok(true)
+    }
+
+    /// The device finishes every message it holds.
+    fn finish_all(&mut self) -> Result {
+        while self.finish_one()? {}
+        Ok(())
+    }
+
+    /// Frame numbers of the messages the device holds on `dir`'s queue.
+    fn pending_pfns(&self, dir: Dir) -> usize {
+        self.pending
+            .iter()
+            .filter(|m| m.dir == dir)
+            .map(|m| m.pfns.len())
+            .sum()
+    }
+}
+
+impl Host for SimHost {
+    type Page = SimPage;
+
+    fn pfns(page: &SimPage) -> impl Iterator<Item = u64> {
+        core::iter::once(page.0)
+    }
+
+    fn write_pfn(&mut self, slot: usize, i: usize, pfn: u32) -> Result {
+        if i >= MSG_PFNS {
+            return Err(EINVAL);
+        }
+        *self.buf.get_mut(slot * MSG_PFNS + i).ok_or(EINVAL)? = pfn;
+        Ok(())
+    }
+
+    fn post(&mut self, dir: Dir, slot: usize, n: usize) -> Result {
+        if self.fail_post {
+            return Err(EIO);
+        }
+        let start = slot * MSG_PFNS;
+        let mut pfns = KVec::with_capacity(n, GFP_KERNEL)?;
+        pfns.extend_from_slice(self.buf.get(start..start + n).ok_or(EINVAL)?, GFP_KERNEL)?;
+        self.pending.push(Msg { dir, slot, pfns }, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    fn reap(&mut self, dir: Dir) -> Option<usize> {
+        let i = self.used.iter().position(|&(d, _)| d == dir)?;
+        self.used.remove(i).ok().map(|(_, slot)| slot)
+    }
+
+    fn detach(&mut self, dir: Dir) -> Option<usize> {
+        let i = self.pending.iter().position(|m| m.dir == dir)?;
+        self.pending.remove(i).ok().map(|m| m.slot)
+    }
+
+    fn account(&mut self, pages: &[SimPage], delta: isize) {
+        // CAST: small test counts.
+        self.managed += pages.len() as i64 * delta as i64;
+    }
+
+    fn release(&mut self, pages: &mut KVec<SimPage>) {
+        for p in pages.iter() {
+            if !self.reset && !self.told.contains(&p.0) {
+                self.violations += 1;
+            }
+            let _ = self.freed.push(p.0, GFP_KERNEL);
+        }
+        pages.clear();
+    }
+}
+
+/// An engine over a simulated device, with room for `room` pages in the balloon.
+fn engine(room: usize) -> Result<Engine<SimHost>> {
+    let mut e = Engine::new(SimHost::new()?)?;
+    let list = KVVec::with_capacity(room, GFP_KERNEL)?;
+    e.install_pages(list).map_err(|_| EINVAL)?;
+    Ok(e)
+}
+
+/// `n` fake pages with frame numbers `first..first + n`.
+fn pages(first: u64, n: usize) -> Result<KVec<SimPage>> {
+    let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+    for i in 0..n {
+        // CAST: small test counts.
+        v.push(SimPage(first + i as u64), GFP_KERNEL)?;
+    }
+    Ok(v)
+}
+
+/// Inflates `n` pages starting at frame `first` and lets the device finish.
+fn inflated(room: usize, first: u64, n: usize) -> Result<Engine<SimHost>> {
+    let mut e = engine(room)?;
+    let mut batch = pages(first, n)?;
+    while !batch.is_empty() {
+        e.post_inflate(&mut batch)?;
+        e.host.finish_all()?;
+        e.reap()?;
+    }
+    Ok(e)
+}
+
+#[kunit_tests(virtio_balloon_rs_engine)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflate_counts_pages_the_device_took() -> Result {
+        let mut e = engine(64)?;
+        let mut batch = pages(100, 10)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 10);
+        assert!(batch.is_empty());
+        // In flight: not in the balloon yet, not accounted.
+        assert_eq!(e.num_pages(), 0);
+        assert_eq!(e.in_flight(), 1);
+        assert_eq!(e.host.managed, 0);
+        assert_eq!(e.reap()?, Progress::default());
+        // The device read exactly the frame numbers of the batch.
+        assert_eq!(e.host.pending_pfns(Dir::Inflate), 10);
+        let mut sent = KVec::new();
+        sent.extend_from_slice(&e.host.pending[0].pfns, GFP_KERNEL)?;
+        sent.sort_unstable();
+        for (i, pfn) in sent.iter().enumerate() {
+            // CAST: small test counts.
+            assert_eq!(*pfn, 100 + i as u32);
+        }
+        e.host.finish_all()?;
+        let p = e.reap()?;
+        assert_eq!(p.inflated, 10);
+        assert_eq!(p.deflated, 0);
+        assert_eq!(e.num_pages(), 10);
+        assert_eq!(e.in_flight(), 0);
+        assert_eq!(e.host.managed, -10);
+        assert!(e.host.freed.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn deflate_releases_only_after_the_device_was_told() -> Result {
+        let mut e = inflated(64, 1000, 20)?;
+        assert_eq!(e.post_deflate(8)?, 8);
+        // Out of the balloon, but the device has not finished: nothing is released, however
+        // often the driver looks.
+        assert_eq!(e.num_pages(), 12);
+        for _ in 0..3 {
+            assert_eq!(e.reap()?, Progress::default());
+        }
+        assert!(e.host.freed.is_empty());
+        assert_eq!(e.host.pending_pfns(Dir::Deflate), 8);
+        // A second message while the first is pending.
+        assert_eq!(e.post_deflate(5)?, 5);
+        assert!(e.host.finish_one()?);
+        let p = e.reap()?;
+        assert_eq!(p.deflated, 8);
+        assert_eq!(e.host.freed.len(), 8);
+        assert!(e.host.finish_one()?);
+        assert_eq!(e.reap()?.deflated, 5);
+        assert_eq!(e.host.freed.len(), 13);
+        assert_eq!(e.host.violations, 0);
+        assert_eq!(e.num_pages(), 7);
+        assert_eq!(e.host.managed, -7);
+        Ok(())
+    }
+
+    #[test]
+    fn messages_are_bounded() -> Result {
+        let mut e = engine(4 * MSG_PAGES + 8)?;
+        let mut batch = pages(1 << 20, MSG_PAGES + 3)?;
+        // One message carries at most `MSG_PAGES` pages; the rest stays with the caller.
+        assert_eq!(e.post_inflate(&mut batch)?, MSG_PAGES);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(e.host.pending_pfns(Dir::Inflate), MSG_PFNS);
+        // At most `SLOTS` messages in flight.
+        for _ in 1..SLOTS {
+            let mut one = pages(7, 1)?;
+            assert_eq!(e.post_inflate(&mut one)?, 1);
+        }
+        assert!(!e.has_free_slot());
+        assert_eq!(e.post_inflate(&mut batch), Err(EBUSY));
+        assert_eq!(batch.len(), 3);
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?.inflated as usize, MSG_PAGES + SLOTS - 1);
+        assert!(e.has_free_slot());
+        Ok(())
+    }
+
+    #[test]
+    fn inflate_needs_room_in_the_page_list() -> Result {
+        let mut e = engine(4)?;
+        let mut batch = pages(50, 6)?;
+        assert_eq!(e.post_inflate(&mut batch), Err(ENOSPC));
+        assert_eq!(batch.len(), 6);
+        assert_eq!(e.in_flight(), 0);
+        assert_eq!(e.room_needed(6), 6);
+        let bigger = KVVec::with_capacity(e.room_needed(6), GFP_KERNEL)?;
+        e.install_pages(bigger).map_err(|_| EINVAL)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 6);
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_message_loses_nothing() -> Result {
+        let mut e = inflated(64, 300, 10)?;
+        e.host.fail_post = true;
+        assert_eq!(e.post_deflate(4), Err(EIO));
+        assert_eq!(e.num_pages(), 10);
+        let mut batch = pages(400, 3)?;
+        assert_eq!(e.post_inflate(&mut batch), Err(EIO));
+        assert_eq!(batch.len(), 3);
+        assert_eq!(e.in_flight(), 0);
+        assert!(e.host.freed.is_empty());
+        e.host.fail_post = false;
+        assert_eq!(e.post_deflate(4)?, 4);
+        Ok(())
+    }
+
+    #[test]
+    fn a_message_handed_back_twice_is_refused() -> Result {
+        let mut e = inflated(64, 500, 4)?;
+        assert_eq!(e.post_deflate(2)?, 2);
+        e.host.finish_all()?;
+        // The device reports the finished message twice.
+        let (_, slot) = e.host.used[0];
+        e.host.used.push((Dir::Deflate, slot), GFP_KERNEL)?;
+        assert_eq!(e.reap(), Err(EIO));
+        // The genuine completion went through once; nothing was released twice.
+        assert_eq!(e.host.freed.len(), 2);
+        assert_eq!(e.num_pages(), 2);
+        // A slot out of range, and a slot with nothing in flight.
+        e.host.used.push((Dir::Inflate, SLOTS + 5), GFP_KERNEL)?;
+        assert_eq!(e.reap(), Err(EIO));
+        e.host.used.push((Dir::Inflate, 1), GFP_KERNEL)?;
+        assert_eq!(e.reap(), Err(EIO));
+        assert_eq!(e.num_pages(), 2);
+        assert_eq!(e.host.freed.len(), 2);
+        assert_eq!(e.host.violations, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn teardown_releases_everything_once() -> Result {
+        let mut e = inflated(64, 2000, 10)?;
+        let mut batch = pages(3000, 5)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 5);
+        assert_eq!(e.post_deflate(3)?, 3);
+        // The device is reset with both messages pending.
+        e.host.reset = true;
+        assert_eq!(e.release_all(), 15);
+        assert_eq!(e.num_pages(), 0);
+        assert_eq!(e.in_flight(), 0);
+        assert_eq!(e.host.freed.len(), 15);
+        let mut freed = KVec::new();
+        freed.extend_from_slice(&e.host.freed, GFP_KERNEL)?;
+        freed.sort_unstable();
+        assert!(freed.windows(2).all(|w| w[0] != w[1]));
+        // Every page that left the managed counts came back.
+        assert_eq!(e.host.managed, 0);
+        Ok(())
+    }
+}
