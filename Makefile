@@ -8,6 +8,7 @@
 #   make check      host tests, KUnit suites in a guest, QEMU integration tests
 #   make demo       boot a guest and show the stack at work
 #   make bench      the Rust stack against the C drivers in one guest
+#   make bench-policies  what each deflate_policy gives back under memory pressure
 #   make fuzz       a long fuzz run of the ring core
 #   make rustfmt    format the Rust sources (rustfmtcheck: only check)
 #   make clippy     build with CLIPPY=1
@@ -19,7 +20,7 @@
 ENV := $(CURDIR)/scripts/env
 RUST_SOURCES = $(shell find $(CURDIR) -name '*.rs' -not -path '*/target/*' -not -path '*/.git/*')
 
-.PHONY: all modules setup check demo bench fuzz clean rustfmt rustfmtcheck clippy kunit-modules
+.PHONY: all modules setup check demo bench bench-policies fuzz clean rustfmt rustfmtcheck clippy kunit-modules
 
 all: modules
 
@@ -52,6 +53,10 @@ demo:
 
 bench:
 	$(CURDIR)/scripts/bench
+
+bench-policies:
+	$(CURDIR)/scripts/setup >/dev/null
+	$(ENV) sh -c 'make -s -C "$$KDIR" M=$(CURDIR) LLVM=1 modules && python3 $(CURDIR)/tests/policies.py'
 
 fuzz:
 	$(ENV) env FUZZ_SECONDS=$${FUZZ_SECONDS:-1800} $(CURDIR)/scripts/host-tests --fuzz-only

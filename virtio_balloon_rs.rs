@@ -40,7 +40,9 @@ use kernel::{
     time::{
         delay::fsleep,
         msecs_to_jiffies,
-        Delta, //
+        Delta,
+        Instant,
+        Monotonic, //
     },
     workqueue::{
         self,
@@ -159,6 +161,8 @@ struct DeviceHost {
     pfns: Coherent<[u32]>,
     /// Whether balloon pages stay in the managed page counts (DEFLATE_ON_OOM, as C).
     keep_managed: bool,
+    /// Where the time spent releasing pages is counted.
+    counters: Arc<Counters>,
 }
 
 impl DeviceHost {
@@ -233,7 +237,9 @@ impl Host for DeviceHost {
     }
 
     fn release(&mut self, pages: &mut KVec<BalloonPage>) {
+        let t = Instant::<Monotonic>::now();
         BalloonPage::release_all(pages);
+        Counters::add_time(&self.counters.release_ns, t);
     }
 }
 
@@ -271,6 +277,9 @@ struct BalloonShared {
     pressure_hold: Atomic<bool>,
     /// Current back-off after failed allocations, in ms (0: none).
     backoff_ms: Atomic<u32>,
+    /// The device stopped taking messages: the balloon stays as it is (logged once) until
+    /// the driver is unbound, which then releases what the device holds without waiting.
+    dead: Atomic<bool>,
     /// Guest pages the OOM notifier gives back per call (`oom_pages`).
     oom_pages: u64,
     /// What the driver did, for debugfs.
@@ -545,6 +554,9 @@ impl BalloonShared {
             if ready(&state.engine) {
                 return Ok(());
             }
+            if self.dead.load(Relaxed) {
+                return Err(ETIMEDOUT);
+            }
             if state.engine.host.broken() {
                 return Err(EIO);
             }
@@ -552,13 +564,19 @@ impl BalloonShared {
                 state.ack_pending = false;
                 continue;
             }
-            match self.acked.wait_interruptible_timeout(state, left) {
+            let t = Instant::<Monotonic>::now();
+            let woke = self.acked.wait_interruptible_timeout(state, left);
+            Counters::add_time(&self.counters.wait_ns, t);
+            match woke {
                 kernel::sync::CondVarTimeoutResult::Timeout => {
-                    dev_err!(
-                        self.dev,
-                        "device did not take a message in {} ms\n",
-                        ACK_TIMEOUT_MS
-                    );
+                    if !self.dead.xchg(true, Relaxed) {
+                        dev_err!(
+                            self.dev,
+                            "device took no message in {} ms: balloon frozen at {} pages until unbound\n",
+                            ACK_TIMEOUT_MS,
+                            state.engine.num_pages()
+                        );
+                    }
                     Counters::add(&self.counters.device_errors, 1);
                     return Err(ETIMEDOUT);
                 }
@@ -594,7 +612,9 @@ impl BalloonShared {
             let n = left.min(engine::MSG_PAGES);
             // Allocate outside the lock: this may reclaim.
             let have = batch.len();
+            let t = Instant::<Monotonic>::now();
             BalloonPage::alloc_bulk(&mut batch, n.saturating_sub(have));
+            Counters::add_time(&self.counters.alloc_ns, t);
             if batch.len() < n {
                 short = true;
             }
@@ -608,8 +628,14 @@ impl BalloonShared {
             {
                 break;
             }
-            match state.engine.post_inflate(&mut batch) {
-                Ok(k) => left -= k.min(left),
+            let t = Instant::<Monotonic>::now();
+            let posted = state.engine.post_inflate(&mut batch);
+            Counters::add_time(&self.counters.post_ns, t);
+            match posted {
+                Ok(k) => {
+                    Counters::add(&self.counters.messages, 1);
+                    left -= k.min(left);
+                }
                 // The page list filled up meanwhile (pressure or teardown): grow again.
                 Err(e) if e == ENOSPC => continue,
                 Err(e) => {
@@ -645,6 +671,9 @@ impl BalloonShared {
     fn leak_locked(&self, state: &mut StateGuard<'_>, mut want: usize, msgs: usize) -> u32 {
         let mut done = Progress::default();
         let mut sent = 0;
+        if self.dead.load(Relaxed) {
+            return 0;
+        }
         while want != 0 && sent < msgs {
             if self
                 .wait_until(state, &mut done, |e| e.has_free_slot())
@@ -652,9 +681,15 @@ impl BalloonShared {
             {
                 break;
             }
-            match state.engine.post_deflate(want) {
+            let t = Instant::<Monotonic>::now();
+            let posted = state.engine.post_deflate(want);
+            Counters::add_time(&self.counters.post_ns, t);
+            match posted {
                 Ok(0) => break,
-                Ok(k) => want -= k.min(want),
+                Ok(k) => {
+                    Counters::add(&self.counters.messages, 1);
+                    want -= k.min(want);
+                }
                 Err(e) => {
                     dev_warn!(self.dev, "cannot post a deflate message: {:?}\n", e);
                     Counters::add(&self.counters.device_errors, 1);
@@ -664,13 +699,19 @@ impl BalloonShared {
             sent += 1;
         }
         if let Err(e) = self.wait_until(state, &mut done, |e| e.in_flight() == 0) {
-            dev_warn!(self.dev, "deflate message not delivered ({:?})\n", e);
+            // A dead device was reported once already.
+            if !self.dead.load(Relaxed) {
+                dev_warn!(self.dev, "deflate message not delivered ({:?})\n", e);
+            }
         }
         done.deflated
     }
 
     /// One step toward the target; true if more steps are needed.
     fn update_step(&self) -> bool {
+        if self.dead.load(Relaxed) {
+            return false;
+        }
         let target = match self.target() {
             Ok(t) => t,
             Err(e) => {
@@ -703,7 +744,10 @@ impl BalloonShared {
         };
         let (now, broken) = {
             let mut s = self.state.lock();
-            (s.engine.num_pages(), s.engine.host.broken())
+            (
+                s.engine.num_pages(),
+                s.engine.host.broken() || self.dead.load(Relaxed),
+            )
         };
         self.write_actual(now);
         target != now && !broken && (done != 0 || target > now)
@@ -712,7 +756,7 @@ impl BalloonShared {
     /// Deflates everything, telling the device (teardown); stops early if the device does
     /// not answer (the caller resets it and releases the rest).
     fn leak_all(&self) {
-        loop {
+        while !self.dead.load(Relaxed) {
             let current = self.state.lock().engine.num_pages();
             if current == 0 || self.leak(current) == 0 {
                 break;
@@ -831,12 +875,13 @@ impl auxiliary::Driver for BalloonDriver {
             GFP_KERNEL,
         )?;
         let stats_buf = Coherent::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
+        let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
         let engine = Engine::new(DeviceHost {
             vqs: None,
             pfns,
             keep_managed: features & (1 << F_DEFLATE_ON_OOM) != 0,
+            counters: counters.clone(),
         })?;
-        let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
         counters.features.store(features, Relaxed);
         let shared_counters = counters.clone();
         let shared = Arc::pin_init(
@@ -854,6 +899,7 @@ impl auxiliary::Driver for BalloonDriver {
                 stop: Atomic::new(false),
                 pressure_hold: Atomic::new(false),
                 backoff_ms: Atomic::new(0),
+                dead: Atomic::new(false),
                 oom_pages: (*module_parameters::oom_pages.value()).into(),
                 counters: shared_counters,
                 features,

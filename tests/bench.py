@@ -45,7 +45,17 @@ def timed(g, target, samples, origin):
     return secs, (busy1 - busy0) / hz
 
 
-def run_one(g, driver, trace):
+PROFILE = ("messages", "alloc_ns", "post_ns", "wait_ns", "release_ns")
+
+
+def rust_counters(g):
+    """The Rust balloon's debugfs counters (profile of where its time goes)."""
+    out = g.sh("cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status")
+    vals = dict(line.split() for line in out.splitlines() if line.strip())
+    return {k: int(vals[k]) for k in PROFILE}
+
+
+def run_one(g, driver, trace, profile):
     if driver == "C":
         b.bind_c(g)
     else:
@@ -53,9 +63,14 @@ def run_one(g, driver, trace):
     b.set_target(g, RAM)
     b.wait_actual(g, RAM)
     origin = time.monotonic()
-    inf = timed(g, RAM - DELTA, trace, origin)
-    dfl = timed(g, RAM, trace, origin)
-    return inf, dfl
+    phases = []
+    for target in (RAM - DELTA, RAM):
+        before = rust_counters(g) if driver == "Rust" else None
+        phases.append(timed(g, target, trace, origin))
+        if before is not None:
+            after = rust_counters(g)
+            profile.append({k: after[k] - before[k] for k in PROFILE})
+    return phases[0], phases[1]
 
 
 def ring_bench(g, moddir):
@@ -98,12 +113,13 @@ def main():
              for m in ("virtio_ring_rs", "virtio_pci_rs", "virtio_balloon_rs")}
     results = {"C": [], "Rust": []}
     traces = {}
+    profile = []  # Rust only: inflate, deflate, inflate, deflate...
     with vm.Guest("bench", memory=f"{RAM_MIB}M", cpus=2) as g:
         ring = ring_bench(g, vm.TOP)
         for rep in range(REPS):
             for driver in ("C", "Rust") if rep % 2 == 0 else ("Rust", "C"):
                 trace = []
-                inf, dfl = run_one(g, driver, trace)
+                inf, dfl = run_one(g, driver, trace, profile)
                 results[driver].append((inf, dfl))
                 traces.setdefault(driver, trace)
                 print(f"rep {rep} {driver:4s}: inflate {inf[0]:6.2f}s ({inf[1]:5.2f}s CPU), "
@@ -127,6 +143,13 @@ def main():
     tot_c = med[("inflate", "wall")][0] + med[("deflate", "wall")][0]
     tot_r = med[("inflate", "wall")][1] + med[("deflate", "wall")][1]
     print(f"inflate+deflate     C {tot_c:6.2f}s  Rust {tot_r:6.2f}s  speed-up C/Rust {tot_c / tot_r:4.2f}x")
+    for i, what in enumerate(("inflate", "deflate")):
+        runs = profile[i::2]
+        if not runs:
+            continue
+        med = {k: statistics.median(r[k] for r in runs) for k in PROFILE}
+        print(f"Rust {what} profile (median of {len(runs)}): {med['messages']:.0f} messages; "
+              + ", ".join(f"{k[:-3]} {med[k] / 1e9:.3f}s" for k in PROFILE[1:]))
     print(f"ring micro-benchmark: {ring}")
     print("module sizes: " + ", ".join(f"{m}.ko {s} bytes" for m, s in sizes.items()))
     png = os.path.join(outdir, "balloon-c-vs-rust.png")
