@@ -136,7 +136,6 @@ mod policy {
     pub(crate) const NONE: u32 = 4;
 }
 
-
 /// How long to wait for the device to take a message before declaring it dead.
 // TIMEOUT: QEMU answers within microseconds; a device silent for 5 s is broken or gone.
 const ACK_TIMEOUT_MS: u32 = 5000;
@@ -518,7 +517,10 @@ impl BalloonShared {
     /// Completes what the device handed back, updating the counters; adds it to `done`.
     fn reap_locked(&self, state: &mut StateGuard<'_>, done: &mut Progress) -> Result {
         let p = state.engine.reap().inspect_err(|_| {
-            dev_err!(self.dev, "the device handed back a message it was not given\n");
+            dev_err!(
+                self.dev,
+                "the device handed back a message it was not given\n"
+            );
             Counters::add(&self.counters.device_errors, 1);
         })?;
         if p.inflated != 0 {
@@ -869,11 +871,8 @@ impl auxiliary::Driver for BalloonDriver {
         }
         let features = handle.finalize_features(DRIVER_FEATURES);
         let parent = adev.parent();
-        let pfns = Coherent::<u32>::zeroed_slice(
-            parent,
-            engine::SLOTS * engine::MSG_PFNS,
-            GFP_KERNEL,
-        )?;
+        let pfns =
+            Coherent::<u32>::zeroed_slice(parent, engine::SLOTS * engine::MSG_PFNS, GFP_KERNEL)?;
         let stats_buf = Coherent::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
         let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
         let engine = Engine::new(DeviceHost {

@@ -63,9 +63,7 @@ impl BalloonPage {
         const CHUNK: usize = 32;
         let mut added = 0;
         loop {
-            let want = CHUNK
-                .min(n - added)
-                .min(out.capacity() - out.len());
+            let want = CHUNK.min(n - added).min(out.capacity() - out.len());
             if want == 0 {
                 break;
             }

@@ -6,13 +6,13 @@
 use crate::mm::MemSnapshot;
 use kernel::{
     fmt,
-    time::{
-        Instant,
-        Monotonic, //
-    },
     sync::atomic::{
         Atomic,
         Relaxed, //
+    },
+    time::{
+        Instant,
+        Monotonic, //
     },
 };
 
@@ -154,7 +154,10 @@ impl Counters {
 
     /// Adds the time elapsed since `since` to a nanosecond counter.
     pub(crate) fn add_time(c: &Atomic<u64>, since: Instant<Monotonic>) {
-        c.add(u64::try_from(since.elapsed().as_nanos()).unwrap_or(0), Relaxed);
+        c.add(
+            u64::try_from(since.elapsed().as_nanos()).unwrap_or(0),
+            Relaxed,
+        );
     }
 
     /// The `status` debugfs file: one `name value` line per counter.
