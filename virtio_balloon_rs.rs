@@ -601,8 +601,8 @@ impl BalloonShared {
     fn fill(&self, want: u32) -> u32 {
         let mut left = (want / PAGES_PER_PAGE) as usize;
         // Allocated outside the lock; pages that could not be posted are freed at the end.
-        let Ok(mut batch) = KVec::<BalloonPage>::with_capacity(engine::MSG_PAGES, GFP_KERNEL)
-        else {
+        let msg = self.state.lock().engine.msg_pages();
+        let Ok(mut batch) = KVec::<BalloonPage>::with_capacity(msg, GFP_KERNEL) else {
             return 0;
         };
         let mut done = Progress::default();
@@ -611,7 +611,7 @@ impl BalloonShared {
             if left == 0 || self.stop.load(Relaxed) {
                 break;
             }
-            let n = left.min(engine::MSG_PAGES);
+            let n = left.min(msg);
             // Allocate outside the lock: this may reclaim.
             let have = batch.len();
             let t = Instant::<Monotonic>::now();
@@ -875,11 +875,27 @@ impl auxiliary::Driver for BalloonDriver {
             Coherent::<u32>::zeroed_slice(parent, engine::SLOTS * engine::MSG_PFNS, GFP_KERNEL)?;
         let stats_buf = Coherent::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
         let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
-        let engine = Engine::new(DeviceHost {
+        let msg_pages = *module_parameters::msg_pages.value();
+        let in_flight = *module_parameters::msgs_in_flight.value();
+        let engine = Engine::with_limits(
+            DeviceHost {
             vqs: None,
             pfns,
             keep_managed: features & (1 << F_DEFLATE_ON_OOM) != 0,
-            counters: counters.clone(),
+                counters: counters.clone(),
+            },
+            msg_pages as usize,
+            in_flight as usize,
+        )
+        .inspect_err(|_| {
+            dev_err!(
+                adev,
+                "msg_pages={} msgs_in_flight={}: expected 1-{} and 1-{}\n",
+                msg_pages,
+                in_flight,
+                engine::MSG_PAGES,
+                engine::SLOTS
+            );
         })?;
         counters.features.store(features, Relaxed);
         let shared_counters = counters.clone();
@@ -1023,6 +1039,14 @@ module! {
         oom_pages: u32 {
             default: 256,
             description: "Pages to give back each time the OOM notifier runs",
+        },
+        msg_pages: u32 {
+            default: 4096,
+            description: "Guest pages per inflate/deflate message, 1-4096 (the C driver: 256)",
+        },
+        msgs_in_flight: u32 {
+            default: 4,
+            description: "Inflate/deflate messages in flight at most, 1-4 (the C driver: 1)",
         },
         deflate_policy: u32 {
             default: 0,

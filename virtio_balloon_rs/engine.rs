@@ -90,7 +90,8 @@ pub(crate) struct Progress {
 ///
 /// # Invariants
 ///
-/// `busy` is `None` iff `pages` is empty; `pages.capacity() >= MSG_PAGES`.
+/// `busy` is `None` iff `pages` is empty; `pages.capacity()` is at least the engine's
+/// `msg_pages`.
 struct Slot<P> {
     busy: Option<Dir>,
     pages: KVec<P>,
@@ -103,6 +104,8 @@ pub(crate) struct Engine<H: Host> {
     /// Pages in the balloon (the device was told and took them).
     pages: KVVec<H::Page>,
     slots: KVec<Slot<H::Page>>,
+    /// Guest pages per message, at most [`MSG_PAGES`].
+    msg_pages: usize,
 }
 
 /// Balloon (4 KiB) pages of `n` guest pages.
@@ -113,19 +116,24 @@ fn balloon_pages(n: usize) -> u32 {
 }
 
 impl<H: Host> Engine<H> {
-    /// Creates an empty balloon.
+    /// An empty balloon that sends at most `msg_pages` guest pages per message and
+    /// has at most `slots` messages in flight (the C driver's protocol is 256 and 1).
     ///
     /// # Errors
     ///
+    /// `EINVAL` if `msg_pages` is not in `1..=MSG_PAGES` or `slots` not in `1..=SLOTS`,
     /// `ENOMEM`.
-    pub(crate) fn new(host: H) -> Result<Self> {
-        let mut slots = KVec::with_capacity(SLOTS, GFP_KERNEL)?;
-        for _ in 0..SLOTS {
+    pub(crate) fn with_limits(host: H, msg_pages: usize, slots: usize) -> Result<Self> {
+        if !(1..=MSG_PAGES).contains(&msg_pages) || !(1..=SLOTS).contains(&slots) {
+            return Err(EINVAL);
+        }
+        let mut v = KVec::with_capacity(slots, GFP_KERNEL)?;
+        for _ in 0..slots {
             // INVARIANT: free, with room for one message.
-            slots.push(
+            v.push(
                 Slot {
                     busy: None,
-                    pages: KVec::with_capacity(MSG_PAGES, GFP_KERNEL)?,
+                    pages: KVec::with_capacity(msg_pages, GFP_KERNEL)?,
                 },
                 GFP_KERNEL,
             )?;
@@ -133,8 +141,14 @@ impl<H: Host> Engine<H> {
         Ok(Self {
             host,
             pages: KVVec::new(),
-            slots,
+            slots: v,
+            msg_pages,
         })
+    }
+
+    /// Guest pages per message.
+    pub(crate) fn msg_pages(&self) -> usize {
+        self.msg_pages
     }
 
     /// Balloon size in 4 KiB pages: the pages the device took and did not give back.
@@ -219,7 +233,7 @@ impl<H: Host> Engine<H> {
         Ok(n)
     }
 
-    /// Posts up to [`MSG_PAGES`] pages taken from the end of `batch` for inflation; returns
+    /// Posts up to `msg_pages` pages taken from the end of `batch` for inflation; returns
     /// how many guest pages it posted (0 if `batch` is empty).
     ///
     /// # Errors
@@ -228,7 +242,7 @@ impl<H: Host> Engine<H> {
     /// [`Self::room_needed`]), or the error of describing or posting the message.  The pages
     /// stay in `batch` on error.
     pub(crate) fn post_inflate(&mut self, batch: &mut KVec<H::Page>) -> Result<usize> {
-        let take = batch.len().min(MSG_PAGES);
+        let take = batch.len().min(self.msg_pages);
         if take == 0 {
             return Ok(0);
         }
@@ -238,7 +252,7 @@ impl<H: Host> Engine<H> {
         }
         for _ in 0..take {
             if let Some(p) = batch.pop() {
-                // Cannot fail: `take <= MSG_PAGES <= capacity` (type invariant of `Slot`).
+                // Cannot fail: `take <= msg_pages <= capacity` (type invariant of `Slot`).
                 let _ = self.slots[slot].pages.push_within_capacity(p);
             }
         }
@@ -261,7 +275,7 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// Takes up to `max` guest pages (at most [`MSG_PAGES`]) out of the balloon and posts
+    /// Takes up to `max` guest pages (at most `msg_pages`) out of the balloon and posts
     /// them for deflation; returns how many (0 if the balloon is empty).  They are released
     /// when the device hands the message back ([`Self::reap`]).
     ///
@@ -270,14 +284,14 @@ impl<H: Host> Engine<H> {
     /// `EBUSY` if no slot is free, or the error of describing or posting the message; the
     /// pages stay in the balloon on error.
     pub(crate) fn post_deflate(&mut self, max: usize) -> Result<usize> {
-        let take = max.min(MSG_PAGES).min(self.pages.len());
+        let take = max.min(self.msg_pages).min(self.pages.len());
         if take == 0 {
             return Ok(0);
         }
         let slot = self.free_slot().ok_or(EBUSY)?;
         for _ in 0..take {
             if let Some(p) = self.pages.pop() {
-                // Cannot fail: `take <= MSG_PAGES` (type invariant of `Slot`).
+                // Cannot fail: `take <= msg_pages` (type invariant of `Slot`).
                 let _ = self.slots[slot].pages.push_within_capacity(p);
             }
         }
@@ -383,7 +397,7 @@ impl<H: Host> Engine<H> {
         let mut batch = core::mem::take(&mut self.slots[0].pages);
         // Through a slot vector, in bounded steps: no allocation.
         while !self.pages.is_empty() {
-            while batch.len() < MSG_PAGES {
+            while batch.len() < batch.capacity() {
                 match self.pages.pop() {
                     Some(p) => {
                         // Cannot fail: within the slot vector's capacity.

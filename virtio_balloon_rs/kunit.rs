@@ -156,7 +156,7 @@ impl Host for SimHost {
 
 /// An engine over a simulated device, with room for `room` pages in the balloon.
 fn engine(room: usize) -> Result<Engine<SimHost>> {
-    let mut e = Engine::new(SimHost::new()?)?;
+    let mut e = Engine::with_limits(SimHost::new()?, MSG_PAGES, SLOTS)?;
     let list = KVVec::with_capacity(room, GFP_KERNEL)?;
     e.install_pages(list).map_err(|_| EINVAL)?;
     Ok(e)
@@ -265,6 +265,25 @@ mod tests {
         e.host.finish_all()?;
         assert_eq!(e.reap()?.inflated as usize, MSG_PAGES + SLOTS - 1);
         assert!(e.has_free_slot());
+        Ok(())
+    }
+
+    #[test]
+    fn limits_shape_the_protocol() -> Result {
+        // The C driver's protocol: 256 pages per message, one in flight.
+        let mut e = Engine::with_limits(SimHost::new()?, 256, 1)?;
+        let list = KVVec::with_capacity(1024, GFP_KERNEL)?;
+        e.install_pages(list).map_err(|_| EINVAL)?;
+        let mut batch = pages(10_000, 300)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 256);
+        assert_eq!(e.host.pending_pfns(Dir::Inflate), 256);
+        assert_eq!(e.post_inflate(&mut batch), Err(EBUSY));
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?.inflated, 256);
+        assert_eq!(e.post_inflate(&mut batch)?, 44);
+        for (msg, slots) in [(0, 1), (MSG_PAGES + 1, 1), (256, 0), (256, SLOTS + 1)] {
+            assert!(Engine::with_limits(SimHost::new()?, msg, slots).is_err());
+        }
         Ok(())
     }
 
