@@ -879,9 +879,9 @@ impl auxiliary::Driver for BalloonDriver {
         let in_flight = *module_parameters::msgs_in_flight.value();
         let engine = Engine::with_limits(
             DeviceHost {
-            vqs: None,
-            pfns,
-            keep_managed: features & (1 << F_DEFLATE_ON_OOM) != 0,
+                vqs: None,
+                pfns,
+                keep_managed: features & (1 << F_DEFLATE_ON_OOM) != 0,
                 counters: counters.clone(),
             },
             msg_pages as usize,
