@@ -34,11 +34,11 @@ def cpu_ticks(g):
     return sum(fields) - idle, sum(fields)
 
 
-def timed(g, target, samples, origin):
+def timed(g, target, samples):
     busy0, _ = cpu_ticks(g)
     t0 = time.monotonic()
     b.set_target(g, target)
-    b.wait_actual(g, target, timeout=600, samples=samples, origin=origin)
+    b.wait_actual(g, target, timeout=600, samples=samples, origin=t0)
     secs = time.monotonic() - t0
     busy1, _ = cpu_ticks(g)
     hz = 100
@@ -72,11 +72,12 @@ def run_one(g, driver, trace, profile):
         b.bind_rust(g)
     b.set_target(g, RAM)
     b.wait_actual(g, RAM)
-    origin = time.monotonic()
     phases = []
     for target in (RAM - DELTA, RAM):
         before = rust_counters(g) if driver != "C" else None
-        phases.append(timed(g, target, trace, origin))
+        samples = []
+        phases.append(timed(g, target, samples))
+        trace.append(samples)
         if before is not None:
             after = rust_counters(g)
             profile.setdefault(driver, []).append({k: after[k] - before[k] for k in PROFILE})
@@ -96,21 +97,25 @@ def fmt_stats(xs):
 
 
 def plot(traces, path):
+    """Balloon size over time for each driver: inflate and deflate side by side, each from
+    its QMP command."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, trace in traces.items():
-        ax.plot([s for s, _ in trace], [(RAM - a) / b.MiB for _, a in trace],
-                drawstyle="steps-post", label=name)
-    ax.set_xlabel("seconds since the inflate command")
-    ax.set_ylabel("balloon size (MiB)")
-    ax.set_title(f"inflate + deflate of 1 GiB, {RAM_MIB} MiB guest (TCG), same VM")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, phase, title in zip(axes, (0, 1), ("inflate by 1 GiB", "deflate by 1 GiB")):
+        for name, trace in traces.items():
+            ax.plot([s for s, _ in trace[phase]], [(RAM - a) / b.MiB for _, a in trace[phase]],
+                    drawstyle="steps-post", label=name)
+        ax.set_xlabel("seconds since the QMP balloon command")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("balloon size (MiB)")
+    axes[1].legend()
+    fig.suptitle(f"{RAM_MIB} MiB guest under TCG, same VM, first run of each driver")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
