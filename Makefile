@@ -8,6 +8,7 @@
 #   make check      host tests, KUnit suites in a guest, QEMU integration tests
 #   make demo       boot a guest and show the stack at work
 #   make bench      the Rust stack against the C drivers in one guest
+#                   (bench-modules: the C ring benchmark module it loads)
 #   make bench-policies  what each deflate_policy gives back under memory pressure
 #   make fuzz       a long fuzz run of the ring core
 #   make rustfmt    format the Rust sources (rustfmtcheck: only check)
@@ -20,7 +21,7 @@
 ENV := $(CURDIR)/scripts/env
 RUST_SOURCES = $(shell find $(CURDIR) -name '*.rs' -not -path '*/target/*' -not -path '*/.git/*')
 
-.PHONY: all modules setup check demo bench bench-policies fuzz clean rustfmt rustfmtcheck clippy kunit-modules
+.PHONY: all modules setup check demo bench bench-modules bench-policies fuzz clean rustfmt rustfmtcheck clippy kunit-modules
 
 all: modules
 
@@ -45,6 +46,11 @@ rustfmt:
 rustfmtcheck:
 	$(ENV) sh -c 'rustfmt --check --edition 2021 --config-path "$$(readlink -f $$KDIR/source 2>/dev/null || echo $$KDIR)/.rustfmt.toml" $(RUST_SOURCES)'
 
+# The C ring micro-benchmark (tests/bench/vring_bench_c.c) that make bench compares
+# virtio_ring_rs's cycle with.
+bench-modules:
+	$(ENV) sh -c 'make -C "$$KDIR" M=$(CURDIR)/tests/bench LLVM=1 modules'
+
 check:
 	$(CURDIR)/scripts/check
 
@@ -64,3 +70,4 @@ fuzz:
 clean:
 	-$(ENV) sh -c 'make -C "$$KDIR" M=$(CURDIR) LLVM=1 clean' 2>/dev/null
 	rm -f *.ko *.o *.mod *.mod.c .*.cmd Module.symvers modules.order
+	cd tests/bench && rm -f *.ko *.o *.mod *.mod.c .*.cmd Module.symvers modules.order

@@ -7,11 +7,14 @@ One guest boot.  The legacy balloon function is bound alternately to the C drive
 inflates the balloon by 1 GiB and deflates it again, timed from the QMP command to
 query-balloon's `actual` reaching the target.  Also: guest CPU time spent (from /proc/stat),
 the ring micro-benchmark (ns per add/kick-prepare/complete/get_buf cycle, module parameter
-`bench_cycles`), and the size of each .ko.  Prints a table with medians, min and max and the
-Rust/C ratios, and writes a PNG (balloon size over time, both drivers, same axes).
+`bench_cycles`) against the same cycle on the kernel's C virtio_ring
+(tests/bench/vring_bench_c.ko), and the size of each .ko.  Prints a table with medians, min and
+max and the Rust/C ratios, and writes a PNG (balloon size over time, both drivers, same axes).
+BENCH_ONLY=ring runs the ring micro-benchmark alone.
 """
 
 import os
+import re
 import statistics
 import sys
 import time
@@ -25,6 +28,9 @@ RAM = RAM_MIB * b.MiB
 DELTA = 1024 * b.MiB
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 RING_CYCLES = int(os.environ.get("BENCH_RING_CYCLES", "200000"))
+RING_REPS = int(os.environ.get("BENCH_RING_REPS", "5"))
+# BENCH_ONLY=ring: boot a guest for the ring micro-benchmark only (no balloon runs).
+ONLY = os.environ.get("BENCH_ONLY", "")
 
 
 def cpu_ticks(g):
@@ -84,12 +90,81 @@ def run_one(g, driver, trace, profile):
     return phases[0], phases[1]
 
 
+# The ring micro-benchmark: the same cycle (add + kick_prepare (+ notify) + device completion +
+# get_buf, 256-entry queue, EVENT_IDX, one 4 KiB device-writable element) on virtio_ring_rs
+# (virtio_ring_rs/bench.rs) and on the kernel's C virtio_ring (tests/bench/vring_bench_c.c), each
+# loaded in turn in the same guest, RING_REPS times, interleaved.  Each load logs
+# "<module>: bench: N cycles, X ns/cycle (fastest of 20 batches: Y ns/cycle)": X is the mean
+# over the N cycles, Y the mean of the fastest twentieth, the figure a busy host disturbs least.
+RING_VARIANTS = (
+    # name, .ko path relative to the module dir, module name, parameters
+    ("Rust", "virtio_ring_rs.ko", "virtio_ring_rs", ""),
+    ("C", "tests/bench/vring_bench_c.ko", "vring_bench_c", ""),
+    # The C add that takes DMA addresses, as the Rust API does: shows what sg_phys() costs C.
+    ("C premapped", "tests/bench/vring_bench_c.ko", "vring_bench_c", "premapped=1"),
+)
+RING_LINE = re.compile(r"bench: \d+ cycles, ([\d.]+) ns/cycle \(fastest of \d+ batches: ([\d.]+) ns")
+
+
+def ring_once(g, path, module, params):
+    """Load `module` with the benchmark; return its (mean, fastest batch) ns/cycle."""
+    out = g.sh(f"insmod {path} bench_cycles={RING_CYCLES} {params} && "
+               f"dmesg | grep '{module}: bench: ' | tail -1; rmmod {module}", timeout=900)
+    m = RING_LINE.search(out)
+    if not m:
+        raise vm.GuestError(f"no ring benchmark result from {module}:\n{out}")
+    return float(m.group(1)), float(m.group(2))
+
+
 def ring_bench(g, moddir):
-    g.run("rmmod virtio_balloon_rs virtio_pci_rs virtio_ring_rs 2>/dev/null", check=False)
-    g.sh(f"insmod {moddir}/virtio_ring_rs.ko bench_cycles={RING_CYCLES}", timeout=900)
-    line = [l for l in g.sh("dmesg | grep 'bench:' | tail -1").splitlines() if l]
-    g.sh("rmmod virtio_ring_rs")
-    return line[0].split("] ", 1)[-1] if line else "no result"
+    """(mean, fastest) ns/cycle of each variant, RING_REPS loads each, the order rotating."""
+    g.run("rmmod virtio_balloon_rs virtio_pci_rs virtio_ring_rs vring_bench_c 2>/dev/null",
+          check=False)
+    res = {name: [] for name, *_ in RING_VARIANTS}
+    for rep in range(RING_REPS):
+        k = rep % len(RING_VARIANTS)
+        for name, ko, module, params in RING_VARIANTS[k:] + RING_VARIANTS[:k]:
+            mean, best = ring_once(g, os.path.join(moddir, ko), module, params)
+            res[name].append((mean, best))
+            print(f"ring rep {rep} {name:11s}: {mean:8.1f} ns/cycle (fastest batch {best:8.1f})",
+                  flush=True)
+    return res
+
+
+def ring_report(res):
+    """The ring table: median, min, max ns/cycle per variant, and the ratios to C."""
+    lines = [f"ring micro-benchmark: {RING_CYCLES} cycles per load, {RING_REPS} loads per "
+             f"variant, interleaved (ns/cycle: median min max over the loads)",
+             f"{'':14s} {'mean of all cycles':>26s}   {'fastest batch':>26s}"]
+    med = {}
+    for name, xs in res.items():
+        mean = [x[0] for x in xs]
+        best = [x[1] for x in xs]
+        med[name] = (statistics.median(mean), statistics.median(best))
+        lines.append(f"  {name:12s} {fmt_ns(mean)}   {fmt_ns(best)}")
+    c, r = med["C"], med["Rust"]
+    lines.append(f"  {'Rust/C':12s} {r[0] / c[0]:8.2f} {'':17s}   {r[1] / c[1]:8.2f}")
+    if "C premapped" in med:
+        p = med["C premapped"]
+        lines.append(f"  {'Rust/C prem.':12s} {r[0] / p[0]:8.2f} {'':17s}   {r[1] / p[1]:8.2f}")
+    return "\n".join(lines)
+
+
+def fmt_ns(xs):
+    return f"{statistics.median(xs):8.1f} {min(xs):8.1f} {max(xs):8.1f}"
+
+
+def ring_main():
+    """BENCH_ONLY=ring: one guest, the ring micro-benchmark only."""
+    with vm.Guest("bench-ring", memory="1024M", cpus=2, devices=()) as g:
+        res = ring_bench(g, vm.TOP)
+        problems = g.kernel_problems()
+    print()
+    print(ring_report(res))
+    if problems:
+        print("kernel problems:\n" + "\n".join(problems))
+        return 1
+    return 0
 
 
 def fmt_stats(xs):
@@ -122,6 +197,8 @@ def plot(traces, path):
 
 
 def main():
+    if ONLY == "ring":
+        return ring_main()
     outdir = os.path.join(os.environ.get("VIRTIO_RS_CACHE", "/var/tmp"), "bench")
     os.makedirs(outdir, exist_ok=True)
     sizes = {m: os.path.getsize(os.path.join(vm.TOP, f"{m}.ko"))
@@ -172,7 +249,7 @@ def main():
             med = {k: statistics.median(r[k] for r in runs) for k in PROFILE}
             print(f"  {driver:16s} {what}: {med['messages']:5.0f} messages; "
                   + ", ".join(f"{k[:-3]} {med[k] / 1e9:.3f}s" for k in PROFILE[1:]))
-    print(f"ring micro-benchmark: {ring}")
+    print(ring_report(ring))
     print("module sizes: " + ", ".join(f"{m}.ko {s} bytes" for m, s in sizes.items()))
     png = os.path.join(outdir, "balloon-c-vs-rust.png")
     if plot(traces, png):

@@ -4,18 +4,22 @@
 //!
 //! `insmod virtio_ring_rs.ko bench_cycles=N` runs `N` cycles of add + kick_prepare (+ notify
 //! when the device asks for it) + device completion + get_buf on a 256-entry queue with
-//! `VIRTIO_RING_F_EVENT_IDX`, and logs the mean time of one cycle:
+//! `VIRTIO_RING_F_EVENT_IDX`, and logs the mean time of one cycle, and the mean of the fastest
+//! of [`BATCHES`] equal batches (the figure least disturbed by a busy host):
 //!
 //! ```text
-//! virtio_ring_rs: bench: 1000000 cycles, 412.3 ns/cycle
+//! virtio_ring_rs: bench: 1000000 cycles, 412.3 ns/cycle (fastest of 20 batches: 398.0 ns/cycle)
 //! ```
+//!
+//! `tests/bench/vring_bench_c.c` runs the same cycle, printed the same way, on the kernel's C
+//! `virtio_ring`; `make bench` compares the two.
 //!
 //! The queue is created through [`Queue::new`] as the transport does, over ordinary kernel
 //! memory whose CPU address stands for the DMA address (nothing does DMA).  The benchmark
 //! plays the device through a second view of that memory: it takes the head from the avail
 //! ring, asks to be notified of the next buffer (`avail_event`, as QEMU does), and writes the
-//! used element and index.  The time includes the (empty) notification call, so it is an
-//! upper bound of the driver-side cost.
+//! used element, a write barrier ([`device_wmb`]) and the used index.  The time includes the
+//! (empty) notification call, so it is an upper bound of the driver-side cost.
 
 use crate::{
     abi::{
@@ -29,7 +33,6 @@ use crate::{
     },
     split::{
         self,
-        Barrier,
         Layout,
         RingMem, //
     },
@@ -51,6 +54,9 @@ const NUM: u16 = 256;
 
 /// Bytes the device "writes" into each buffer.
 const BUF_LEN: u32 = 4096;
+
+/// The cycles are timed in this many equal batches (the last one takes the remainder).
+const BATCHES: u32 = 20;
 
 /// The notification: the simulated device needs none, and it is never gone.
 ///
@@ -110,8 +116,8 @@ pub(crate) fn run(cycles: u32) -> Result {
     let mut next: u16 = 0;
     let mut notifies = 0u32;
 
-    let start = Instant::<Monotonic>::now();
-    for _ in 0..cycles {
+    // One cycle: add, kick_prepare (+ notify), the device's completion, get_buf.
+    let mut cycle = || -> Result {
         // SAFETY: This function is the queue's only user, on one thread, so the queue calls
         // are serialized as the locking contract asks.
         unsafe { queue.add(&sg, 0, token, false)? };
@@ -134,7 +140,7 @@ pub(crate) fn run(cycles: u32) -> Result {
         next = next.wrapping_add(1);
         dev.write_u16(avail_event, next);
         // Orders the used element before the used index that publishes it.
-        dev.barrier(Barrier::Write);
+        device_wmb();
         dev.write_u16(used_idx, next);
 
         let mut len = 0;
@@ -144,18 +150,56 @@ pub(crate) fn run(cycles: u32) -> Result {
             pr_err!("bench: the queue returned the wrong buffer\n");
             return Err(EIO);
         }
-    }
-    let ns = start.elapsed().as_nanos();
+        Ok(())
+    };
 
-    let ps = u64::try_from(ns).unwrap_or(0).saturating_mul(1000) / u64::from(cycles.max(1));
+    let per_batch = cycles / BATCHES;
+    let mut total_ns = 0u64;
+    // Fastest batch, in picoseconds per cycle.
+    let mut best_ps = u64::MAX;
+    for batch in 0..BATCHES {
+        let n = if batch == BATCHES - 1 {
+            cycles - per_batch * (BATCHES - 1)
+        } else {
+            per_batch
+        };
+        let start = Instant::<Monotonic>::now();
+        for _ in 0..n {
+            cycle()?;
+        }
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        total_ns = total_ns.saturating_add(ns);
+        if n != 0 {
+            best_ps = best_ps.min(ns.saturating_mul(1000) / u64::from(n));
+        }
+    }
+
+    let ps = total_ns.saturating_mul(1000) / u64::from(cycles.max(1));
+    let best_ps = if best_ps == u64::MAX { ps } else { best_ps };
     pr_info!(
-        "bench: {} cycles, {}.{} ns/cycle\n",
+        "bench: {} cycles, {}.{} ns/cycle (fastest of {} batches: {}.{} ns/cycle)\n",
         cycles,
         ps / 1000,
-        ps % 1000 / 100
+        ps % 1000 / 100,
+        BATCHES,
+        best_ps / 1000,
+        best_ps % 1000 / 100
     );
     if notifies != cycles {
         pr_warn!("bench: {} notifications for {} cycles\n", notifies, cycles);
     }
     Ok(())
+}
+
+/// The simulated device's write barrier: `smp_wmb()`, inline as in the C benchmark.
+///
+/// On x86 `smp_wmb()` is a compiler barrier (`arch/x86/include/asm/barrier.h`), which C inlines
+/// while `kernel::sync::barrier::smp_wmb` calls an out-of-line helper.  The device is not the
+/// code under test, so both benchmarks' devices should cost the same.
+#[inline(always)]
+fn device_wmb() {
+    #[cfg(target_arch = "x86_64")]
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    #[cfg(not(target_arch = "x86_64"))]
+    kernel::sync::barrier::smp_wmb();
 }

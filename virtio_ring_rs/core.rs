@@ -900,6 +900,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     }
 
     /// Checks that `mem` covers the layout, breaking the ring if it does not.
+    #[inline]
     fn check_mem<M: RingMem>(&mut self, mem: &M) -> bool {
         let (len, need) = (mem.len(), self.layout.size());
         if len < need {
@@ -910,6 +911,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     }
 
     /// Marks the ring broken, remembering the first violation; returns the error to report.
+    #[cold]
     fn set_broken(&mut self, violation: Violation) -> RingError {
         // INVARIANT: `broken` is only ever set; only the first violation is kept.
         self.broken = true;
@@ -924,6 +926,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     /// The device can complete at most the heads in flight, so a used index more than that
     /// ahead of `last_used` (or behind it, which wraps to a large distance) is a lie that
     /// would make the driver read stale used entries. Breaks the ring and returns `None` then.
+    #[inline]
     fn read_used_idx<M: RingMem>(&mut self, mem: &M) -> Option<u16> {
         let new = mem.read_u16(self.layout.used_idx());
         if new.wrapping_sub(self.last_used) > self.num_in_flight() {
@@ -975,6 +978,9 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     }
 
     /// Writes ring descriptor `i` and records its trusted copy; `i < num`.
+    ///
+    /// Always inlined, as [`write_desc`]: the hot path of every add (`docs/BENCHMARKS.md`).
+    #[inline(always)]
     fn write_ring_desc<M: RingMem>(&mut self, mem: &M, i: u16, buf: &Buf, flags: u16) {
         // PANIC: `i` < `num` is required of callers, which pass free-list entries.
         let st = &mut self.state[usize::from(i)];
@@ -984,6 +990,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
 
     /// Returns the chain at `head` (a head in flight) to the free list, using the trusted
     /// chain; returns its token and indirect handle.
+    #[inline]
     fn detach_chain(&mut self, head: u16) -> (usize, Option<usize>) {
         let num = self.layout.num();
         // PANIC: `head` < `num`: callers pass an index of `state`.
@@ -1016,6 +1023,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
 }
 
 /// Writes one descriptor at byte offset `off` of `mem`.
+#[inline(always)]
 fn write_desc<M: RingMem>(mem: &M, off: usize, buf: &Buf, flags: u16, next: u16) {
     mem.write_u64(off, buf.addr);
     mem.write_u32(off + 8, buf.len);
