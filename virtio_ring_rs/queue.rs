@@ -36,20 +36,44 @@ use core::{
     ffi::c_void,
     ptr::NonNull, //
 };
+#[cfg(not(target_arch = "x86_64"))]
+use kernel::sync::barrier::{
+    smp_mb,
+    smp_rmb,
+    smp_wmb, //
+};
 use kernel::{
     prelude::*,
-    sync::{
-        atomic::{
-            Atomic,
-            Relaxed, //
-        },
-        barrier::{
-            smp_mb,
-            smp_rmb,
-            smp_wmb, //
-        },
+    sync::atomic::{
+        Atomic,
+        AtomicType,
+        Relaxed, //
     },
 };
+
+/// `READ_ONCE()` of an atomic, inline.
+///
+/// The same relaxed load as [`Atomic::load`] with [`Relaxed`], which on a kernel built without
+/// `CONFIG_RUST_INLINE_HELPERS` is an out-of-line call to a C helper doing `READ_ONCE()`.  The
+/// serialized ring operations read `broken` three times per buffer; under TCG those calls
+/// made the Rust cycle 30% slower than C's (docs/BENCHMARKS.md, "Ring cycle").
+#[inline(always)]
+fn read_once<T: AtomicType>(a: &Atomic<T>) -> T {
+    // SAFETY: `as_ptr()` is valid and aligned for `T` while `a` is borrowed.  A volatile load
+    // of a naturally aligned word is `READ_ONCE()`, a marked access of the kernel memory
+    // model that may race with the atomic's other operations, exactly as C mixes
+    // `READ_ONCE()` with `WRITE_ONCE()` and `xchg()` on one variable.
+    unsafe { a.as_ptr().read_volatile() }
+}
+
+/// `WRITE_ONCE()` of an atomic, inline: the relaxed store of [`Atomic::store`] without the
+/// out-of-line helper call (see [`read_once`]).
+#[inline(always)]
+fn write_once<T: AtomicType>(a: &Atomic<T>, v: T) {
+    // SAFETY: As in `read_once`: a volatile store of a naturally aligned word is
+    // `WRITE_ONCE()`, a marked access that may race with the atomic's other operations.
+    unsafe { a.as_ptr().write_volatile(v) }
+}
 
 /// Device-visible memory (a ring or an indirect table) accessed with volatile loads and
 /// stores, as the C ring does through `READ_ONCE`/`WRITE_ONCE`-like accessors.
@@ -142,6 +166,24 @@ impl RingMem for DmaMem {
     fn barrier(&self, kind: Barrier) {
         // Legacy virtio-pci uses "weak barriers": the device is another CPU (QEMU), so the
         // SMP flavours are enough (`virtio_wmb(true)` and friends in C).
+        //
+        // On x86 they are inlined here as `arch/x86/include/asm/barrier.h` defines them, because
+        // `kernel::sync::barrier` calls an out-of-line C helper for each (unless the kernel is
+        // built with CONFIG_RUST_INLINE_HELPERS), and a ring cycle issues four of them.
+        #[cfg(target_arch = "x86_64")]
+        match kind {
+            // `__smp_rmb()` (`dma_rmb()`) and `__smp_wmb()`: compiler barriers (x86 is TSO).
+            Barrier::Read | Barrier::Write => {
+                core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst)
+            }
+            // SAFETY: `__smp_mb()`: adds 0 to the word below the stack pointer, which changes
+            // nothing (the kernel has no red zone); the default `asm!` options clobber memory
+            // and flags, as C's `"memory", "cc"`.
+            Barrier::Full => unsafe {
+                core::arch::asm!("lock addl $0, -4(%rsp)", options(att_syntax))
+            },
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         match kind {
             Barrier::Read => smp_rmb(),
             Barrier::Write => smp_wmb(),
@@ -283,10 +325,18 @@ impl Queue {
     }
 
     /// Logs the device's first violation once, and publishes the broken state.
+    ///
+    /// Inline: it runs after every add and failed get_buf; the rare work is out of line.
+    #[inline(always)]
     fn note_broken(&self, ring: &SplitRing<KVec<DescState>>) {
-        if !ring.is_broken() {
-            return;
+        if ring.is_broken() {
+            self.report_broken(ring);
         }
+    }
+
+    /// The slow path of [`Queue::note_broken`].
+    #[cold]
+    fn report_broken(&self, ring: &SplitRing<KVec<DescState>>) {
         self.broken.store(true, Relaxed);
         if self.reported.xchg(true, Relaxed) {
             return;
@@ -303,7 +353,7 @@ impl Queue {
 
     /// Applies a `mark_broken` that arrived concurrently to the serialized state.
     fn sync_broken(&self, ring: &mut SplitRing<KVec<DescState>>) {
-        if self.broken.load(Relaxed) && !ring.is_broken() {
+        if read_once(&self.broken) && !ring.is_broken() {
             ring.mark_broken();
             // The transport said the device is gone: not a violation, nothing to report.
             self.reported.store(true, Relaxed);
@@ -339,7 +389,9 @@ impl Queue {
         // Small buffers (the common case) convert on the stack: no allocation on the hot
         // path, and none at all under the caller's locks.
         let mut small = [Buf { addr: 0, len: 0 }; SMALL_SG];
-        let mut large = KVec::new();
+        // Initialised only for long lists: dropping even an empty `KVec` calls `krealloc()`
+        // (three calls deep), which the common case must not pay on every add.
+        let large: KVec<Buf>;
         let bufs: &[Buf] = if sg.len() <= SMALL_SG {
             for (b, s) in small.iter_mut().zip(sg) {
                 *b = to_buf(s);
@@ -347,10 +399,13 @@ impl Queue {
             // PANIC: `sg.len() <= SMALL_SG`, the array's length.
             &small[..sg.len()]
         } else {
-            large.reserve(sg.len(), if atomic { GFP_ATOMIC } else { GFP_KERNEL })?;
+            let flags = if atomic { GFP_ATOMIC } else { GFP_KERNEL };
+            let mut v = KVec::with_capacity(sg.len(), flags)?;
             for s in sg {
-                large.push(to_buf(s), GFP_ATOMIC)?;
+                // Cannot fail: the capacity is reserved.
+                v.push(to_buf(s), GFP_ATOMIC)?;
             }
+            large = v;
             &large
         };
         // PANIC: `out <= sg.len() == bufs.len()`, checked above.
@@ -460,7 +515,7 @@ impl Queue {
 
     /// Notifies the device; false (and the queue is broken) if it is gone.
     pub(crate) fn notify(&self) -> bool {
-        if self.broken.load(Relaxed) {
+        if read_once(&self.broken) {
             return false;
         }
         // SAFETY: The notify callback and its context are valid (type invariant).
@@ -481,7 +536,7 @@ impl Queue {
         let ring = &mut unsafe { self.serialized() }.ring;
         self.sync_broken(ring);
         let res = ring.get_buf(&self.mem);
-        self.last_used.store(ring.last_used_idx().into(), Relaxed);
+        write_once(&self.last_used, ring.last_used_idx().into());
         match res {
             Ok(Some(c)) => {
                 *len = c.len;
