@@ -946,7 +946,10 @@ impl auxiliary::Driver for BalloonDriver {
             Err(e) => {
                 shared.stop.store(true, Relaxed);
                 handle.reset();
-                drop(shared.state.lock().engine.host.vqs.take());
+                // Not under the state lock: deleting queues takes the transport's lock,
+                // which it holds while allocating (and so while reclaim may call our shrinker).
+                let vqs = shared.state.lock().engine.host.vqs.take();
+                drop(vqs);
                 return Err(e);
             }
         }
@@ -999,7 +1002,9 @@ impl auxiliary::Driver for BalloonDriver {
         // then nothing the device holds is in use any more: release what it did not return.
         handle.reset();
         shared.release_everything();
-        drop(shared.state.lock().engine.host.vqs.take());
+        // Dropped outside the state lock (see the probe's error path).
+        let vqs = shared.state.lock().engine.host.vqs.take();
+        drop(vqs);
         // Work queued by an interrupt after the first flush: flush once more, now that no
         // interrupt can come.
         shared.flush_work();

@@ -72,6 +72,17 @@ def one_run(g, rust):
     return row
 
 
+def check_log(g, when):
+    """Save the whole kernel log if the kernel complained (first time only)."""
+    log = g.sh("dmesg")
+    if vm.KERNEL_PROBLEMS.search(log):
+        path = os.path.join(os.environ.get("VIRTIO_RS_CACHE", "/var/tmp"), "policies-dmesg.log")
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(f"first seen after: {when}\n{log}")
+            print(f"kernel problem after {when}: log in {path}", flush=True)
+
+
 def main():
     results = {}
     with vm.Guest("policies", memory="1G", cpus=2,
@@ -80,12 +91,14 @@ def main():
         b.bind_c(g)
         results["C (OOM notifier)"] = [one_run(g, False) for _ in range(REPS)]
         g.unbind(bdf)
+        check_log(g, "C")
         for pol, name in POLICIES.items():
             g.run("rmmod virtio_balloon_rs", check=False)
             g.sh(f"modprobe virtio_balloon_rs deflate_policy={pol}")
             b.bind_rust(g)
             results[f"Rust {name}"] = [one_run(g, True) for _ in range(REPS)]
             g.unbind(bdf)
+            check_log(g, f"Rust {name}")
             print(f"{name}: {results[f'Rust {name}']}", flush=True)
         problems = g.kernel_problems()
     print(f"\ndeflate under pressure: 1 GiB guest squeezed to ~64 MiB available, then a "
