@@ -436,6 +436,32 @@ impl<'bound> Transport<'bound> {
         self.synchronize();
     }
 
+    /// Acknowledges the device again after a reset (ACKNOWLEDGE, DRIVER): the state the
+    /// transport hands a function to a driver in, so that the next driver to bind goes
+    /// through the whole status sequence, as after C's `virtio_dev_remove()` and
+    /// `virtio_dev_probe()`.  A reset also forgets the MSI-X configuration vector: the next
+    /// `find_vqs` routes it again.  Drivers reset the device through [`TransportOps::reset`]
+    /// and [`TransportOps::del_vqs`] (QEMU resets the whole device when a queue address is
+    /// cleared), so both end here.
+    fn reacknowledge(&self) {
+        self.add_status(regs::status::ACKNOWLEDGE | regs::status::DRIVER);
+    }
+
+    /// Routes configuration changes to the MSI-X configuration vector (the device forgets it
+    /// on reset); a read-back of NO_VECTOR means the device could not
+    /// (`vp_legacy_config_vector()`).
+    fn route_config(&self) -> Result {
+        if self.msix() {
+            self.bar
+                .write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
+            if self.bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
+                dev_err!(self.pdev, "the device refused the configuration vector\n");
+                return Err(EBUSY);
+            }
+        }
+        Ok(())
+    }
+
     fn finalize_features(&self, driver: u64) -> u64 {
         let negotiated = negotiate(self.host_features, driver, abi::ring_features());
         self.bar
@@ -563,6 +589,7 @@ impl<'bound> Transport<'bound> {
         if !queues.is_empty() {
             return Err(EBUSY);
         }
+        self.route_config()?;
         let mut slots = KVec::with_capacity(reqs.len(), GFP_KERNEL)?;
         for req in reqs {
             match self.setup_vq(req) {
@@ -794,7 +821,9 @@ unsafe extern "C" fn op_find_vqs(
 /// [`TransportOps`].
 unsafe extern "C" fn op_del_vqs(ctx: *const c_void) {
     // SAFETY: As above.
-    unsafe { transport(ctx) }.del_vqs()
+    let t = unsafe { transport(ctx) };
+    t.del_vqs();
+    t.reacknowledge();
 }
 
 /// [`TransportOps::add_status`].
@@ -816,5 +845,7 @@ unsafe extern "C" fn op_add_status(ctx: *const c_void, bits: u8) {
 /// [`TransportOps`].
 unsafe extern "C" fn op_reset(ctx: *const c_void) {
     // SAFETY: As above.
-    unsafe { transport(ctx) }.reset()
+    let t = unsafe { transport(ctx) };
+    t.reset();
+    t.reacknowledge();
 }
