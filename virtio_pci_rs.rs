@@ -33,8 +33,19 @@ use kernel::{
 #[path = "common/virtio_rs.rs"]
 mod abi;
 
+#[path = "virtio_pci_rs/indirect.rs"]
+mod indirect;
+
 #[path = "virtio_pci_rs/iobar.rs"]
 mod iobar;
+
+#[cfg(virtio_rs_kunit)]
+#[path = "virtio_pci_rs/kunit.rs"]
+mod kunit;
+
+#[cfg(virtio_rs_kunit)]
+#[path = "virtio_pci_rs/testing.rs"]
+mod testing;
 
 // The complete register map, documented in one place; not every register is used yet.
 #[allow(dead_code)]
@@ -215,6 +226,9 @@ impl pci::Driver for VirtioPciDriver {
 struct VirtioPciModule {
     #[pin]
     _driver: kernel::driver::Registration<pci::Adapter<VirtioPciDriver>>,
+    /// The fault-injection switches of the test flavour.
+    #[cfg(virtio_rs_kunit)]
+    _switches: testing::TestSwitches,
 }
 
 impl kernel::InPlaceModule for VirtioPciModule {
@@ -223,6 +237,8 @@ impl kernel::InPlaceModule for VirtioPciModule {
             abi::check_ring_abi()?;
             Ok(try_pin_init!(Self {
                 _driver <- kernel::driver::Registration::new(MODULE_NAME, module),
+                #[cfg(virtio_rs_kunit)]
+                _switches: testing::TestSwitches::new()?,
             }))
         })
     }

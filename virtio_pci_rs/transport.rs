@@ -26,6 +26,7 @@ use crate::{
         VqRequest,
         MAX_VQS, //
     },
+    indirect::IndirectPool,
     iobar::{
         IsrPort,
         RawIrq,
@@ -214,9 +215,11 @@ enum Irqs {
     },
 }
 
-/// One created queue: the ring memory outlives the queue (field order).
+/// One created queue: the indirect tables and the ring memory outlive the queue (field
+/// order; dropping the queue gives back the tables of buffers still in flight).
 struct QueueSlot {
     vq: OwnedVq,
+    _indirect: Option<KBox<IndirectPool>>,
     _ring: Coherent<[u8]>,
     index: u16,
 }
@@ -433,17 +436,38 @@ impl<'bound> Transport<'bound> {
         self.synchronize();
     }
 
+    /// Acknowledges the device again after a reset (ACKNOWLEDGE, DRIVER): the state the
+    /// transport hands a function to a driver in, so that the next driver to bind goes
+    /// through the whole status sequence, as after C's `virtio_dev_remove()` and
+    /// `virtio_dev_probe()`.  A reset also forgets the MSI-X configuration vector: the next
+    /// `find_vqs` routes it again.  Drivers reset the device through [`TransportOps::reset`]
+    /// and [`TransportOps::del_vqs`] (QEMU resets the whole device when a queue address is
+    /// cleared), so both end here.
+    fn reacknowledge(&self) {
+        self.add_status(regs::status::ACKNOWLEDGE | regs::status::DRIVER);
+    }
+
+    /// Routes configuration changes to the MSI-X configuration vector (the device forgets it
+    /// on reset); a read-back of NO_VECTOR means the device could not
+    /// (`vp_legacy_config_vector()`).
+    fn route_config(&self) -> Result {
+        if self.msix() {
+            self.bar
+                .write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
+            if self.bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
+                dev_err!(self.pdev, "the device refused the configuration vector\n");
+                return Err(EBUSY);
+            }
+        }
+        Ok(())
+    }
+
     fn finalize_features(&self, driver: u64) -> u64 {
-        // Device-specific bits (0-27) the driver asked for, the ring's transport bits, and
-        // never bit 30 (BAD_FEATURE, offered to legacy drivers to catch broken ones).
-        let transport = abi::ring_features() & !(1u64 << regs::F_INDIRECT_DESC);
-        let allowed = ((1u64 << regs::F_TRANSPORT_START) - 1) & driver | transport;
-        let negotiated = u64::from(self.host_features) & allowed & !(1u64 << regs::F_BAD_FEATURE);
-        // CAST: legacy features are 32 bits; `host_features` is `u32`.
+        let negotiated = negotiate(self.host_features, driver, abi::ring_features());
         self.bar
-            .write_reg(regs::GUEST_FEATURES::from_raw(negotiated as u32));
-        self.negotiated.store(negotiated, Relaxed);
-        negotiated
+            .write_reg(regs::GUEST_FEATURES::from_raw(negotiated));
+        self.negotiated.store(negotiated.into(), Relaxed);
+        negotiated.into()
     }
 
     fn config_read(&self, off: u32, width: u32) -> Result<u32> {
@@ -494,6 +518,20 @@ impl<'bound> Transport<'bound> {
             );
             E2BIG
         })?;
+        // Indirect tables come from a DMA pool of this queue (see `indirect.rs`).
+        let indirect = if self.negotiated.load(Relaxed) & (1u64 << regs::F_INDIRECT_DESC) != 0 {
+            let dev: &Device<Bound> = self.pdev.as_ref();
+            Some(KBox::new(IndirectPool::new(dev, num.into())?, GFP_KERNEL)?)
+        } else {
+            None
+        };
+        let (indirect_alloc, indirect_free, indirect_ctx) = match &indirect {
+            Some(pool) => {
+                let (alloc, free, ctx) = pool.callbacks();
+                (Some(alloc), Some(free), ctx)
+            }
+            None => (None, None, core::ptr::null()),
+        };
         let params = VqParams {
             header: abi::AbiHeader::for_type::<VqParams>(),
             index,
@@ -507,11 +545,12 @@ impl<'bound> Transport<'bound> {
             notify_ctx: core::ptr::from_ref(self).cast(),
             callback: req.callback,
             callback_ctx: req.ctx,
-            indirect_alloc: None,
-            indirect_free: None,
-            indirect_ctx: core::ptr::null(),
+            indirect_alloc,
+            indirect_free,
+            indirect_ctx,
         };
-        // SAFETY: The ring memory lives in the returned slot, after the queue (field order);
+        // SAFETY: The ring memory and the indirect pool live in the returned slot, after the
+        // queue (field order), and the boxed pool does not move;
         // `self` (the notify context) outlives every queue, deleted by `del_vqs` at the
         // latest when the device is unbound; the driver's callback contract is `find_vqs`'s.
         let vq = unsafe { OwnedVq::new(&params)? };
@@ -530,6 +569,7 @@ impl<'bound> Transport<'bound> {
         }
         Ok(QueueSlot {
             vq,
+            _indirect: indirect,
             _ring: ring,
             index,
         })
@@ -549,6 +589,7 @@ impl<'bound> Transport<'bound> {
         if !queues.is_empty() {
             return Err(EBUSY);
         }
+        self.route_config()?;
         let mut slots = KVec::with_capacity(reqs.len(), GFP_KERNEL)?;
         for req in reqs {
             match self.setup_vq(req) {
@@ -637,6 +678,23 @@ impl<'bound> Transport<'bound> {
     }
 }
 
+/// Legacy feature negotiation: the bits the device offers (`host`), the driver asks for
+/// (`driver`) and this stack implements, which are the device-specific bits (0-27) and the
+/// ring's transport bits (`ring`: INDIRECT_DESC, EVENT_IDX); never bit 30 (BAD_FEATURE,
+/// which QEMU offers legacy drivers to catch those that acknowledge features blindly).
+///
+/// Unlike C's virtio core, which keeps every transport bit the device offers unless the
+/// driver clears it in `validate`, a driver here gets a ring feature only when it asks for
+/// it.  For INDIRECT_DESC that matters: with it, adding a buffer of several elements
+/// allocates a table, which a driver that adds buffers under a lock reclaim may take must be
+/// able to refuse (the C balloon clears INDIRECT_DESC for that reason).
+pub(crate) fn negotiate(host: u32, driver: u64, ring: u64) -> u32 {
+    let supported = ((1u64 << regs::F_TRANSPORT_START) - 1) | ring;
+    let negotiated = u64::from(host) & driver & supported & !(1u64 << regs::F_BAD_FEATURE);
+    // CAST: a subset of `host`, which is 32 bits.
+    negotiated as u32
+}
+
 impl Drop for Transport<'_> {
     fn drop(&mut self) {
         self.shutdown();
@@ -663,6 +721,11 @@ unsafe fn transport<'a>(ctx: *const c_void) -> &'a Transport<'a> {
 unsafe extern "C" fn op_notify(ctx: *const c_void, index: u16) -> bool {
     // SAFETY: `ctx` is the transport that created the queue, alive while it exists.
     let t = unsafe { transport(ctx) };
+    #[cfg(virtio_rs_kunit)]
+    if crate::testing::drop_kick() {
+        // A device that stopped taking buffers: the kick is "sent" but never arrives.
+        return true;
+    }
     // A 16-bit write of the queue index (QEMU's ioeventfd matches exactly that).
     t.bar.write_reg(regs::QUEUE_NOTIFY::from_raw(index));
     true
@@ -758,7 +821,9 @@ unsafe extern "C" fn op_find_vqs(
 /// [`TransportOps`].
 unsafe extern "C" fn op_del_vqs(ctx: *const c_void) {
     // SAFETY: As above.
-    unsafe { transport(ctx) }.del_vqs()
+    let t = unsafe { transport(ctx) };
+    t.del_vqs();
+    t.reacknowledge();
 }
 
 /// [`TransportOps::add_status`].
@@ -780,5 +845,7 @@ unsafe extern "C" fn op_add_status(ctx: *const c_void, bits: u8) {
 /// [`TransportOps`].
 unsafe extern "C" fn op_reset(ctx: *const c_void) {
     // SAFETY: As above.
-    unsafe { transport(ctx) }.reset()
+    let t = unsafe { transport(ctx) };
+    t.reset();
+    t.reacknowledge();
 }

@@ -1,0 +1,555 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! KUnit suite of the transport: feature negotiation, and the indirect-table allocator
+//! serving a real queue of `virtio_ring_rs`.
+//!
+//! The allocator needs a device that can do coherent DMA; the suite registers a faux device
+//! and gives it a coherent mask (44 bits, as the transport sets on a legacy function), so the
+//! tables come from a real DMA pool exactly as on a PCI function.  The queue is created
+//! through the exported ring functions, as `setup_vq` does, over ring memory of the test,
+//! and the test plays the device: it reads the avail ring and the descriptors, follows the
+//! indirect table through the CPU address the allocator returned for its device address,
+//! and completes buffers in the used ring.
+//!
+//! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
+
+use crate::{
+    abi::{
+        self,
+        AbiHeader,
+        OwnedVq,
+        Sg,
+        Virtqueue, //
+        VqParams,
+    },
+    indirect::{
+        self,
+        IndirectPool, //
+    },
+    regs,
+    transport::negotiate,
+};
+use core::{
+    ffi::c_void,
+    num::NonZeroUsize, //
+};
+use kernel::{
+    bindings, device, faux, new_spinlock,
+    prelude::*,
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        SpinLock,
+    },
+};
+
+/// Feature bit mask of INDIRECT_DESC.
+const INDIRECT: u64 = 1 << regs::F_INDIRECT_DESC;
+/// Feature bit mask of EVENT_IDX.
+const EVENT_IDX: u64 = 1 << 29;
+/// Feature bit mask of the legacy BAD_FEATURE bit.
+const BAD: u64 = 1 << regs::F_BAD_FEATURE;
+/// Descriptor flags (virtio 1.x 2.7.5).
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+/// Ring alignment of the legacy interface.
+const ALIGN: usize = 4096;
+
+/// A faux device with a coherent DMA mask, standing for a PCI function.
+struct DmaDevice(faux::Registration);
+
+impl DmaDevice {
+    fn new() -> Result<Self> {
+        let reg = faux::Registration::new(c"virtio_pci_rs_kunit", None)?;
+        let dev: &device::Device = reg.as_ref();
+        // CAST: `device::Device` is transparent over the C struct (see `indirect.rs`).
+        let raw = core::ptr::from_ref(dev)
+            .cast::<bindings::device>()
+            .cast_mut();
+        // SAFETY: `raw` is the registered faux device, which no driver uses; the mask is the
+        // one the transport gives a legacy function (queue PFNs are 32 bits).
+        let ret = unsafe {
+            bindings::dma_set_coherent_mask(raw, (1u64 << (32 + regs::QUEUE_ADDR_SHIFT)) - 1)
+        };
+        kernel::error::to_result(ret)?;
+        Ok(Self(reg))
+    }
+
+    fn dev(&self) -> &device::Device {
+        self.0.as_ref()
+    }
+}
+
+/// What the test's wrappers of the transport's allocator saw; the wrappers only observe: the
+/// tables come from, and go back to, [`indirect::indirect_alloc`] / `indirect_free`.
+struct Recorder {
+    /// The context of the transport's callbacks (the pool).
+    pool_ctx: *const c_void,
+    calls: Atomic<u32>,
+    allocs: Atomic<u32>,
+    frees: Atomic<u32>,
+    last_cpu: Atomic<usize>,
+    last_dma: Atomic<u64>,
+    last_bytes: Atomic<usize>,
+}
+
+/// The test's allocator: calls the transport's and records the table.
+///
+/// # Safety
+///
+/// `ctx` must point to a live [`Recorder`] whose pool is live; `dma` valid for a write.
+unsafe extern "C" fn rec_alloc(
+    ctx: *const c_void,
+    bytes: usize,
+    atomic: bool,
+    dma: *mut u64,
+) -> *mut c_void {
+    // SAFETY: The caller's guarantee.
+    let rec = unsafe { &*ctx.cast::<Recorder>() };
+    rec.calls.add(1u32, Relaxed);
+    // SAFETY: `pool_ctx` is the context of a live pool; `dma` is valid (caller's guarantee).
+    let cpu = unsafe { indirect::indirect_alloc(rec.pool_ctx, bytes, atomic, dma) };
+    if !cpu.is_null() {
+        rec.allocs.add(1u32, Relaxed);
+        // CAST: the address is only compared and turned back into a pointer by the test.
+        rec.last_cpu.store(cpu as usize, Relaxed);
+        // SAFETY: The allocator wrote it.
+        rec.last_dma.store(unsafe { dma.read() }, Relaxed);
+        rec.last_bytes.store(bytes, Relaxed);
+    }
+    cpu
+}
+
+/// The test's free: records and calls the transport's.
+///
+/// # Safety
+///
+/// As [`indirect::indirect_free`], with `ctx` a live [`Recorder`].
+unsafe extern "C" fn rec_free(ctx: *const c_void, cpu: *mut c_void, dma: u64, bytes: usize) {
+    // SAFETY: The caller's guarantee.
+    let rec = unsafe { &*ctx.cast::<Recorder>() };
+    rec.frees.add(1u32, Relaxed);
+    // SAFETY: The caller's guarantee, forwarded.
+    unsafe { indirect::indirect_free(rec.pool_ctx, cpu, dma, bytes) }
+}
+
+/// The test's notification: counts.
+///
+/// # Safety
+///
+/// `ctx` must point to a live `Atomic<u32>`.
+unsafe extern "C" fn notify(ctx: *const c_void, _index: u16) -> bool {
+    // SAFETY: The caller's guarantee.
+    unsafe { &*ctx.cast::<Atomic<u32>>() }.add(1u32, Relaxed);
+    true
+}
+
+/// A descriptor as the device reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+/// Reads a `T` at byte `off` of the memory at `base` (the device's view).
+///
+/// # Safety
+///
+/// `base + off` must be valid for a read of an aligned `T`.
+unsafe fn rd<T: Copy>(base: *const u8, off: usize) -> T {
+    // SAFETY: The caller's guarantee; volatile, as a device reads.
+    unsafe { base.add(off).cast::<T>().read_volatile() }
+}
+
+/// Reads the descriptor at index `i` of the table at `base`.
+///
+/// # Safety
+///
+/// The table must hold at least `i + 1` descriptors.
+unsafe fn desc(base: *const u8, i: usize) -> Desc {
+    let off = i * 16;
+    // SAFETY: The caller's guarantee; the fields are naturally aligned.
+    unsafe {
+        Desc {
+            addr: rd(base, off),
+            len: rd(base, off + 8),
+            flags: rd(base, off + 12),
+            next: rd(base, off + 14),
+        }
+    }
+}
+
+/// A queue of the ring module with the transport's allocator, and its simulated device.
+///
+/// Fields drop in order: the driver handle and the queue go before everything they use.
+struct Rig {
+    q: Virtqueue,
+    vq: OwnedVq,
+    num: usize,
+    next_avail: u16,
+    used_idx: u16,
+    ring: KVec<u64>,
+    rec: KBox<Recorder>,
+    pool: KBox<IndirectPool>,
+    kicks: KBox<Atomic<u32>>,
+    _dev: DmaDevice,
+}
+
+impl Rig {
+    /// A queue of `num` entries with `features`, its indirect tables from the transport's
+    /// pool (created exactly as `setup_vq` creates it).
+    fn new(num: u32, features: u64) -> Result<Self> {
+        let dev = DmaDevice::new()?;
+        let pool = KBox::new(IndirectPool::new(dev.dev(), num)?, GFP_KERNEL)?;
+        let (_, _, pool_ctx) = pool.callbacks();
+        let rec = KBox::new(
+            Recorder {
+                pool_ctx,
+                calls: Atomic::new(0),
+                allocs: Atomic::new(0),
+                frees: Atomic::new(0),
+                last_cpu: Atomic::new(0),
+                last_dma: Atomic::new(0),
+                last_bytes: Atomic::new(0),
+            },
+            GFP_KERNEL,
+        )?;
+        let kicks = KBox::new(Atomic::new(0u32), GFP_KERNEL)?;
+        let size = abi::vring_size(num, ALIGN as u32)?;
+        let mut ring = KVec::from_elem(0u64, size.div_ceil(8), GFP_KERNEL)?;
+        let params = VqParams {
+            header: AbiHeader::for_type::<VqParams>(),
+            index: 0,
+            _reserved: 0,
+            num,
+            features,
+            ring: ring.as_mut_ptr().cast(),
+            // CAST: nothing does DMA to the ring; the CPU address stands for it.
+            ring_dma: ring.as_ptr() as u64,
+            ring_len: ring.len() * 8,
+            notify: Some(notify),
+            notify_ctx: core::ptr::from_ref(&*kicks).cast(),
+            callback: None,
+            callback_ctx: core::ptr::null(),
+            indirect_alloc: Some(rec_alloc),
+            indirect_free: Some(rec_free),
+            indirect_ctx: core::ptr::from_ref(&*rec).cast(),
+        };
+        // SAFETY: The ring memory, the recorder, the pool and the kick counter are owned by
+        // the returned `Rig`, which drops the queue first; the boxes and the vector's buffer
+        // do not move.
+        let vq = unsafe { OwnedVq::new(&params)? };
+        // SAFETY: The only handle; it is dropped before `vq` (field order).
+        let q = unsafe { vq.driver_handle() };
+        Ok(Self {
+            q,
+            vq,
+            num: usize::try_from(num)?,
+            next_avail: 0,
+            used_idx: 0,
+            ring,
+            rec,
+            pool,
+            kicks,
+            _dev: dev,
+        })
+    }
+
+    fn base(&self) -> *const u8 {
+        self.ring.as_ptr().cast()
+    }
+
+    /// Index mask of the rings (the queue size is a power of two).
+    fn mask(&self) -> usize {
+        self.num.wrapping_sub(1)
+    }
+
+    fn avail_off(&self) -> usize {
+        self.num * 16
+    }
+
+    fn used_off(&self) -> usize {
+        (self.avail_off() + 6 + 2 * self.num).next_multiple_of(ALIGN)
+    }
+
+    /// Takes the next head the driver made available.
+    fn pop(&mut self) -> Option<u16> {
+        let avail = self.avail_off();
+        // SAFETY: The avail index and ring lie inside the ring memory.
+        let idx: u16 = unsafe { rd(self.base(), avail + 2) };
+        if idx == self.next_avail {
+            return None;
+        }
+        let slot = usize::from(self.next_avail) & self.mask();
+        self.next_avail = self.next_avail.wrapping_add(1);
+        // SAFETY: As above.
+        Some(unsafe { rd(self.base(), avail + 4 + 2 * slot) })
+    }
+
+    /// Ring descriptor `i`.
+    fn desc(&self, i: u16) -> Desc {
+        let i = usize::from(i) & self.mask();
+        // SAFETY: `i` is below the queue size: inside the descriptor table.
+        unsafe { desc(self.base(), i) }
+    }
+
+    /// Publishes a used element for `head` with `len` written bytes.
+    fn push_used(&mut self, head: u16, len: u32) {
+        let used = self.used_off();
+        let slot = usize::from(self.used_idx) & self.mask();
+        let p = self.ring.as_mut_ptr().cast::<u8>();
+        self.used_idx = self.used_idx.wrapping_add(1);
+        // SAFETY: The used ring lies inside the ring memory; naturally aligned fields.
+        unsafe {
+            p.add(used + 4 + 8 * slot)
+                .cast::<u32>()
+                .write_volatile(head.into());
+            p.add(used + 8 + 8 * slot).cast::<u32>().write_volatile(len);
+            p.add(used + 2).cast::<u16>().write_volatile(self.used_idx);
+        }
+    }
+
+    /// The descriptors of the indirect table the allocator handed out last, as the device
+    /// reads them through the CPU address that belongs to `addr`.
+    fn last_table(&self, addr: u64, len: u32) -> Result<KVec<Desc>> {
+        if addr != self.rec.last_dma.load(Relaxed)
+            || usize::try_from(len)? != self.rec.last_bytes.load(Relaxed)
+        {
+            pr_err!("the descriptor does not point to the last table allocated\n");
+            return Err(EINVAL);
+        }
+        let cpu = self.rec.last_cpu.load(Relaxed) as *const u8;
+        let n = usize::try_from(len)? / 16;
+        let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
+        for i in 0..n {
+            // SAFETY: The table of a buffer in flight is live pool memory of `len` bytes.
+            out.push(unsafe { desc(cpu, i) }, GFP_KERNEL)?;
+        }
+        Ok(out)
+    }
+
+    fn calls(&self) -> u32 {
+        self.rec.calls.load(Relaxed)
+    }
+
+    fn allocs(&self) -> u32 {
+        self.rec.allocs.load(Relaxed)
+    }
+
+    fn frees(&self) -> u32 {
+        self.rec.frees.load(Relaxed)
+    }
+}
+
+/// A token for `add`.
+fn tok(n: usize) -> NonZeroUsize {
+    NonZeroUsize::MIN.saturating_add(n)
+}
+
+/// A fake buffer address (never accessed).
+const fn buf(n: u64) -> u64 {
+    0x10_0000 + n * 0x1000
+}
+
+/// What QEMU's legacy balloon offers with `deflate-on-oom=on`: STATS_VQ, DEFLATE_ON_OOM,
+/// NOTIFY_ON_EMPTY (24), ANY_LAYOUT (27), INDIRECT_DESC, EVENT_IDX and BAD_FEATURE.
+const QEMU_BALLOON: u32 = 0b110 | (1 << 24) | (1 << 27) | (1 << 28) | (1 << 29) | (1 << 30);
+
+#[kunit_tests(virtio_pci_rs_transport)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_is_device_and_driver_and_ring() {
+        let ring = abi::ring_features();
+        // The ring implements both ring features.
+        assert_eq!(ring & (INDIRECT | EVENT_IDX), INDIRECT | EVENT_IDX);
+        let host = QEMU_BALLOON;
+        // A driver that asks for no ring feature gets none, whatever the device offers.
+        assert_eq!(negotiate(host, 0b111, ring), 0b110);
+        // Asked for and offered: negotiated.
+        assert_eq!(
+            negotiate(host, 0b111 | INDIRECT, ring),
+            0b110 | (1 << regs::F_INDIRECT_DESC)
+        );
+        assert_eq!(
+            negotiate(host, INDIRECT | EVENT_IDX, ring),
+            (1 << 28) | (1 << 29)
+        );
+        // Not offered by the device, or not implemented by the ring: not negotiated.
+        assert_eq!(negotiate(host & !(1 << 28), 0b111 | INDIRECT, ring), 0b110);
+        assert_eq!(negotiate(host, INDIRECT | EVENT_IDX, 0), 0);
+        // Bit 30 never, even for a driver that asks for everything; bits above 31 do not
+        // exist on the legacy interface.
+        assert_eq!(negotiate(host, !0, ring), host & !(1 << 30));
+        assert_eq!(negotiate(host, BAD, ring), 0);
+        assert_eq!(negotiate(u32::MAX, !0, 0), (1 << 28) - 1);
+    }
+
+    #[test]
+    fn indirect_tables_come_from_the_pool_and_go_back() -> Result {
+        let mut rig = Rig::new(8, INDIRECT)?;
+        assert_eq!(rig.pool.max_bytes(), 8 * 16);
+        let out = [Sg::new(buf(0), 16)];
+        let inp = [Sg::new(buf(1), 100), Sg::new(buf(2), 200)];
+        rig.q.add(&out, &inp, tok(0))?;
+        assert_eq!(rig.allocs(), 1);
+        assert_eq!(rig.pool.in_use(), 1);
+        assert!(rig.q.kick());
+        assert_eq!(rig.kicks.load(Relaxed), 1);
+
+        // The device finds one ring descriptor pointing to the table, in coherent memory of
+        // the pool below the device's coherent mask.
+        let head = rig.pop().ok_or(ENOENT)?;
+        let d = rig.desc(head);
+        assert_eq!(d.flags, F_INDIRECT);
+        assert_eq!(d.len, 3 * 16);
+        assert_eq!(d.addr % 16, 0);
+        assert!(d.addr != 0 && d.addr < 1u64 << (32 + regs::QUEUE_ADDR_SHIFT));
+        let t = rig.last_table(d.addr, d.len)?;
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t[0],
+            Desc {
+                addr: buf(0),
+                len: 16,
+                flags: F_NEXT,
+                next: 1
+            }
+        );
+        assert_eq!(
+            t[1],
+            Desc {
+                addr: buf(1),
+                len: 100,
+                flags: F_NEXT | F_WRITE,
+                next: 2
+            }
+        );
+        assert_eq!(
+            t[2],
+            Desc {
+                addr: buf(2),
+                len: 200,
+                flags: F_WRITE,
+                next: 0
+            }
+        );
+
+        // Completion gives the table back to the pool.
+        rig.push_used(head, 300);
+        assert_eq!(rig.q.get_buf(), Some((tok(0), 300)));
+        assert_eq!(rig.frees(), 1);
+        assert_eq!(rig.pool.in_use(), 0);
+
+        // So does detaching buffers the device never used (teardown after a reset).
+        rig.q.add(&out, &inp, tok(1))?;
+        rig.q.add(&out, &inp[..1], tok(2))?;
+        assert_eq!(rig.pool.in_use(), 2);
+        let a = rig.q.detach_unused().ok_or(ENOENT)?;
+        let b = rig.q.detach_unused().ok_or(ENOENT)?;
+        assert!(rig.q.detach_unused().is_none());
+        assert!((a, b) == (tok(1), tok(2)) || (a, b) == (tok(2), tok(1)));
+        assert_eq!(rig.pool.in_use(), 0);
+
+        // One element never takes a table.
+        let calls = rig.calls();
+        rig.q.add(&[], &inp[..1], tok(3))?;
+        assert_eq!(rig.calls(), calls);
+
+        // And destroying a queue with a table in flight gives that table back too.
+        rig.q.add(&out, &inp, tok(4))?;
+        assert_eq!(rig.pool.in_use(), 1);
+        // The driver handle (`rig.q`, a plain pointer) is not used again.
+        let Rig { vq, pool, rec, .. } = rig;
+        drop(vq);
+        assert_eq!(pool.in_use(), 0);
+        assert_eq!(rec.allocs.load(Relaxed), rec.frees.load(Relaxed));
+        Ok(())
+    }
+
+    #[test]
+    fn no_table_without_the_feature() -> Result {
+        let mut rig = Rig::new(8, 0)?;
+        rig.q
+            .add(&[Sg::new(buf(0), 16)], &[Sg::new(buf(1), 16)], tok(0))?;
+        assert_eq!(rig.calls(), 0);
+        let head = rig.pop().ok_or(ENOENT)?;
+        assert_eq!(rig.desc(head).flags, F_NEXT);
+        Ok(())
+    }
+
+    #[test]
+    fn atomic_allocation_under_a_spinlock() -> Result {
+        let dev = DmaDevice::new()?;
+        // A fresh pool: the first table needs a new page, allocated under the lock.
+        let pool = IndirectPool::new(dev.dev(), 128)?;
+        let (alloc, free, ctx) = pool.callbacks();
+        let lock = KBox::pin_init(new_spinlock!(0u32), GFP_KERNEL)?;
+        let lock: Pin<&SpinLock<u32>> = lock.as_ref();
+        let guard = lock.lock();
+        let mut dma = 0u64;
+        // SAFETY: `ctx` is the live pool's context, `dma` a valid out pointer.
+        let cpu = unsafe { alloc(ctx, 64 * 16, true, &mut dma) };
+        let got = !cpu.is_null() && dma != 0 && pool.in_use() == 1;
+        if !cpu.is_null() {
+            // SAFETY: The table just allocated, freed once, never used.
+            unsafe { free(ctx, cpu, dma, 64 * 16) };
+        }
+        drop(guard);
+        assert!(got);
+        assert_eq!(pool.in_use(), 0);
+        // Requests the pool cannot serve fail cleanly, in any context.
+        let mut dma = 0u64;
+        // SAFETY: As above.
+        assert!(unsafe { alloc(ctx, 0, true, &mut dma) }.is_null());
+        // SAFETY: As above.
+        assert!(unsafe { alloc(ctx, 128 * 16 + 16, false, &mut dma) }.is_null());
+        assert_eq!(pool.in_use(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_tables_fall_back_to_direct_chains() -> Result {
+        let mut rig = Rig::new(512, INDIRECT)?;
+        assert_eq!(rig.pool.max_bytes(), indirect::MAX_TABLE_BYTES);
+        let max = indirect::MAX_TABLE_BYTES / 16;
+        let mut sg = KVec::with_capacity(max + 44, GFP_KERNEL)?;
+        for i in 0..(max + 44) {
+            // CAST: small indexes.
+            sg.push(Sg::new(buf(i as u64), 8), GFP_KERNEL)?;
+        }
+        // One page of descriptors fits a table.
+        rig.q.add(&sg[..max], &[], tok(0))?;
+        assert_eq!(rig.allocs(), 1);
+        let h0 = rig.pop().ok_or(ENOENT)?;
+        assert_eq!(rig.desc(h0).flags, F_INDIRECT);
+        // CAST: `max` is 256.
+        assert_eq!(rig.desc(h0).len, (max * 16) as u32);
+        // More does not: the allocator refuses, the ring chains direct descriptors.
+        rig.q.add(&sg, &[], tok(1))?;
+        assert_eq!(rig.calls(), 2);
+        assert_eq!(rig.allocs(), 1);
+        assert_eq!(rig.pool.in_use(), 1);
+        let h1 = rig.pop().ok_or(ENOENT)?;
+        let mut i = h1;
+        let mut n = 1;
+        while rig.desc(i).flags & F_NEXT != 0 && n <= sg.len() {
+            assert_eq!(rig.desc(i).flags & F_INDIRECT, 0);
+            i = rig.desc(i).next;
+            n += 1;
+        }
+        assert_eq!(n, sg.len());
+        rig.push_used(h0, 0);
+        rig.push_used(h1, 0);
+        assert_eq!(rig.q.get_buf(), Some((tok(0), 0)));
+        assert_eq!(rig.q.get_buf(), Some((tok(1), 0)));
+        assert_eq!(rig.pool.in_use(), 0);
+        Ok(())
+    }
+}
