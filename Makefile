@@ -9,6 +9,7 @@
 #   make demo       boot a guest and show the stack at work
 #   make bench      the Rust stack against the C drivers in one guest
 #   make fuzz       a long fuzz run of the ring core
+#   make stress     reliability tests on the debug kernel (not part of check; <= 30 min)
 #   make rustfmt    format the Rust sources (rustfmtcheck: only check)
 #   make clippy     build with CLIPPY=1
 #   make clean
@@ -19,7 +20,7 @@
 ENV := $(CURDIR)/scripts/env
 RUST_SOURCES = $(shell find $(CURDIR) -name '*.rs' -not -path '*/target/*' -not -path '*/.git/*')
 
-.PHONY: all modules setup check demo bench fuzz clean rustfmt rustfmtcheck clippy kunit-modules
+.PHONY: all modules setup check demo bench fuzz stress clean rustfmt rustfmtcheck clippy kunit-modules
 
 all: modules
 
@@ -52,6 +53,9 @@ demo:
 
 bench:
 	$(CURDIR)/scripts/bench
+
+stress:
+	$(CURDIR)/scripts/stress
 
 fuzz:
 	$(ENV) env FUZZ_SECONDS=$${FUZZ_SECONDS:-1800} $(CURDIR)/scripts/host-tests --fuzz-only
