@@ -59,6 +59,9 @@ def consistent(g):
 def teardown(g, before):
     """Unbind and unload everything; the guest gets all its memory back."""
     s.rmmod_all(g)
+    for line in g.kernel_log().splitlines()[g.log_mark:]:
+        if "_rs" in line:
+            print(f"  {line.strip()}")
     s.alive(g)
     after = b.meminfo(g)
     assert after["MemTotal"] == before["MemTotal"], (before, after)
@@ -74,13 +77,14 @@ def expect_one_violation(lines, queue, what):
     assert f"queue {queue}:" in hits[0] and what in hits[0], hits[0]
     fired = [l for l in lines if re.search(rf"fault: queue {queue}: ", l)]
     assert len(fired) == 1, lines
+    print(f"\n  {fired[0].strip()}\n  {hits[0].strip()}")
 
 
 def test_fault_switch_is_there(guest):
     g = guest
     g.sh("modprobe virtio_ring_rs")
     st = fault_state(g)
-    assert st == {"armed": "off", "queue": "any", "injected": "0"}, st
+    assert st == {"armed": "off", "injected": "0"}, st
     # Bad commands are refused and change nothing.
     for bad in ("bogus", "id 70000", "id 1 2"):
         rc, _ = g.run(f"echo '{bad}' > {s.FAULT}", check=False)
@@ -107,18 +111,26 @@ def test_bad_id_on_inflate_queue(guest):
     time.sleep(3)
     lines = take_log(g)
     expect_one_violation(lines, 0, "UsedIdOutOfRange { id: 3735928559 }")
-    assert fault_state(g) == {"armed": "off", "queue": "any", "injected": "1"}
+    assert fault_state(g) == {"armed": "off", "injected": "1"}
     st = consistent(g)
     assert st["device_errors"] >= 1, st
     # The balloon stopped inflating at the broken message: 32 MiB, not 64.
     assert st["actual_pages"] == 32 * 256, st
-    # The deflate queue still works: the balloon follows the device down to nothing.
+    # The deflate queue still works: the balloon should follow the device down to nothing.
+    # (Checked after the teardown, so that a balloon stuck here still gets its unload and
+    # leak checks.)
     b.set_target(g, RAM)
-    s.wait_actual(g, RAM)
+    try:
+        s.wait_actual(g, RAM, timeout=60)
+        stuck = None
+    except AssertionError as e:
+        stuck = f"{e}; driver status: {s.status(g)}"
     consistent(g)
     take_log(g)
     teardown(g, before)
     take_log(g)
+    assert stuck is None, ("with its inflate queue broken, the balloon no longer deflates "
+                           "when the device asks: " + stuck)
 
 
 def test_bad_len_on_deflate_queue(guest):
