@@ -11,6 +11,7 @@
 #                   (bench-modules: the C ring benchmark module it loads)
 #   make bench-policies  what each deflate_policy gives back under memory pressure
 #   make fuzz       a long fuzz run of the ring core
+#   make stress     reliability tests on the debug kernel (not part of check; <= 30 min)
 #   make rustfmt    format the Rust sources (rustfmtcheck: only check)
 #   make clippy     build with CLIPPY=1
 #   make clean
@@ -21,7 +22,7 @@
 ENV := $(CURDIR)/scripts/env
 RUST_SOURCES = $(shell find $(CURDIR) -name '*.rs' -not -path '*/target/*' -not -path '*/.git/*')
 
-.PHONY: all modules setup check demo bench bench-modules bench-policies fuzz clean rustfmt rustfmtcheck clippy kunit-modules
+.PHONY: all modules setup check demo bench bench-modules bench-policies fuzz stress clean rustfmt rustfmtcheck clippy kunit-modules
 
 all: modules
 
@@ -63,6 +64,9 @@ bench:
 bench-policies:
 	$(CURDIR)/scripts/setup >/dev/null
 	$(ENV) sh -c 'make -s -C "$$KDIR" M=$(CURDIR) LLVM=1 modules && python3 $(CURDIR)/tests/policies.py'
+
+stress:
+	$(CURDIR)/scripts/stress
 
 fuzz:
 	$(ENV) env FUZZ_SECONDS=$${FUZZ_SECONDS:-1800} $(CURDIR)/scripts/host-tests --fuzz-only

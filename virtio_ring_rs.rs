@@ -35,6 +35,11 @@ mod bench;
 #[path = "virtio_ring_rs/kunit.rs"]
 mod kunit;
 
+// Test-only: the fault-injection switch (`make stress`, and the KUnit flavour).
+#[cfg(any(virtio_rs_kunit, virtio_rs_fault))]
+#[path = "virtio_ring_rs/fault.rs"]
+mod fault;
+
 use abi::{
     abi_fn,
     RawVq,
@@ -306,8 +311,11 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32 {
 }
 export_symbol_ns_gpl!(virtio_rs_vq_num_free: abi_fn::VqNumFree, "VIRTIO_RS");
 
-/// The module: a library with no state of its own.
-struct VirtioRingModule;
+/// The module: a library with no state of its own (but the test-only fault switch).
+struct VirtioRingModule {
+    #[cfg(any(virtio_rs_kunit, virtio_rs_fault))]
+    _fault: fault::Debugfs,
+}
 
 impl kernel::Module for VirtioRingModule {
     fn init(_module: &'static ThisModule) -> Result<Self> {
@@ -315,7 +323,10 @@ impl kernel::Module for VirtioRingModule {
         if cycles != 0 {
             bench::run(cycles)?;
         }
-        Ok(Self)
+        Ok(Self {
+            #[cfg(any(virtio_rs_kunit, virtio_rs_fault))]
+            _fault: fault::Debugfs::new()?,
+        })
     }
 }
 

@@ -1349,3 +1349,90 @@ mod hostile_tests {
         Ok(())
     }
 }
+
+#[kunit_tests(virtio_ring_rs_fault)]
+mod fault_tests {
+    use super::*;
+    use crate::fault::{self, Kind};
+
+    const ALL: [usize; 3] = [token(0), token(1), token(2)];
+
+    /// A queue of 8 with three buffers the device took (as in the hostile suite).
+    fn three_in_flight() -> Result<(Rig, KVec<u16>)> {
+        let mut rig = Setup::new(8).build()?;
+        rig.add(&[Sg::new(addr(0), 16)], &[Sg::new(addr(1), 100)], token(0))?;
+        rig.add_in(50, token(1))?;
+        rig.add(&[Sg::new(addr(2), 32)], &[], token(2))?;
+        let heads = rig.dev.pop_n(3)?;
+        Ok((rig, heads))
+    }
+
+    #[test]
+    fn each_fault_breaks_the_queue_once() -> Result {
+        fault::disarm();
+        for kind in [Kind::UsedId, Kind::UsedLen, Kind::UsedIdxJump] {
+            let before = fault::injected();
+            let (mut rig, heads) = three_in_flight()?;
+            fault::arm(kind, Some(QUEUE_INDEX));
+            // Nothing to read yet: the fault waits for a completion.
+            assert_eq!(rig.get_buf(), None);
+            assert!(!rig.vq.is_broken());
+            assert_eq!(fault::armed(), Some((kind, Some(QUEUE_INDEX))));
+            // A valid completion, read through the fault: detected, nothing handed out.
+            rig.dev.push_used(heads[1].into(), 50);
+            assert_eq!(rig.get_buf(), None);
+            assert!(rig.vq.is_broken());
+            assert_eq!(fault::injected(), before + 1);
+            assert_eq!(fault::armed(), None);
+            // The ring memory itself was not touched: the device's element is intact.
+            assert_eq!(rig.dev.mem.read_u32(rig.dev.used_elem(0)), u32::from(heads[1]));
+            rig.ensure_broken_and_drained(&ALL)?;
+
+            // It fired once: the next queue works.
+            let (mut rig, heads) = three_in_flight()?;
+            rig.dev.push_used(heads[1].into(), 50);
+            assert_eq!(rig.get_buf(), Some((token(1), 50)));
+            assert!(!rig.vq.is_broken());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fault_targets_its_queue() -> Result {
+        fault::disarm();
+        let before = fault::injected();
+        fault::arm(Kind::UsedId, Some(QUEUE_INDEX + 1));
+        let (mut rig, heads) = three_in_flight()?;
+        rig.dev.push_used(heads[0].into(), 100);
+        assert_eq!(rig.get_buf(), Some((token(0), 100)));
+        assert!(!rig.vq.is_broken());
+        assert_eq!(fault::injected(), before);
+        // Any queue.
+        fault::arm(Kind::UsedId, None);
+        rig.dev.push_used(heads[1].into(), 50);
+        assert_eq!(rig.get_buf(), None);
+        assert!(rig.vq.is_broken());
+        assert_eq!(fault::injected(), before + 1);
+        rig.ensure_broken_and_drained(&[token(1), token(2)])?;
+        Ok(())
+    }
+
+    #[test]
+    fn commands() -> Result {
+        fault::disarm();
+        assert_eq!(fault::command(b"id 2\n"), Ok(()));
+        assert_eq!(fault::armed(), Some((Kind::UsedId, Some(2))));
+        assert_eq!(fault::command(b"jump"), Ok(()));
+        assert_eq!(fault::armed(), Some((Kind::UsedIdxJump, None)));
+        assert_eq!(fault::command(b" len\t0 "), Ok(()));
+        assert_eq!(fault::armed(), Some((Kind::UsedLen, Some(0))));
+        for bad in [&b""[..], b"\n", b"bogus", b"id x", b"id 65535", b"id 70000", b"id 1 2", b"off 1"] {
+            assert_eq!(fault::command(bad), Err(EINVAL));
+        }
+        // A bad command leaves the armed fault alone.
+        assert_eq!(fault::armed(), Some((Kind::UsedLen, Some(0))));
+        assert_eq!(fault::command(b"off\n"), Ok(()));
+        assert_eq!(fault::armed(), None);
+        Ok(())
+    }
+}

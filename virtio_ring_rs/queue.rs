@@ -535,6 +535,22 @@ impl Queue {
         // SAFETY: Serialized call.
         let ring = &mut unsafe { self.serialized() }.ring;
         self.sync_broken(ring);
+        #[cfg(any(virtio_rs_kunit, virtio_rs_fault))]
+        let res = {
+            // Test-only: a fault armed through debugfs corrupts what this read sees.
+            let last = ring.last_used_idx();
+            let pending = !ring.is_broken() && self.mem.read::<u16>(self.used_idx_off) != last;
+            match crate::fault::take(self.index, pending) {
+                Some(kind) => {
+                    let l = ring.layout();
+                    let view =
+                        crate::fault::FaultyMem::new(&self.mem, kind, l.used_offset(), l.num(), last);
+                    ring.get_buf(&view)
+                }
+                None => ring.get_buf(&self.mem),
+            }
+        };
+        #[cfg(not(any(virtio_rs_kunit, virtio_rs_fault)))]
         let res = ring.get_buf(&self.mem);
         write_once(&self.last_used, ring.last_used_idx().into());
         match res {

@@ -1,0 +1,202 @@
+# SPDX-License-Identifier: GPL-2.0
+"""The ring under a hostile device, with QEMU's real balloon: the test-only fault switch of
+virtio_ring_rs (/sys/kernel/debug/virtio_ring_rs/fault, fault flavour only) makes the driver
+read a corrupted used ring on the next completion of one queue: an out-of-range id on the
+inflate queue, an absurd length on the deflate queue, a used-index jump on the stats queue.
+
+Each time: the ring detects it and logs it exactly once (however often the driver calls the
+broken queue afterwards), hands out no buffer (the balloon gets nothing back, so it never
+touches a token the device named), the balloon's accounting stays consistent with QEMU's,
+the guest keeps running, `rmmod` works and no page is lost (`MemTotal` back, `MemFree`
+back).
+"""
+
+import re
+import time
+
+import balloon as b
+import stress_lib as s
+import vm
+
+RAM = 1024 * b.MiB
+GUEST_OPTIONS = {"memory": "1G"}
+
+VIOLATION = "device violated the ring protocol"
+
+
+def fault_state(g):
+    return dict(l.split() for l in g.sh(f"cat {s.FAULT}").splitlines())
+
+
+def take_log(g):
+    """New kernel log lines; the test fails on any kernel problem among them."""
+    lines = g.new_kernel_log()
+    problems = g.kernel_problems(lines)
+    assert not problems, "kernel problems:\n" + "\n".join(problems)
+    return lines
+
+
+def setup_balloon(g, inflate_mib):
+    """Bind the Rust stack and inflate; returns the meminfo before inflating."""
+    b.bind_rust(g)
+    before = b.meminfo(g)
+    target = RAM - inflate_mib * b.MiB
+    b.set_target(g, target)
+    s.wait_actual(g, target)
+    return before
+
+
+def consistent(g):
+    """The driver's books agree with themselves and with QEMU's `actual`."""
+    st = s.status(g)
+    moved = st["inflated_pages"] - st["deflated_pages"] - st["oom_deflated_pages"] \
+        - st["shrinker_deflated_pages"]
+    assert moved == st["actual_pages"] == st["pages_held"], st
+    assert b.actual(g) == RAM - st["actual_pages"] * 4096, (st, b.actual(g))
+    return st
+
+
+def teardown(g, before):
+    """Unbind and unload everything; the guest gets all its memory back."""
+    s.rmmod_all(g)
+    for line in g.kernel_log().splitlines()[g.log_mark:]:
+        if "_rs" in line:
+            print(f"  {line.strip()}")
+    s.alive(g)
+    after = b.meminfo(g)
+    assert after["MemTotal"] == before["MemTotal"], (before, after)
+    assert after["MemFree"] > before["MemFree"] - 16 * 1024, (before, after)
+    assert b.actual(g) == RAM
+    # The device's target goes back too, for the next test's bind.
+    b.set_target(g, RAM)
+
+
+def expect_one_violation(lines, queue, what):
+    hits = [l for l in lines if VIOLATION in l]
+    assert len(hits) == 1, f"expected one violation report, got:\n" + "\n".join(hits)
+    assert f"queue {queue}:" in hits[0] and what in hits[0], hits[0]
+    fired = [l for l in lines if re.search(rf"fault: queue {queue}: ", l)]
+    assert len(fired) == 1, lines
+    print(f"\n  {fired[0].strip()}\n  {hits[0].strip()}")
+
+
+def test_fault_switch_is_there(guest):
+    g = guest
+    g.sh("modprobe virtio_ring_rs")
+    st = fault_state(g)
+    assert st == {"armed": "off", "injected": "0"}, st
+    # Bad commands are refused and change nothing.
+    for bad in ("bogus", "id 70000", "id 1 2"):
+        rc, _ = g.run(f"echo '{bad}' > {s.FAULT}", check=False)
+        assert rc != 0, bad
+    assert fault_state(g)["armed"] == "off"
+    take_log(g)
+
+
+def test_bad_id_on_inflate_queue(guest):
+    g = guest
+    before = setup_balloon(g, 32)
+    take_log(g)
+    g.sh(f"echo 'id 0' > {s.FAULT}")
+    assert fault_state(g)["armed"] == "id"
+    b.set_target(g, RAM - 64 * b.MiB)
+    # The balloon reads the corrupted completion of its first inflate message.
+    deadline = time.monotonic() + 120
+    while fault_state(g)["injected"] != "1":
+        assert time.monotonic() < deadline, "the fault never fired"
+        time.sleep(0.2)
+    time.sleep(2)
+    # Make the driver use the broken queue again: still one report.
+    b.set_target(g, RAM - 80 * b.MiB)
+    time.sleep(3)
+    lines = take_log(g)
+    expect_one_violation(lines, 0, "UsedIdOutOfRange { id: 3735928559 }")
+    assert fault_state(g) == {"armed": "off", "injected": "1"}
+    st = consistent(g)
+    assert st["device_errors"] >= 1, st
+    # The balloon stopped inflating at the broken message: 32 MiB, not 64.
+    assert st["actual_pages"] == 32 * 256, st
+    # The deflate queue still works: the balloon should follow the device down to nothing.
+    # (Checked after the teardown, so that a balloon stuck here still gets its unload and
+    # leak checks.)
+    b.set_target(g, RAM)
+    try:
+        s.wait_actual(g, RAM, timeout=60)
+        stuck = None
+    except AssertionError as e:
+        stuck = f"{e}; driver status: {s.status(g)}"
+    consistent(g)
+    take_log(g)
+    teardown(g, before)
+    take_log(g)
+    assert stuck is None, ("with its inflate queue broken, the balloon no longer deflates "
+                           "when the device asks: " + stuck)
+
+
+def test_bad_len_on_deflate_queue(guest):
+    g = guest
+    before = setup_balloon(g, 32)
+    take_log(g)
+    g.sh(f"echo 'len 1' > {s.FAULT}")
+    b.set_target(g, RAM)
+    # The first deflate message's completion is corrupted; the pages go back to the guest
+    # anyway (a broken device cannot use them), and `actual` follows.
+    s.wait_actual(g, RAM)
+    lines = take_log(g)
+    expect_one_violation(lines, 1, "UsedLenTooLong")
+    assert "len: 4294967295" in "\n".join(lines)
+    st = consistent(g)
+    assert st["pages_held"] == 0 and st["device_errors"] >= 1, st
+    undelivered = s.count(lines, "deflate message not delivered")
+    print(f"balloon warnings 'deflate message not delivered': {undelivered}")
+    # Inflating still works (another queue); deflating it again goes through the broken
+    # queue: no new ring report.
+    b.set_target(g, RAM - 8 * b.MiB)
+    s.wait_actual(g, RAM - 8 * b.MiB)
+    b.set_target(g, RAM)
+    s.wait_actual(g, RAM)
+    lines = take_log(g)
+    assert s.count(lines, VIOLATION) == 0, lines
+    consistent(g)
+    teardown(g, before)
+    take_log(g)
+
+
+def test_used_idx_jump_on_stats_queue(guest):
+    g = guest
+    before = setup_balloon(g, 16)
+    # QEMU returns the statistics buffer every second: a completion on queue 2.
+    g.qmp_cmd("qom-set", path="/machine/peripheral/balloon0",
+              property="guest-stats-polling-interval", value=1)
+    deadline = time.monotonic() + 60
+    while s.status(g)["stats_sent"] < 3:
+        assert time.monotonic() < deadline, "the device does not poll statistics"
+        time.sleep(0.5)
+    take_log(g)
+    g.sh(f"echo 'jump 2' > {s.FAULT}")
+    deadline = time.monotonic() + 60
+    while fault_state(g)["armed"] != "off":
+        assert time.monotonic() < deadline, "the fault never fired"
+        time.sleep(0.5)
+    sent = s.status(g)["stats_sent"]
+    time.sleep(4)
+    lines = take_log(g)
+    expect_one_violation(lines, 2, "UsedIdxJump")
+    # The broken stats queue is left alone, the balloon still follows the device.
+    assert s.status(g)["stats_sent"] == sent
+    b.set_target(g, RAM - 48 * b.MiB)
+    s.wait_actual(g, RAM - 48 * b.MiB)
+    b.set_target(g, RAM)
+    s.wait_actual(g, RAM)
+    consistent(g)
+    g.qmp_cmd("qom-set", path="/machine/peripheral/balloon0",
+              property="guest-stats-polling-interval", value=0)
+    teardown(g, before)
+    take_log(g)
+
+
+def test_modules_unload_after_faults(guest):
+    g = guest
+    s.rmmod_all(g)
+    assert not g.sh("ls /sys/kernel/debug/ | grep virtio_ || true").strip()
+    s.alive(g)

@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Hot-unplug: QMP `device_del` of the balloon while the Rust driver holds an inflated
+balloon, and while it is inflating.  The guest (q35, as virtme-ng starts it) has the
+balloon behind a PCIe root port, which QEMU hot-plugs through ACPI (the debug kernel has
+HOTPLUG_PCI_ACPI).  Each time the driver must release everything (`MemTotal` and `MemFree`
+back, no warning), the guest must keep running, and a device plugged back in must work with
+the Rust driver again.
+"""
+
+import time
+
+import balloon as b
+import stress_lib as s
+
+RAM = 1024 * b.MiB
+ROOT_PORT = "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1"
+# Legacy only; behind a PCIe port QEMU would turn legacy off unless told.
+BALLOON = "virtio-balloon-pci,id=balloon0,bus=rp0,disable-modern=on,disable-legacy=off"
+GUEST_OPTIONS = {"memory": "1G", "devices": (ROOT_PORT, BALLOON)}
+
+
+def take_log(g):
+    lines = g.new_kernel_log()
+    problems = g.kernel_problems(lines)
+    assert not problems, "kernel problems:\n" + "\n".join(problems)
+    return lines
+
+
+def plug(g):
+    g.qmp_cmd("device_add", driver="virtio-balloon-pci", id="balloon0", bus="rp0",
+              **{"disable-modern": "on", "disable-legacy": "off"})
+    deadline = time.monotonic() + 120
+    while True:
+        rc, out = g.run("for d in /sys/bus/pci/devices/*; do "
+                        "[ \"$(cat $d/vendor):$(cat $d/device)\" = 0x1af4:0x1002 ] && "
+                        "[ -e $d/driver ] && basename $d; done; true", check=False)
+        if out.split():
+            return
+        assert time.monotonic() < deadline, "the guest did not see the plugged device"
+        time.sleep(0.5)
+
+
+def unplug(g):
+    """device_del and wait until the guest ejected the function; returns the seconds."""
+    g.qmp_cmd("device_del", id="balloon0")
+    return s.wait_device_gone(g)
+
+
+def released_everything(g, before, inflated):
+    """After the unplug: the guest answers, and has its memory back."""
+    s.alive(g)
+    assert not g.sh("ls /sys/bus/auxiliary/devices/").split()
+    assert g.run("ls /sys/kernel/debug/virtio_balloon_rs/balloon.*", check=False)[0] != 0
+    after = b.meminfo(g)
+    assert after["MemTotal"] == before["MemTotal"], (before, after)
+    assert after["MemFree"] > inflated["MemFree"] + 0.85 * (before["MemFree"] -
+                                                            inflated["MemFree"]), \
+        (before, inflated, after)
+    lines = take_log(g)
+    assert s.count(lines, "balloon removed, all pages returned") == 1, lines
+    return lines
+
+
+def test_the_slot_is_hotpluggable(guest):
+    g = guest
+    out = g.sh("ls /sys/bus/pci/slots/ 2>/dev/null; true")
+    assert out.split(), "no hotplug slot in the guest (is HOTPLUG_PCI_ACPI in the kernel?)"
+
+
+def test_unplug_while_inflated(guest):
+    g = guest
+    b.bind_rust(g)
+    before = b.meminfo(g)
+    b.set_target(g, RAM - 128 * b.MiB)
+    s.wait_actual(g, RAM - 128 * b.MiB)
+    inflated = b.meminfo(g)
+    assert before["MemTotal"] - inflated["MemTotal"] == 128 * 1024
+    take_log(g)
+    secs = unplug(g)
+    print(f"unplugged in {secs:.1f}s")
+    released_everything(g, before, inflated)
+    s.rmmod_all(g)
+    s.alive(g)
+
+
+def test_unplug_while_inflating(guest):
+    g = guest
+    plug(g)
+    b.bind_rust(g)
+    before = b.meminfo(g)
+    target_pages = 512 * 256
+    b.set_target(g, RAM - 512 * b.MiB)
+    # Unplug as soon as the balloon is on its way, well before it gets there.
+    deadline = time.monotonic() + 120
+    while s.status(g)["pages_held"] < 16 * 256:
+        assert time.monotonic() < deadline, "the balloon does not inflate"
+        time.sleep(0.1)
+    inflated = b.meminfo(g)
+    g.qmp_cmd("device_del", id="balloon0")
+    held = s.status(g)["pages_held"]
+    assert held < target_pages, "the balloon was already inflated: not a mid-inflation unplug"
+    secs = s.wait_device_gone(g)
+    print(f"unplugged at {held} of {target_pages} pages, in {secs:.1f}s")
+    lines = released_everything(g, before, inflated)
+    assert s.count(lines, "not told about") == 0, lines
+    s.rmmod_all(g)
+
+
+def test_replugged_device_works(guest):
+    g = guest
+    plug(g)
+    b.bind_rust(g)
+    before = b.meminfo(g)
+    b.set_target(g, RAM - 64 * b.MiB)
+    s.wait_actual(g, RAM - 64 * b.MiB)
+    b.set_target(g, RAM)
+    s.wait_actual(g, RAM)
+    s.rmmod_all(g)
+    assert b.meminfo(g)["MemTotal"] == before["MemTotal"]
+    take_log(g)
