@@ -611,7 +611,12 @@ impl BalloonShared {
             if left == 0 || self.stop.load(Relaxed) {
                 break;
             }
-            let n = left.min(msg);
+            // Never take the guest's last reserve, whatever the target.
+            let room = usize::try_from(mm::inflate_headroom()).unwrap_or(usize::MAX);
+            let n = left.min(msg).min(room.saturating_add(batch.len()));
+            if n < left.min(msg) {
+                short = true;
+            }
             // Allocate outside the lock: this may reclaim.
             let have = batch.len();
             let t = Instant::<Monotonic>::now();

@@ -200,6 +200,23 @@ pub(crate) struct MemSnapshot {
     pub(crate) direct_reclaim: u64,
 }
 
+/// Guest pages the balloon may still take without leaving the guest short: what the kernel
+/// estimates available (`MemAvailable`) minus a reserve of 1/32 of the guest's memory, at
+/// least 32 MiB.  A target above what the guest can give is met only this far, so that
+/// inflating never drives the guest into its OOM killer.
+pub(crate) fn inflate_headroom() -> u64 {
+    let mut info = bindings::sysinfo::default();
+    // SAFETY: `info` is a valid `struct sysinfo` to fill.
+    unsafe { bindings::si_meminfo(&mut info) };
+    // SAFETY: No preconditions.
+    let available = u64::try_from(unsafe { bindings::si_mem_available() }).unwrap_or(0);
+    // CAST: `__kernel_ulong_t` is 64 bits here; `si_meminfo()` counts in pages.
+    let total = info.totalram as u64;
+    // CAST: `PAGE_SIZE` fits in 64 bits.
+    let floor = (32 << 20) / PAGE_SIZE as u64;
+    available.saturating_sub((total / 32).max(floor))
+}
+
 /// Bytes of `pages` pages.
 fn pages_to_bytes(pages: u64) -> u64 {
     // CAST: `PAGE_SIZE` fits in 64 bits.
