@@ -597,13 +597,14 @@ impl BalloonShared {
     }
 
     /// Inflates by up to `want` 4 KiB pages, in at most [`MSGS_PER_RUN`] messages; returns
-    /// how many joined the balloon.
-    fn fill(&self, want: u32) -> u32 {
+    /// how many joined the balloon, and whether the guest could not spare what was asked
+    /// (allocation failed or the reserve was reached).
+    fn fill(&self, want: u32) -> (u32, bool) {
         let mut left = (want / PAGES_PER_PAGE) as usize;
         // Allocated outside the lock; pages that could not be posted are freed at the end.
         let msg = self.state.lock().engine.msg_pages();
         let Ok(mut batch) = KVec::<BalloonPage>::with_capacity(msg, GFP_KERNEL) else {
-            return 0;
+            return (0, true);
         };
         let mut done = Progress::default();
         let mut short = false;
@@ -663,7 +664,7 @@ impl BalloonShared {
         let _ = self.wait_until(&mut state, &mut done, |e| e.in_flight() == 0);
         drop(state);
         BalloonPage::release_all(&mut batch);
-        done.inflated
+        (done.inflated, short)
     }
 
     /// Deflates by up to `want` 4 KiB pages; returns how many were given back to the guest.
@@ -731,10 +732,10 @@ impl BalloonShared {
             // Memory pressure deflated us: wait for a new target before inflating again.
             core::cmp::Ordering::Greater if self.pressure_hold.load(Relaxed) => return false,
             core::cmp::Ordering::Greater => {
-                let added = self.fill(target - current);
-                if added == 0 {
-                    // Out of memory (or the device is gone): retry later, politely, backing
-                    // off while allocations keep failing.
+                let (added, short) = self.fill(target - current);
+                if added == 0 || short {
+                    // Out of memory, the reserve reached (or the device is gone): retry
+                    // later, politely, backing off while the guest cannot spare more.
                     let ms = match self.backoff_ms.load(Relaxed) {
                         0 => ALLOC_RETRY_MS,
                         ms => ms.saturating_mul(2).min(ALLOC_RETRY_MAX_MS),
