@@ -1,13 +1,23 @@
 # SPDX-License-Identifier: GPL-2.0
-"""Fixtures of the stress tests (`make stress`): guests of the debug kernel flavour that load
-the fault flavour of the modules (production code plus the test-only fault switch of
-virtio_ring_rs), with the hung-task detector armed.
+"""Fixtures of the stress tests (`make stress`).
 
-Every test that uses a guest also fails when the kernel logged a warning, BUG, Oops, KASAN,
-lockdep, hung-task or kmemleak report while it ran.
+One guest for the whole run: a boot of the debug kernel (KASAN, lockdep, kmemleak, debug
+objects) under TCG takes minutes, so every stress test shares it, in a fixed order (KUnit,
+fault injection, module churn, hot-unplug, memory storms, the final kmemleak scan).  The guest
+(q35, as virtme-ng starts it) has QEMU's legacy balloon behind a PCIe root port, which QEMU
+hot-plugs through ACPI: the hot-unplug tests take it away and plug it back, and the storm
+tests plug it back with deflate-on-oom=on.  The modules come from the fault flavour
+(production code plus the test-only fault switch of virtio_ring_rs); the KUnit flavour is
+loaded from its own directory by the KUnit tests.
+
+The hung-task detector is armed at 10 s, kmemleak forgets what boot left, and every test
+fails when the kernel logged a warning, BUG, Oops, KASAN, lockdep, hung-task or kmemleak
+report while it ran.  Kernel messages of level warning and above (loglevel=5) also go to a
+serial console file, kept in the logs, so that a guest that dies leaves its last words.
 """
 
 import os
+import shutil
 import sys
 import time
 
@@ -16,50 +26,32 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 sys.path.insert(0, HERE)
+import stress_lib as s  # noqa: E402
 import vm  # noqa: E402
 
-# Boots of the KASAN kernel under TCG on a shared 2-core machine are slow.
-BOOT_TIMEOUT = int(os.environ.get("VIRTIO_RS_STRESS_BOOT_TIMEOUT", "600"))
+# Boots of the debug kernel under TCG on a shared 2-core machine are slow (5-10 min seen).
+BOOT_TIMEOUT = int(os.environ.get("VIRTIO_RS_STRESS_BOOT_TIMEOUT", "900"))
 # A task blocked this long is reported (and fails the test): low, so that a deadlock shows
 # within a test instead of after it.
 HUNG_TASK_SECS = 10
 
+# The order of the test files (pytest would sort them by name).
+ORDER = ["test_kunit", "test_fault", "test_cycles", "test_hotunplug", "test_storms",
+         "test_kmemleak"]
 
-def moddir():
-    d = os.environ.get("VIRTIO_RS_STRESS_MODDIR")
+
+def env_dir(var, what):
+    d = os.environ.get(var)
     if not d or not os.path.exists(os.path.join(d, "virtio_ring_rs.ko")):
-        raise RuntimeError("VIRTIO_RS_STRESS_MODDIR must name the fault-flavour .ko files "
-                           "(scripts/stress builds them)")
+        raise RuntimeError(f"{var} must name the {what} .ko files (scripts/stress builds them)")
     return d
 
 
-@pytest.fixture(scope="module")
-def guest(request):
-    """A guest shared by the tests of one file (boots are slow under TCG)."""
-    opts = dict(getattr(request.module, "GUEST_OPTIONS", {}))
-    opts.setdefault("boot_timeout", BOOT_TIMEOUT)
-    g = vm.Guest("stress-" + request.module.__name__.split(".")[-1], moddir=moddir(), **opts)
-    try:
-        g.start()
-        g.sh(f"echo {HUNG_TASK_SECS} > /proc/sys/kernel/hung_task_timeout_secs; "
-             "echo 1 > /proc/sys/kernel/hung_task_all_cpu_backtrace 2>/dev/null; "
-             f"[ $(cat /proc/sys/kernel/hung_task_timeout_secs) = {HUNG_TASK_SECS} ]")
-        yield g
-    finally:
-        g.cleanup()
-
-
-@pytest.fixture(autouse=True)
-def no_kernel_problems(request):
-    """Fail the test if the kernel complained while it ran."""
-    g = request.getfixturevalue("guest") if "guest" in request.fixturenames else None
-    if g is not None:
-        g.new_kernel_log()
-    yield
-    if g is not None:
-        problems = g.kernel_problems()
-        if problems:
-            pytest.fail("kernel problems during the test:\n" + "\n".join(problems))
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.module.__name__.split(".")[-1]
+        return ORDER.index(name) if name in ORDER else len(ORDER)
+    items.sort(key=rank)  # stable: the order inside a file is kept
 
 
 def pytest_configure(config):
@@ -76,3 +68,38 @@ def pytest_runtest_setup(item):
     deadline = os.environ.get("VIRTIO_RS_STRESS_DEADLINE")
     if deadline and time.time() > float(deadline):
         pytest.fail("the time budget of make stress ran out before this test", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def guest():
+    moddir = env_dir("VIRTIO_RS_STRESS_MODDIR", "fault-flavour")
+    g = vm.Guest("stress", memory="1G", devices=(s.ROOT_PORT, s.BALLOON), moddir=moddir,
+                 boot_timeout=BOOT_TIMEOUT, append=("console=ttyS1", "loglevel=5"))
+    serial = os.path.join(g.dir, "serial.log")
+    g.qemu_opts += ["-serial", f"file:{serial}"]
+    t0 = time.monotonic()
+    try:
+        g.start()
+        print(f"\nguest booted in {time.monotonic() - t0:.0f}s")
+        g.sh(f"echo {HUNG_TASK_SECS} > /proc/sys/kernel/hung_task_timeout_secs; "
+             f"[ $(cat /proc/sys/kernel/hung_task_timeout_secs) = {HUNG_TASK_SECS} ]")
+        g.sh(f"echo scan > {s.KMEMLEAK} && echo clear > {s.KMEMLEAK}", timeout=900)
+        yield g
+    finally:
+        logs = os.environ.get("VIRTIO_RS_STRESS_LOGDIR")
+        if logs and os.path.exists(serial):
+            shutil.copy(serial, os.path.join(logs, "serial.log"))
+        g.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def no_kernel_problems(request):
+    """Fail the test if the kernel complained while it ran."""
+    g = request.getfixturevalue("guest") if "guest" in request.fixturenames else None
+    if g is not None:
+        g.new_kernel_log()
+    yield
+    if g is not None:
+        problems = g.kernel_problems()
+        if problems:
+            pytest.fail("kernel problems during the test:\n" + "\n".join(problems))

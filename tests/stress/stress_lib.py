@@ -5,9 +5,18 @@ import time
 
 import balloon as b
 
+RAM = 1024 * b.MiB
 MODULES = ("virtio_balloon_rs", "virtio_pci_rs", "virtio_ring_rs")
 STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
 FAULT = "/sys/kernel/debug/virtio_ring_rs/fault"
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
+
+ROOT_PORT = "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1"
+# Legacy only; behind a PCIe port QEMU would turn legacy off unless told.
+# (QMP's device_add wants JSON types: booleans for bool properties, strings for OnOffAuto.)
+BALLOON_PROPS = {"id": "balloon0", "bus": "rp0", "disable-modern": True,
+                 "disable-legacy": "off"}
+BALLOON = "virtio-balloon-pci,id=balloon0,bus=rp0,disable-modern=on,disable-legacy=off"
 
 
 def status(g):
@@ -42,13 +51,62 @@ def count(lines, needle):
     return sum(1 for l in lines if needle in l)
 
 
-def wait_device_gone(g, dev_id="balloon0", timeout=180):
-    """Wait until QEMU finished unplugging `dev_id` (the guest ejected it)."""
+def take_log(g):
+    """New kernel log lines; fails on any kernel problem among them (the autouse check only
+    sees the lines nobody took)."""
+    lines = g.new_kernel_log()
+    problems = g.kernel_problems(lines)
+    assert not problems, "kernel problems:\n" + "\n".join(problems)
+    return lines
+
+
+def balloon_present(g):
+    names = [p["name"] for p in g.qmp_cmd("qom-list", path="/machine/peripheral")]
+    return "balloon0" in names
+
+
+def wait_device_gone(g, timeout=300):
+    """Wait until QEMU finished unplugging the balloon (the guest ejected it)."""
     t0 = time.monotonic()
-    while True:
-        names = [p["name"] for p in g.qmp_cmd("qom-list", path="/machine/peripheral")]
-        if dev_id not in names:
-            return time.monotonic() - t0
+    while balloon_present(g):
         if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{dev_id} still present {timeout}s after device_del")
+            raise AssertionError(f"balloon0 still present {timeout}s after device_del")
         time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def unplug(g):
+    """device_del and wait until the guest ejected the function; returns the seconds."""
+    g.qmp_cmd("device_del", id="balloon0")
+    return wait_device_gone(g)
+
+
+def plug(g, **extra):
+    """device_add the legacy balloon behind the root port (with `extra` properties); waits
+    until a driver in the guest took it."""
+    props = dict(BALLOON_PROPS, **extra)
+    g.qmp_cmd("device_add", driver="virtio-balloon-pci", **props)
+    deadline = time.monotonic() + 180
+    while True:
+        out = g.sh("for d in /sys/bus/pci/devices/*; do "
+                   "[ \"$(cat $d/vendor):$(cat $d/device)\" = 0x1af4:0x1002 ] && "
+                   "[ -e $d/driver ] && basename $d; done; true")
+        if out.split():
+            return
+        assert time.monotonic() < deadline, "the guest did not take the plugged device"
+        time.sleep(0.5)
+
+
+def replug(g, **extra):
+    """Plug a fresh balloon with `extra` properties in place of the current one."""
+    rmmod_all(g)
+    if balloon_present(g):
+        unplug(g)
+    plug(g, **extra)
+
+
+def kmemleak_report(g):
+    """kmemleak reports objects older than 5 s: wait, scan twice (a transient false positive
+    does not survive two scans), and read the report."""
+    g.sh(f"sleep 6; echo scan > {KMEMLEAK}; sleep 2; echo scan > {KMEMLEAK}", timeout=900)
+    return g.sh(f"cat {KMEMLEAK}")

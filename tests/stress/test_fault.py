@@ -16,10 +16,8 @@ import time
 
 import balloon as b
 import stress_lib as s
-import vm
 
-RAM = 1024 * b.MiB
-GUEST_OPTIONS = {"memory": "1G"}
+RAM = s.RAM
 
 VIOLATION = "device violated the ring protocol"
 
@@ -28,12 +26,7 @@ def fault_state(g):
     return dict(l.split() for l in g.sh(f"cat {s.FAULT}").splitlines())
 
 
-def take_log(g):
-    """New kernel log lines; the test fails on any kernel problem among them."""
-    lines = g.new_kernel_log()
-    problems = g.kernel_problems(lines)
-    assert not problems, "kernel problems:\n" + "\n".join(problems)
-    return lines
+take_log = s.take_log
 
 
 def setup_balloon(g, inflate_mib):
@@ -82,6 +75,7 @@ def expect_one_violation(lines, queue, what):
 
 def test_fault_switch_is_there(guest):
     g = guest
+    s.rmmod_all(g)
     g.sh("modprobe virtio_ring_rs")
     st = fault_state(g)
     assert st == {"armed": "off", "injected": "0"}, st

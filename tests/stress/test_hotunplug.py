@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0
 """Hot-unplug: QMP `device_del` of the balloon while the Rust driver holds an inflated
-balloon, and while it is inflating.  The guest (q35, as virtme-ng starts it) has the
-balloon behind a PCIe root port, which QEMU hot-plugs through ACPI (the debug kernel has
-HOTPLUG_PCI_ACPI).  Each time the driver must release everything (`MemTotal` and `MemFree`
-back, no warning), the guest must keep running, and a device plugged back in must work with
-the Rust driver again.
+balloon, and while it is inflating.  The guest has the balloon behind a PCIe root port,
+which QEMU hot-plugs through ACPI (the debug kernel has HOTPLUG_PCI_ACPI; see conftest).
+Each time the driver must release everything (`MemTotal` and `MemFree` back, no warning),
+the guest must keep running, and a device plugged back in must work with the Rust driver
+again.
 """
 
 import time
@@ -12,38 +12,10 @@ import time
 import balloon as b
 import stress_lib as s
 
-RAM = 1024 * b.MiB
-ROOT_PORT = "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1"
-# Legacy only; behind a PCIe port QEMU would turn legacy off unless told.
-BALLOON = "virtio-balloon-pci,id=balloon0,bus=rp0,disable-modern=on,disable-legacy=off"
-GUEST_OPTIONS = {"memory": "1G", "devices": (ROOT_PORT, BALLOON)}
-
-
-def take_log(g):
-    lines = g.new_kernel_log()
-    problems = g.kernel_problems(lines)
-    assert not problems, "kernel problems:\n" + "\n".join(problems)
-    return lines
-
-
-def plug(g):
-    g.qmp_cmd("device_add", driver="virtio-balloon-pci", id="balloon0", bus="rp0",
-              **{"disable-modern": "on", "disable-legacy": "off"})
-    deadline = time.monotonic() + 120
-    while True:
-        rc, out = g.run("for d in /sys/bus/pci/devices/*; do "
-                        "[ \"$(cat $d/vendor):$(cat $d/device)\" = 0x1af4:0x1002 ] && "
-                        "[ -e $d/driver ] && basename $d; done; true", check=False)
-        if out.split():
-            return
-        assert time.monotonic() < deadline, "the guest did not see the plugged device"
-        time.sleep(0.5)
-
-
-def unplug(g):
-    """device_del and wait until the guest ejected the function; returns the seconds."""
-    g.qmp_cmd("device_del", id="balloon0")
-    return s.wait_device_gone(g)
+RAM = s.RAM
+take_log = s.take_log
+plug = s.plug
+unplug = s.unplug
 
 
 def released_everything(g, before, inflated):

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0
 """Memory storms: repeated OOM-level pressure on a guest whose balloon is inflated, under each
-deflate_policy, with QEMU's deflate-on-oom=on.
+deflate_policy, with QEMU's deflate-on-oom=on (the balloon is replugged with it first).
 
 Per policy, rounds of: inflate until only about 64 MiB are available, then two memory hogs at
 once, each bigger than that; the last round starts the hogs while the balloon is still
@@ -16,10 +16,8 @@ import pytest
 
 import balloon as b
 import stress_lib as s
-import vm
 
-RAM = 1024 * b.MiB
-GUEST_OPTIONS = {"memory": "1G", "devices": (vm.LEGACY_BALLOON + ",deflate-on-oom=on",)}
+RAM = s.RAM
 F_DEFLATE_ON_OOM = 1 << 2
 ROUNDS = 2
 HOG_MIB = 160
@@ -52,6 +50,10 @@ def hogs(g, n=2, mib=HOG_MIB):
               + " & ok=0; for j in $(jobs -p); do wait $j && ok=$((ok+1)); done; echo $ok")
     out = g.sh(script, timeout=600)
     return int(out.split()[-1])
+
+
+def test_plug_a_deflate_on_oom_balloon(guest):
+    s.replug(guest, **{"deflate-on-oom": True})
 
 
 @pytest.mark.parametrize("policy,name", POLICIES, ids=[p[1] for p in POLICIES])

@@ -1,0 +1,11 @@
+# SPDX-License-Identifier: GPL-2.0
+"""The last stress test: after everything else ran in the guest (KUnit, fault injection,
+module churn, hot-unplug, memory storms), kmemleak finds no unreferenced object."""
+
+import stress_lib as s
+
+
+def test_no_leak_at_the_end(guest):
+    s.rmmod_all(guest)
+    report = s.kmemleak_report(guest)
+    assert report.strip() == "", "kmemleak found leaks:\n" + report
