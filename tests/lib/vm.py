@@ -126,13 +126,6 @@ class Guest:
 
     def cleanup(self):
         self.stop()
-        # Keep the console of a guest whose kernel complained, for the post-mortem.
-        problems = [line for line in self.console_tail(100000).splitlines()
-                    if KERNEL_PROBLEMS.search(line)]
-        if problems:
-            keep = os.path.join(os.path.dirname(self.dir), "failed")
-            os.makedirs(keep, exist_ok=True)
-            shutil.copy(self.console, os.path.join(keep, os.path.basename(self.dir) + ".log"))
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
