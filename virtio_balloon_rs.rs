@@ -276,8 +276,9 @@ struct BalloonShared {
     pressure_hold: Atomic<bool>,
     /// Current back-off after failed allocations, in ms (0: none).
     backoff_ms: Atomic<u32>,
-    /// The device stopped taking messages: the balloon stays as it is (logged once) until
-    /// the driver is unbound, which then releases what the device holds without waiting.
+    /// The device stopped taking messages or broke a queue: the balloon stays as it is
+    /// (logged once) until the driver is unbound, which then releases what the device holds
+    /// without waiting.
     dead: Atomic<bool>,
     /// Guest pages the OOM notifier gives back per call (`oom_pages`).
     oom_pages: u64,
@@ -560,6 +561,14 @@ impl BalloonShared {
                 return Err(ETIMEDOUT);
             }
             if state.engine.host.broken() {
+                // The ring logged the device's violation; say once what it means here.
+                if !self.dead.xchg(true, Relaxed) {
+                    dev_err!(
+                        self.dev,
+                        "a queue is broken: balloon frozen at {} pages until unbound\n",
+                        state.engine.num_pages()
+                    );
+                }
                 return Err(EIO);
             }
             if state.ack_pending {
