@@ -31,8 +31,7 @@ use crate::{
     },
 };
 use kernel::{
-    debugfs,
-    fmt,
+    debugfs, fmt,
     prelude::*,
     sync::atomic::{
         Atomic,
@@ -168,7 +167,13 @@ pub(crate) struct FaultyMem<'a> {
 impl<'a> FaultyMem<'a> {
     /// A view of `mem` for a ring whose used ring starts at `used_off`, with `num` entries,
     /// whose driver reads used entry `last_used` next.
-    pub(crate) fn new(mem: &'a DmaMem, kind: Kind, used_off: usize, num: u16, last_used: u16) -> Self {
+    pub(crate) fn new(
+        mem: &'a DmaMem,
+        kind: Kind,
+        used_off: usize,
+        num: u16,
+        last_used: u16,
+    ) -> Self {
         // The legacy used ring: u16 flags, u16 idx, then 8-byte {u32 id, u32 len} elements.
         let slot = usize::from(last_used & num.wrapping_sub(1));
         Self {

@@ -1385,7 +1385,10 @@ mod fault_tests {
             assert_eq!(fault::injected(), before + 1);
             assert_eq!(fault::armed(), None);
             // The ring memory itself was not touched: the device's element is intact.
-            assert_eq!(rig.dev.mem.read_u32(rig.dev.used_elem(0)), u32::from(heads[1]));
+            assert_eq!(
+                rig.dev.mem.read_u32(rig.dev.used_elem(0)),
+                u32::from(heads[1])
+            );
             rig.ensure_broken_and_drained(&ALL)?;
 
             // It fired once: the next queue works.
@@ -1426,7 +1429,16 @@ mod fault_tests {
         assert_eq!(fault::armed(), Some((Kind::UsedIdxJump, None)));
         assert_eq!(fault::command(b" len\t0 "), Ok(()));
         assert_eq!(fault::armed(), Some((Kind::UsedLen, Some(0))));
-        for bad in [&b""[..], b"\n", b"bogus", b"id x", b"id 65535", b"id 70000", b"id 1 2", b"off 1"] {
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"bogus",
+            b"id x",
+            b"id 65535",
+            b"id 70000",
+            b"id 1 2",
+            b"off 1",
+        ] {
             assert_eq!(fault::command(bad), Err(EINVAL));
         }
         // A bad command leaves the armed fault alone.

@@ -488,8 +488,13 @@ impl Queue {
             match crate::fault::take(self.index, pending) {
                 Some(kind) => {
                     let l = ring.layout();
-                    let view =
-                        crate::fault::FaultyMem::new(&self.mem, kind, l.used_offset(), l.num(), last);
+                    let view = crate::fault::FaultyMem::new(
+                        &self.mem,
+                        kind,
+                        l.used_offset(),
+                        l.num(),
+                        last,
+                    );
                     ring.get_buf(&view)
                 }
                 None => ring.get_buf(&self.mem),
