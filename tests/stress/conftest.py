@@ -116,6 +116,8 @@ def no_kernel_problems(request):
         g.new_kernel_log()
     yield
     if g is not None:
-        problems = g.kernel_problems()
+        lines = g.new_kernel_log()
+        problems = g.kernel_problems(lines)
         if problems:
-            pytest.fail("kernel problems during the test:\n" + "\n".join(problems))
+            pytest.fail("kernel problems during the test:\n" + "\n".join(problems)
+                        + "\n\nthe kernel log from the first one:\n" + s.excerpt(lines))

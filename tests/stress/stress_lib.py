@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0
 """Helpers the stress tests share."""
 
+import os
 import time
 
 import balloon as b
+import vm
 
 RAM = 1024 * b.MiB
 MODULES = ("virtio_balloon_rs", "virtio_pci_rs", "virtio_ring_rs")
@@ -51,12 +53,21 @@ def count(lines, needle):
     return sum(1 for l in lines if needle in l)
 
 
+def excerpt(lines, n=150):
+    """The kernel log from the first problem line on (a whole lockdep or KASAN report)."""
+    for i, line in enumerate(lines):
+        if vm.KERNEL_PROBLEMS.search(line):
+            return "\n".join(lines[i:i + n])
+    return ""
+
+
 def take_log(g):
     """New kernel log lines; fails on any kernel problem among them (the autouse check only
     sees the lines nobody took)."""
     lines = g.new_kernel_log()
     problems = g.kernel_problems(lines)
-    assert not problems, "kernel problems:\n" + "\n".join(problems)
+    assert not problems, ("kernel problems:\n" + "\n".join(problems)
+                          + "\n\nthe kernel log from the first one:\n" + excerpt(lines))
     return lines
 
 
@@ -110,3 +121,51 @@ def kmemleak_report(g):
     does not survive two scans), and read the report."""
     g.sh(f"sleep 6; echo scan > {KMEMLEAK}; sleep 2; echo scan > {KMEMLEAK}", timeout=900)
     return g.sh(f"cat {KMEMLEAK}")
+
+
+# --- commands that run while the host acts --------------------------------------------------
+# The guest agent (tests/lib/guest-agent.sh) runs $dir/cmd.N and writes out.N, then rc.N;
+# Guest.run waits for it.  These two halves let the host drive QMP while a guest script runs
+# and waits for files the host creates in the shared directory.
+
+def start(g, script):
+    """Hand `script` to the guest agent; returns its number for `finish`."""
+    g.seq += 1
+    n = g.seq
+    tmp = os.path.join(g.dir, f".cmd.{n}")
+    with open(tmp, "w") as f:
+        f.write(script + "\n")
+    os.rename(tmp, os.path.join(g.dir, f"cmd.{n}"))
+    return n
+
+
+def finish(g, n, timeout=120):
+    """Wait for command `n`; returns (rc, output)."""
+    rc_path = os.path.join(g.dir, f"rc.{n}")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(rc_path):
+        if g.proc.poll() is not None:
+            raise vm.GuestError("guest died:\n" + g.console_tail())
+        if time.monotonic() > deadline:
+            raise vm.GuestError(f"guest command {n} timed out after {timeout}s")
+        time.sleep(0.02)
+    with open(rc_path) as f:
+        rc = int(f.read().strip() or "255")
+    with open(os.path.join(g.dir, f"out.{n}"), errors="replace") as f:
+        return rc, f.read()
+
+
+def wait_file(g, path, n, timeout=120):
+    """Wait until the guest created `path`, or command `n` ended (then fails with its
+    output)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if os.path.exists(os.path.join(g.dir, f"rc.{n}")):
+            rc, out = finish(g, n)
+            raise AssertionError(f"the guest script ended (rc {rc}) before "
+                                 f"{os.path.basename(path)}:\n{out}")
+        if g.proc.poll() is not None:
+            raise vm.GuestError("guest died:\n" + g.console_tail())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {os.path.basename(path)} after {timeout}s")
+        time.sleep(0.02)

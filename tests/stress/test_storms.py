@@ -19,7 +19,7 @@ import stress_lib as s
 
 RAM = s.RAM
 F_DEFLATE_ON_OOM = 1 << 2
-ROUNDS = 2
+ROUNDS = 1
 HOG_MIB = 160
 
 # (deflate_policy, name)
@@ -46,8 +46,9 @@ def hogs(g, n=2, mib=HOG_MIB):
     hog = (f"sh -c 'echo 1000 > /proc/self/oom_score_adj; "
            f"exec dd if=/dev/zero of=/dev/null bs={mib}M count=1 2>/dev/null'")
     script = ("echo -1000 > /proc/$PPID/oom_score_adj; echo -1000 > /proc/$$/oom_score_adj; "
-              + " & ".join([hog] * n)
-              + " & ok=0; for j in $(jobs -p); do wait $j && ok=$((ok+1)); done; echo $ok")
+              "pids=; "
+              + "".join(f"{hog} & pids=\"$pids $!\"; " for _ in range(n))
+              + "ok=0; for p in $pids; do wait $p && ok=$((ok+1)); done; echo $ok")
     out = g.sh(script, timeout=600)
     return int(out.split()[-1])
 
