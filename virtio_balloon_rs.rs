@@ -103,8 +103,13 @@ const F_STATS_VQ: u32 = 1;
 /// Feature: deflate when the guest runs out of memory.
 const F_DEFLATE_ON_OOM: u32 = 2;
 
+/// Ring feature: notifications suppressed by ring index (`VIRTIO_RING_F_EVENT_IDX`), which
+/// the C driver negotiates too.  Not `INDIRECT_DESC`: every message is one element.
+const F_RING_EVENT_IDX: u32 = 29;
+
 /// Features this driver asks for.
-const DRIVER_FEATURES: u64 = (1 << F_MUST_TELL_HOST) | (1 << F_STATS_VQ) | (1 << F_DEFLATE_ON_OOM);
+const DRIVER_FEATURES: u64 =
+    (1 << F_MUST_TELL_HOST) | (1 << F_STATS_VQ) | (1 << F_DEFLATE_ON_OOM) | (1 << F_RING_EVENT_IDX);
 
 /// Configuration offset of `num_pages`, the size the device wants (LE, 4 KiB pages).
 const CONFIG_NUM_PAGES: u32 = 0;
@@ -173,11 +178,9 @@ impl DeviceHost {
         self.vqs.as_mut().and_then(|v| v.get(slot))
     }
 
-    /// Whether the inflate or deflate queue is broken or gone.
-    fn broken(&mut self) -> bool {
-        [Dir::Inflate, Dir::Deflate]
-            .into_iter()
-            .any(|d| self.vq(d).is_none_or(|q| q.is_broken()))
+    /// Whether the device broke `dir`'s queue.
+    fn broken(&mut self, dir: Dir) -> bool {
+        self.vq(dir).is_some_and(|q| q.is_broken())
     }
 }
 
@@ -252,6 +255,11 @@ struct State {
     stats_buf: Coherent<[u8]>,
     /// An interrupt said the device used a buffer since the last look.
     ack_pending: bool,
+    /// The device broke the inflate queue (seen and logged): the balloon grows no more.
+    inflate_lost: bool,
+    /// The device broke the deflate queue (seen and logged): pages leave the balloon without
+    /// telling it (or not at all, with VIRTIO_BALLOON_F_MUST_TELL_HOST: then `dead` is set).
+    deflate_lost: bool,
 }
 
 /// A balloon, shared by the driver, its work items and its interrupt callbacks.
@@ -276,9 +284,9 @@ struct BalloonShared {
     pressure_hold: Atomic<bool>,
     /// Current back-off after failed allocations, in ms (0: none).
     backoff_ms: Atomic<u32>,
-    /// The device stopped taking messages or broke a queue: the balloon stays as it is
-    /// (logged once) until the driver is unbound, which then releases what the device holds
-    /// without waiting.
+    /// The device stopped taking messages, or broke a queue in a way that leaves the balloon
+    /// no safe move: the balloon stays as it is (logged once) until the driver is unbound,
+    /// which then releases what the device holds without waiting.
     dead: Atomic<bool>,
     /// Guest pages the OOM notifier gives back per call (`oom_pages`).
     oom_pages: u64,
@@ -524,6 +532,12 @@ impl BalloonShared {
             );
             Counters::add(&self.counters.device_errors, 1);
         })?;
+        self.count(state, p, done);
+        Ok(())
+    }
+
+    /// Counts pages that joined or left the balloon; adds them to `done`.
+    fn count(&self, state: &StateGuard<'_>, p: Progress, done: &mut Progress) {
         if p.inflated != 0 {
             Counters::add(&self.counters.inflated, p.inflated.into());
         }
@@ -535,7 +549,72 @@ impl BalloonShared {
         self.counters
             .pages_held
             .store(state.engine.pages_held() as u64, Relaxed);
-        Ok(())
+    }
+
+    /// Freezes the balloon (see [`BalloonShared::dead`]), saying why once.
+    fn freeze(&self, state: &StateGuard<'_>, why: core::fmt::Arguments<'_>) {
+        if !self.dead.xchg(true, Relaxed) {
+            dev_err!(
+                self.dev,
+                "{}: balloon frozen at {} pages until unbound\n",
+                why,
+                state.engine.num_pages()
+            );
+        }
+    }
+
+    /// Handles a queue the device broke since the last look (the ring logged the violation;
+    /// this says once what it means for the balloon):
+    ///
+    /// - inflate: the messages in flight there are lost, their pages set aside until
+    ///   teardown (the device may hold them), and the balloon grows no more;
+    /// - deflate, when the device need not be told: the messages in flight there go back to
+    ///   the guest, and so does every page deflated from now on, untold;
+    /// - deflate with VIRTIO_BALLOON_F_MUST_TELL_HOST: no page may leave the balloon, which
+    ///   freezes.
+    ///
+    /// A balloon whose message slots are all lost freezes too.
+    fn check_queues(&self, state: &mut StateGuard<'_>, done: &mut Progress) {
+        if !state.inflate_lost && state.engine.host.broken(Dir::Inflate) {
+            state.inflate_lost = true;
+            Counters::add(&self.counters.device_errors, 1);
+            let n = state.engine.lose(Dir::Inflate);
+            self.counters
+                .set_aside
+                .store(state.engine.set_aside() as u64, Relaxed);
+            dev_err!(
+                self.dev,
+                "inflate queue broken: the balloon grows no more until unbound ({} pages in flight set aside)\n",
+                n
+            );
+        }
+        if !state.deflate_lost && state.engine.host.broken(Dir::Deflate) {
+            state.deflate_lost = true;
+            Counters::add(&self.counters.device_errors, 1);
+            if self.has(F_MUST_TELL_HOST) {
+                self.freeze(
+                    state,
+                    format_args!("deflate queue broken and the device must be told"),
+                );
+            } else {
+                let n = state.engine.lose(Dir::Deflate);
+                let p = Progress {
+                    deflated: n,
+                    ..Progress::default()
+                };
+                self.count(state, p, done);
+                dev_err!(
+                    self.dev,
+                    "deflate queue broken: pages leave the balloon without telling the device from now on\n"
+                );
+            }
+        }
+        if state.engine.slots_left() == 0 {
+            self.freeze(
+                state,
+                format_args!("every message slot is on a broken queue"),
+            );
+        }
     }
 
     /// Completes messages until `ready` holds, waiting for the device at most
@@ -553,22 +632,15 @@ impl BalloonShared {
     ) -> Result {
         let mut left = msecs_to_jiffies(ACK_TIMEOUT_MS);
         loop {
+            if state.engine.host.vqs.is_none() {
+                return Err(EIO);
+            }
             self.reap_locked(state, done)?;
+            self.check_queues(state, done);
             if ready(&state.engine) {
                 return Ok(());
             }
             if self.dead.load(Relaxed) {
-                return Err(ETIMEDOUT);
-            }
-            if state.engine.host.broken() {
-                // The ring logged the device's violation; say once what it means here.
-                if !self.dead.xchg(true, Relaxed) {
-                    dev_err!(
-                        self.dev,
-                        "a queue is broken: balloon frozen at {} pages until unbound\n",
-                        state.engine.num_pages()
-                    );
-                }
                 return Err(EIO);
             }
             if state.ack_pending {
@@ -580,14 +652,10 @@ impl BalloonShared {
             Counters::add_time(&self.counters.wait_ns, t);
             match woke {
                 kernel::sync::CondVarTimeoutResult::Timeout => {
-                    if !self.dead.xchg(true, Relaxed) {
-                        dev_err!(
-                            self.dev,
-                            "device took no message in {} ms: balloon frozen at {} pages until unbound\n",
-                            ACK_TIMEOUT_MS,
-                            state.engine.num_pages()
-                        );
-                    }
+                    self.freeze(
+                        state,
+                        format_args!("the device took no message in {} ms", ACK_TIMEOUT_MS),
+                    );
                     Counters::add(&self.counters.device_errors, 1);
                     return Err(ETIMEDOUT);
                 }
@@ -642,6 +710,7 @@ impl BalloonShared {
             if self
                 .wait_until(&mut state, &mut done, |e| e.has_free_slot())
                 .is_err()
+                || state.inflate_lost
             {
                 break;
             }
@@ -692,11 +761,33 @@ impl BalloonShared {
             return 0;
         }
         while want != 0 && sent < msgs {
+            if state.deflate_lost {
+                // The device need not be told (else the balloon is frozen): give pages
+                // back directly, when a page vector is free.
+                if state.engine.pages_held() == 0 {
+                    break;
+                }
+                let k = state.engine.release_untold(want);
+                if k != 0 {
+                    let p = Progress {
+                        // CAST: at most `MSG_PAGES` guest pages.
+                        deflated: k as u32 * PAGES_PER_PAGE,
+                        ..Progress::default()
+                    };
+                    self.count(state, p, &mut done);
+                    want -= k.min(want);
+                    sent += 1;
+                    continue;
+                }
+            }
             if self
                 .wait_until(state, &mut done, |e| e.has_free_slot())
                 .is_err()
             {
                 break;
+            }
+            if state.deflate_lost {
+                continue;
             }
             let t = Instant::<Monotonic>::now();
             let posted = state.engine.post_deflate(want);
@@ -736,10 +827,15 @@ impl BalloonShared {
                 return false;
             }
         };
-        let current = self.state.lock().engine.num_pages();
+        let (current, can_grow) = {
+            let s = self.state.lock();
+            (s.engine.num_pages(), !s.inflate_lost)
+        };
         let done = match target.cmp(&current) {
             // Memory pressure deflated us: wait for a new target before inflating again.
             core::cmp::Ordering::Greater if self.pressure_hold.load(Relaxed) => return false,
+            // The inflate queue is broken (logged when it was seen).
+            core::cmp::Ordering::Greater if !can_grow => return false,
             core::cmp::Ordering::Greater => {
                 let (added, short) = self.fill(target - current);
                 if added == 0 || short {
@@ -759,15 +855,16 @@ impl BalloonShared {
             core::cmp::Ordering::Less => self.leak(current - target),
             core::cmp::Ordering::Equal => 0,
         };
-        let (now, broken) = {
-            let mut s = self.state.lock();
+        let (now, stuck) = {
+            let s = self.state.lock();
+            let now = s.engine.num_pages();
             (
-                s.engine.num_pages(),
-                s.engine.host.broken() || self.dead.load(Relaxed),
+                now,
+                self.dead.load(Relaxed) || (target > now && s.inflate_lost),
             )
         };
         self.write_actual(now);
-        target != now && !broken && (done != 0 || target > now)
+        target != now && !stuck && (done != 0 || target > now)
     }
 
     /// Deflates everything, telling the device (teardown); stops early if the device does
@@ -794,6 +891,7 @@ impl BalloonShared {
             );
         }
         self.counters.pages_held.store(0, Relaxed);
+        self.counters.set_aside.store(0, Relaxed);
     }
 }
 
@@ -920,6 +1018,8 @@ impl auxiliary::Driver for BalloonDriver {
                     engine,
                     stats_buf,
                     ack_pending: false,
+                    inflate_lost: false,
+                    deflate_lost: false,
                 }),
                 acked <- new_condvar!(),
                 update <- new_work!("virtio_balloon_rs::update"),

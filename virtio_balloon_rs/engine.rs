@@ -14,6 +14,13 @@
 //!   hands the message back are they released to the guest.  So a page is never reused before
 //!   the host was told (VIRTIO_BALLOON_F_MUST_TELL_HOST), whatever the features.
 //!
+//! When the device breaks a queue (the ring refuses to read it any further), the messages in
+//! flight there are lost: the device may still read them, so their slots are never reused
+//! until a reset.  A lost inflate message's pages are set aside (the device may hold them):
+//! they neither join the balloon nor go back to the guest before teardown.  A lost deflate
+//! message's pages go back to the guest, which the driver allows only when the device need
+//! not be told ([`Engine::lose`], [`Engine::release_untold`]).
+//!
 //! The driver runs the engine under its state lock and does the waiting; the KUnit tests run
 //! it against a simulated device.  Nothing here allocates: the slots' page vectors are
 //! allocated with the engine, and room in the balloon's page list is made by the caller
@@ -90,11 +97,22 @@ pub(crate) struct Progress {
 ///
 /// # Invariants
 ///
-/// `busy` is `None` iff `pages` is empty; `pages.capacity()` is at least the engine's
-/// `msg_pages`.
+/// - A free slot (`busy` is `None`) is not `lost` and holds no pages.
+/// - A busy slot that is not `lost` holds the pages of its message in flight.
+/// - A `lost` slot is busy; it holds pages only if its message was an inflate message.
+/// - `pages.capacity()` is at least the engine's `msg_pages`.
 struct Slot<P> {
     busy: Option<Dir>,
+    /// The message went to a queue the device broke: the slot stays out of use until a reset.
+    lost: bool,
     pages: KVec<P>,
+}
+
+impl<P> Slot<P> {
+    /// Whether a message is in flight in this slot on a working queue.
+    fn in_flight(&self, dir: Option<Dir>) -> bool {
+        self.busy.is_some() && !self.lost && (dir.is_none() || self.busy == dir)
+    }
 }
 
 /// The balloon's pages and messages.  See the module documentation.
@@ -133,6 +151,7 @@ impl<H: Host> Engine<H> {
             v.push(
                 Slot {
                     busy: None,
+                    lost: false,
                     pages: KVec::with_capacity(msg_pages, GFP_KERNEL)?,
                 },
                 GFP_KERNEL,
@@ -161,9 +180,23 @@ impl<H: Host> Engine<H> {
         self.pages.len()
     }
 
-    /// Messages in flight.
+    /// Messages in flight (on working queues).
     pub(crate) fn in_flight(&self) -> usize {
-        self.slots.iter().filter(|s| s.busy.is_some()).count()
+        self.slots.iter().filter(|s| s.in_flight(None)).count()
+    }
+
+    /// Slots not lost to a broken queue.
+    pub(crate) fn slots_left(&self) -> usize {
+        self.slots.iter().filter(|s| !s.lost).count()
+    }
+
+    /// Guest pages of lost inflate messages, set aside until teardown.
+    pub(crate) fn set_aside(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.lost)
+            .map(|s| s.pages.len())
+            .sum()
     }
 
     /// Whether a message can be posted now.
@@ -179,7 +212,7 @@ impl<H: Host> Engine<H> {
     fn inflating(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.busy == Some(Dir::Inflate))
+            .filter(|s| s.in_flight(Some(Dir::Inflate)))
             .map(|s| s.pages.len())
             .sum()
     }
@@ -320,7 +353,7 @@ impl<H: Host> Engine<H> {
         let Some(s) = self.slots.get_mut(slot) else {
             return false;
         };
-        if s.busy != Some(dir) {
+        if !s.in_flight(Some(dir)) {
             return false;
         }
         s.busy = None;
@@ -364,6 +397,56 @@ impl<H: Host> Engine<H> {
         Ok(progress)
     }
 
+    /// The device broke `dir`'s queue: it hands back none of the messages in flight there.
+    /// Their slots are lost (the device may still read them).  An inflate message's pages are
+    /// set aside until teardown ([`Self::release_all`]); a deflate message's pages go back to
+    /// the guest untold, so the caller does this for the deflate queue only when the device
+    /// need not be told.  Returns how many 4 KiB pages were set aside or given back.
+    pub(crate) fn lose(&mut self, dir: Dir) -> u32 {
+        let mut n = 0;
+        for i in 0..self.slots.len() {
+            if !self.slots[i].in_flight(Some(dir)) {
+                continue;
+            }
+            // INVARIANT: lost while busy; only an inflate message keeps its pages.
+            self.slots[i].lost = true;
+            n += balloon_pages(self.slots[i].pages.len());
+            if dir == Dir::Deflate {
+                let mut pages = core::mem::take(&mut self.slots[i].pages);
+                self.host.account(&pages, 1);
+                self.host.release(&mut pages);
+                self.slots[i].pages = pages;
+            }
+        }
+        n
+    }
+
+    /// Gives up to `max` guest pages (at most `msg_pages`) of the balloon back to the guest
+    /// without telling the device, whose deflate queue is broken (the caller checked that the
+    /// device need not be told); returns how many.  Needs a free slot or a lost deflate slot
+    /// for its page vector: returns 0 if none is left, or if the balloon is empty.
+    pub(crate) fn release_untold(&mut self, max: usize) -> usize {
+        let take = max.min(self.msg_pages).min(self.pages.len());
+        let Some(i) = self.slots.iter().position(|s| s.pages.is_empty()) else {
+            return 0;
+        };
+        if take == 0 {
+            return 0;
+        }
+        let mut batch = core::mem::take(&mut self.slots[i].pages);
+        for _ in 0..take {
+            if let Some(p) = self.pages.pop() {
+                // Cannot fail: `take <= msg_pages <= capacity` (type invariant of `Slot`).
+                let _ = batch.push_within_capacity(p);
+            }
+        }
+        self.host.account(&batch, 1);
+        self.host.release(&mut batch);
+        // INVARIANT: the slot's state is unchanged and its vector is empty again.
+        self.slots[i].pages = batch;
+        take
+    }
+
     /// After a device reset: gives back the pages of every message still in flight (an
     /// inflate message's pages never joined the balloon; a deflate message's pages are no
     /// concern of a reset device) and returns how many 4 KiB pages that was.
@@ -374,16 +457,20 @@ impl<H: Host> Engine<H> {
                 self.complete(dir, slot, &mut progress);
             }
         }
-        // Whatever the queue did not report.
+        // Whatever the queue did not report, and the lost slots (the reset device reads
+        // nothing any more).
         let mut n = 0;
         for i in 0..self.slots.len() {
+            let lost = core::mem::replace(&mut self.slots[i].lost, false);
             if let Some(dir) = self.slots[i].busy.take() {
                 let mut pages = core::mem::take(&mut self.slots[i].pages);
                 n += balloon_pages(pages.len());
-                if dir == Dir::Deflate {
+                // A lost deflate slot's pages went back already.
+                if dir == Dir::Deflate && !lost {
                     self.host.account(&pages, 1);
                 }
                 self.host.release(&mut pages);
+                // INVARIANT: free, not lost, with an empty vector.
                 self.slots[i].pages = pages;
             }
         }

@@ -54,6 +54,8 @@ struct SimHost {
     fail_post: bool,
     /// A reset happened: releases without telling are expected.
     reset: bool,
+    /// The queues the device broke (inflate, deflate): the ring hands nothing back there.
+    broken: [bool; 2],
 }
 
 impl SimHost {
@@ -68,6 +70,7 @@ impl SimHost {
             managed: 0,
             fail_post: false,
             reset: false,
+            broken: [false; 2],
         })
     }
 
@@ -90,6 +93,15 @@ impl SimHost {
     fn finish_all(&mut self) -> Result {
         while self.finish_one()? {}
         Ok(())
+    }
+
+    /// Slots of the messages the device holds, in the order it got them.
+    fn pending_slots(&self) -> Result<KVec<usize>> {
+        let mut v = KVec::with_capacity(self.pending.len(), GFP_KERNEL)?;
+        for m in self.pending.iter() {
+            v.push(m.slot, GFP_KERNEL)?;
+        }
+        Ok(v)
     }
 
     /// Frame numbers of the messages the device holds on `dir`'s queue.
@@ -129,6 +141,9 @@ impl Host for SimHost {
     }
 
     fn reap(&mut self, dir: Dir) -> Option<usize> {
+        if self.broken[dir as usize] {
+            return None;
+        }
         let i = self.used.iter().position(|&(d, _)| d == dir)?;
         self.used.remove(i).ok().map(|(_, slot)| slot)
     }
@@ -357,6 +372,116 @@ mod tests {
         freed.sort_unstable();
         assert!(freed.windows(2).all(|w| w[0] != w[1]));
         // Every page that left the managed counts came back.
+        assert_eq!(e.host.managed, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_broken_inflate_queue_sets_its_messages_aside() -> Result {
+        let mut e = inflated(64, 100, 10)?;
+        let mut batch = pages(200, 5)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 5);
+        let lost = e.host.pending_slots()?[0];
+        // The device broke the inflate queue: the message in flight never comes back.
+        e.host.broken[Dir::Inflate as usize] = true;
+        assert_eq!(e.lose(Dir::Inflate), 5);
+        assert_eq!(e.set_aside(), 5);
+        assert_eq!(e.num_pages(), 10);
+        assert_eq!(e.in_flight(), 0);
+        assert_eq!(e.slots_left(), SLOTS - 1);
+        // Nothing went back to the guest, nothing was accounted.
+        assert!(e.host.freed.is_empty());
+        assert_eq!(e.host.managed, -10);
+        // The device reads the lost message late: it still gives nothing back.
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?, Progress::default());
+        // Deflating still works, through the other slots only: the device may still read
+        // the lost one.
+        for _ in 1..SLOTS {
+            assert_eq!(e.post_deflate(1)?, 1);
+        }
+        assert!(!e.has_free_slot());
+        assert_eq!(e.post_deflate(1), Err(EBUSY));
+        let slots = e.host.pending_slots()?;
+        assert_eq!(slots.len(), SLOTS - 1);
+        assert!(slots.iter().all(|&s| s != lost));
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?.deflated as usize, SLOTS - 1);
+        assert_eq!(e.host.violations, 0);
+        // Teardown, after the reset, releases the pages set aside, once.
+        e.host.reset = true;
+        assert_eq!(e.release_all() as usize, 10 - (SLOTS - 1) + 5);
+        assert_eq!(e.set_aside(), 0);
+        assert_eq!(e.slots_left(), SLOTS);
+        assert_eq!(e.host.freed.len(), 15);
+        let mut freed = KVec::new();
+        freed.extend_from_slice(&e.host.freed, GFP_KERNEL)?;
+        freed.sort_unstable();
+        assert!(freed.windows(2).all(|w| w[0] != w[1]));
+        assert_eq!(e.host.managed, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_broken_deflate_queue_gives_pages_back_untold() -> Result {
+        let mut e = inflated(64, 300, 12)?;
+        assert_eq!(e.post_deflate(5)?, 5);
+        let lost = e.host.pending_slots()?[0];
+        e.host.broken[Dir::Deflate as usize] = true;
+        // The message's pages go back to the guest without the device finishing it: the
+        // driver does this only when the device need not be told, so the simulated device
+        // counts each of them.
+        assert_eq!(e.lose(Dir::Deflate), 5);
+        assert_eq!(e.host.freed.len(), 5);
+        assert_eq!(e.host.violations, 5);
+        assert_eq!(e.set_aside(), 0);
+        assert_eq!(e.num_pages(), 7);
+        assert_eq!(e.host.managed, -7);
+        // Further pages leave untold.
+        assert_eq!(e.release_untold(4), 4);
+        assert_eq!(e.num_pages(), 3);
+        assert_eq!(e.host.managed, -3);
+        // Inflating still works, never in the lost slot.
+        let mut batch = pages(400, 2)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 2);
+        // The device still holds the lost message; the new one is the last.
+        assert_ne!(e.host.pending_slots()?.last(), Some(&lost));
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?.inflated, 2);
+        assert_eq!(e.release_untold(100), 5);
+        assert_eq!(e.release_untold(1), 0);
+        assert_eq!(e.num_pages(), 0);
+        assert_eq!(e.host.managed, 0);
+        assert_eq!(e.host.freed.len(), 14);
+        e.host.reset = true;
+        assert_eq!(e.release_all(), 0);
+        assert_eq!(e.host.freed.len(), 14);
+        Ok(())
+    }
+
+    #[test]
+    fn a_balloon_with_every_slot_lost_holds_still() -> Result {
+        // The C protocol: one slot.
+        let mut e = Engine::with_limits(SimHost::new()?, 256, 1)?;
+        let list = KVVec::with_capacity(64, GFP_KERNEL)?;
+        e.install_pages(list).map_err(|_| EINVAL)?;
+        let mut batch = pages(500, 8)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 8);
+        e.host.finish_all()?;
+        e.reap()?;
+        let mut batch = pages(600, 3)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 3);
+        e.host.broken[Dir::Inflate as usize] = true;
+        assert_eq!(e.lose(Dir::Inflate), 3);
+        assert_eq!(e.slots_left(), 0);
+        assert!(!e.has_free_slot());
+        // No slot, no page vector: nothing moves, nothing is lost.
+        assert_eq!(e.post_deflate(1), Err(EBUSY));
+        assert_eq!(e.release_untold(1), 0);
+        assert_eq!(e.num_pages(), 8);
+        assert!(e.host.freed.is_empty());
+        e.host.reset = true;
+        assert_eq!(e.release_all(), 11);
         assert_eq!(e.host.managed, 0);
         Ok(())
     }

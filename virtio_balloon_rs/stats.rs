@@ -103,6 +103,8 @@ pub(crate) struct Counters {
     pub(crate) alloc_failures: Atomic<u64>,
     /// Messages the device did not take (broken queue, timeout).
     pub(crate) device_errors: Atomic<u64>,
+    /// Guest pages of inflate messages lost on a broken queue, held until unbind.
+    pub(crate) set_aside: Atomic<u64>,
     /// Negotiated feature bits.
     pub(crate) features: Atomic<u64>,
     /// Statistics buffers sent.
@@ -136,6 +138,7 @@ impl Counters {
             shrinker_deflated: Atomic::new(0),
             alloc_failures: Atomic::new(0),
             device_errors: Atomic::new(0),
+            set_aside: Atomic::new(0),
             features: Atomic::new(0),
             stats_sent: Atomic::new(0),
             last_stats: [const { Atomic::new(0) }; NR_TAGS],
@@ -162,7 +165,7 @@ impl Counters {
 
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &Atomic<u64>); 16] = [
+        let rows: [(&str, &Atomic<u64>); 17] = [
             ("target_pages", &self.target),
             ("actual_pages", &self.actual),
             ("pages_held", &self.pages_held),
@@ -172,6 +175,7 @@ impl Counters {
             ("shrinker_deflated_pages", &self.shrinker_deflated),
             ("alloc_failures", &self.alloc_failures),
             ("device_errors", &self.device_errors),
+            ("set_aside_pages", &self.set_aside),
             ("features", &self.features),
             ("stats_sent", &self.stats_sent),
             ("messages", &self.messages),

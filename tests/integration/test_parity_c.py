@@ -155,7 +155,7 @@ def test_negotiated_features_agree():
     # The balloon's own bits (0-27) are the same.
     assert c & ((1 << 28) - 1) == rust & ((1 << 28) - 1)
     # Neither uses indirect descriptors (C's balloon clears INDIRECT_DESC in `validate`; the
-    # Rust balloon does not ask for it), and the Rust side negotiates no ring feature C
-    # does not.
+    # Rust balloon does not ask for it).
     assert not c & (1 << INDIRECT_DESC) and not rust & (1 << INDIRECT_DESC)
-    assert rust & ~c == 0
+    # Both use EVENT_IDX: the same features, bit for bit.
+    assert c & (1 << EVENT_IDX) and rust == c
