@@ -15,6 +15,13 @@
 //! The ring memory and indirect tables are reached only through [`RingMem`], which also
 //! provides the memory barriers; the kernel implements it over DMA-coherent memory.
 //!
+//! The core is safe Rust but for one type: [`View`], the ring memory once checked to cover
+//! the layout, reads and writes ring fields through `RingMem`'s `_unchecked` accessors, at
+//! offsets the layout computes with indexes masked below the queue size.  Bounds checks on
+//! every field access made the ring cycle 25% slower (docs/BENCHMARKS.md, "Ring cycle").  The
+//! host crate's memory asserts the bounds and alignment of every access, so its tests and
+//! the fuzzer check that argument.
+//!
 //! # Trust boundary
 //!
 //! The device may write anything into the used ring at any time. The driver keeps its own
@@ -155,8 +162,10 @@ impl fmt::Display for Violation {
 ///
 /// # Invariants
 ///
-/// `num` is a power of two in `1..=MAX_QUEUE_SIZE`; `used` is a multiple of an alignment of
-/// at least 4; `size` is the end of the used ring and equals [`vring_size`]`(num, align)`.
+/// `num` is a power of two in `1..=MAX_QUEUE_SIZE`; `avail` is `16 * num`; `used` is a
+/// multiple of an alignment of at least 4; `size` is the end of the used ring and equals
+/// [`vring_size`]`(num, align)`.  So every field, for an index below `num`, lies below
+/// `size` at an offset aligned to its size (see [`View`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
     /// Number of entries.
@@ -323,6 +332,27 @@ pub struct Buf {
     pub len: u32,
 }
 
+/// A scatter-gather element as [`SplitRing::add`] takes it: [`Buf`], or a caller's own
+/// element type, so that a caller's list needs no conversion on the hot path.
+pub trait Element {
+    /// Device (DMA/physical) address of the buffer.
+    fn dma_addr(&self) -> u64;
+    /// Length of the buffer in bytes.
+    fn byte_len(&self) -> u32;
+}
+
+impl Element for Buf {
+    #[inline(always)]
+    fn dma_addr(&self) -> u64 {
+        self.addr
+    }
+
+    #[inline(always)]
+    fn byte_len(&self) -> u32 {
+        self.len
+    }
+}
+
 /// Memory barriers the core asks for (legacy rings use the SMP, "weak", flavour).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Barrier {
@@ -367,6 +397,173 @@ pub trait RingMem {
 
     /// Issues a memory barrier of the given kind.
     fn barrier(&self, kind: Barrier);
+
+    /// Reads a `u16` at byte offset `off`, which the caller proved in bounds and aligned.
+    ///
+    /// The ring calls these `_unchecked` accessors on its hot paths, for fields of a layout
+    /// the memory was checked to cover.  The defaults check anyway (and so do the hostile
+    /// views of the fault flavour, which keep them); memory whose checks cost enough to
+    /// matter overrides them.
+    ///
+    /// # Safety
+    ///
+    /// `off` is a multiple of 2 and `off + 2 <= self.len()`.
+    #[allow(unsafe_code)]
+    unsafe fn read_u16_unchecked(&self, off: usize) -> u16 {
+        self.read_u16(off)
+    }
+
+    /// Reads a `u32` at byte offset `off` (see [`RingMem::read_u16_unchecked`]).
+    ///
+    /// # Safety
+    ///
+    /// `off` is a multiple of 4 and `off + 4 <= self.len()`.
+    #[allow(unsafe_code)]
+    unsafe fn read_u32_unchecked(&self, off: usize) -> u32 {
+        self.read_u32(off)
+    }
+
+    /// Writes a `u16` at byte offset `off` (see [`RingMem::read_u16_unchecked`]).
+    ///
+    /// # Safety
+    ///
+    /// `off` is a multiple of 2 and `off + 2 <= self.len()`.
+    #[allow(unsafe_code)]
+    unsafe fn write_u16_unchecked(&self, off: usize, val: u16) {
+        self.write_u16(off, val)
+    }
+
+    /// Writes a `u32` at byte offset `off` (see [`RingMem::read_u16_unchecked`]).
+    ///
+    /// # Safety
+    ///
+    /// `off` is a multiple of 4 and `off + 4 <= self.len()`.
+    #[allow(unsafe_code)]
+    unsafe fn write_u32_unchecked(&self, off: usize, val: u32) {
+        self.write_u32(off, val)
+    }
+
+    /// Writes a `u64` at byte offset `off` (see [`RingMem::read_u16_unchecked`]).
+    ///
+    /// # Safety
+    ///
+    /// `off` is a multiple of 8 and `off + 8 <= self.len()`.
+    #[allow(unsafe_code)]
+    unsafe fn write_u64_unchecked(&self, off: usize, val: u64) {
+        self.write_u64(off, val)
+    }
+}
+
+/// Ring memory that covers a whole [`Layout`], with one accessor per ring field: the bounds
+/// were checked once, when the view was made, and each field's offset comes from the layout
+/// with its index masked below `num`.
+///
+/// Every field of a layout lies within [`Layout::size`] at an offset aligned to its size (see
+/// the invariants of [`Layout`]): descriptors are 16-byte entries from offset 0 (`u64`
+/// address, `u32` length, `u16` flags and next), the avail ring starts at `16 * num` and
+/// holds `u16`s, the used ring starts at a multiple of 4 and holds `u16`s then 8-byte
+/// `{u32 id, u32 len}` elements.
+///
+/// # Invariants
+///
+/// `mem.len() >= layout.size()`.
+struct View<'a, M: RingMem> {
+    mem: &'a M,
+    layout: Layout,
+}
+
+// The one place the core uses `unsafe`: see the type's documentation.
+#[allow(unsafe_code)]
+impl<'a, M: RingMem> View<'a, M> {
+    /// A view of `mem` for `layout`; `None` if `mem` is too small for it.
+    #[inline(always)]
+    fn new(mem: &'a M, layout: Layout) -> Option<Self> {
+        // INVARIANT: checked here.
+        (mem.len() >= layout.size()).then_some(Self { mem, layout })
+    }
+
+    /// Writes descriptor `i & (num - 1)`.
+    #[inline(always)]
+    fn write_desc<E: Element>(&self, i: u16, buf: &E, flags: u16, next: u16) {
+        let off = self.layout.desc(i & self.layout.mask());
+        // SAFETY: A descriptor below `num` lies within the layout at a multiple of 16, which
+        // `mem` covers (type invariant); its fields are at +0 (8 bytes), +8 (4), +12 and +14
+        // (2 each), each aligned to its size.
+        unsafe {
+            self.mem.write_u64_unchecked(off, buf.dma_addr());
+            self.mem.write_u32_unchecked(off + 8, buf.byte_len());
+            self.mem.write_u16_unchecked(off + 12, flags);
+            self.mem.write_u16_unchecked(off + 14, next);
+        }
+    }
+
+    /// Writes `avail->ring[idx & (num - 1)]`.
+    #[inline(always)]
+    fn write_avail_entry(&self, idx: u16, head: u16) {
+        let off = self.layout.avail_ring(idx & self.layout.mask());
+        // SAFETY: An avail ring entry below `num`: in the layout, 2-aligned (see the type).
+        unsafe { self.mem.write_u16_unchecked(off, head) }
+    }
+
+    /// Writes `avail->idx`.
+    #[inline(always)]
+    fn write_avail_idx(&self, idx: u16) {
+        // SAFETY: `avail->idx`: in the layout, 2-aligned (see the type).
+        unsafe { self.mem.write_u16_unchecked(self.layout.avail_idx(), idx) }
+    }
+
+    /// Writes `used_event`.
+    #[inline(always)]
+    fn write_used_event(&self, event: u16) {
+        // SAFETY: `used_event`, the `u16` after the `num` avail entries: in the layout,
+        // 2-aligned (see the type).
+        unsafe {
+            self.mem
+                .write_u16_unchecked(self.layout.used_event(), event)
+        }
+    }
+
+    /// Reads `avail_event`.
+    #[inline(always)]
+    fn read_avail_event(&self) -> u16 {
+        // SAFETY: `avail_event`, the `u16` after the `num` used elements: in the layout,
+        // 2-aligned (see the type).
+        unsafe { self.mem.read_u16_unchecked(self.layout.avail_event()) }
+    }
+
+    /// Reads `used->flags`.
+    #[inline(always)]
+    fn read_used_flags(&self) -> u16 {
+        // SAFETY: `used->flags`: in the layout, 4-aligned (see the type).
+        unsafe { self.mem.read_u16_unchecked(self.layout.used_flags()) }
+    }
+
+    /// Reads `used->idx`.
+    #[inline(always)]
+    fn read_used_idx(&self) -> u16 {
+        // SAFETY: `used->idx`: in the layout, 2-aligned (see the type).
+        unsafe { self.mem.read_u16_unchecked(self.layout.used_idx()) }
+    }
+
+    /// Reads `used->ring[idx & (num - 1)]`: `(id, len)`.
+    #[inline(always)]
+    fn read_used_elem(&self, idx: u16) -> (u32, u32) {
+        let off = self.layout.used_elem(idx & self.layout.mask());
+        // SAFETY: A used element below `num`: in the layout, its `id` and `len` 4-aligned
+        // (see the type).
+        unsafe {
+            (
+                self.mem.read_u32_unchecked(off),
+                self.mem.read_u32_unchecked(off + 4),
+            )
+        }
+    }
+
+    /// Issues a memory barrier of the given kind.
+    #[inline(always)]
+    fn barrier(&self, kind: Barrier) {
+        self.mem.barrier(kind)
+    }
 }
 
 /// An indirect table the caller allocated for one add.
@@ -525,7 +722,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     /// Zeroes the whole ring and publishes the driver's shadows (avail flags and index, and
     /// `used_event`). The free list is driver-side only.
     pub fn init<M: RingMem>(&mut self, mem: &M) {
-        if !self.check_mem(mem) {
+        if self.check_mem(mem).is_none() {
             return;
         }
         let size = self.layout.size();
@@ -630,11 +827,11 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     /// - [`RingError::InvalidSize`] if `indirect` is given but indirect descriptors were not
     ///   negotiated, or its memory is too small for the elements.
     /// - [`RingError::NoSpace`] if there are not enough free descriptors.
-    pub fn add<M: RingMem, I: RingMem>(
+    pub fn add<M: RingMem, I: RingMem, E: Element>(
         &mut self,
         mem: &M,
-        out: &[Buf],
-        inp: &[Buf],
+        out: &[E],
+        inp: &[E],
         token: usize,
         indirect: Option<Indirect<'_, I>>,
     ) -> Result<(), RingError> {
@@ -655,9 +852,9 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         let total = u16::try_from(total).map_err(|_| RingError::TooManyDescriptors)?;
         // A table of at most 32768 descriptors of 16 bytes is 512 KiB, which fits in `u32`.
         let table_len = u32::from(total) * 16;
-        if !self.check_mem(mem) {
+        let Some(view) = self.check_mem(mem) else {
             return Err(RingError::Broken);
-        }
+        };
         let descs_used = match &indirect {
             Some(table) => {
                 if !self.indirect || table.mem.len() < usize::from(total) * DESC_SIZE {
@@ -673,7 +870,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
 
         let writable = inp
             .iter()
-            .fold(0u32, |acc, buf| acc.saturating_add(buf.len));
+            .fold(0u32, |acc, buf| acc.saturating_add(buf.byte_len()));
         let elems = out
             .iter()
             .map(|buf| (buf, 0))
@@ -700,7 +897,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
                     addr: table.addr,
                     len: table_len,
                 };
-                self.write_ring_desc(mem, head, &desc, VRING_DESC_F_INDIRECT);
+                self.write_ring_desc(&view, head, &desc, VRING_DESC_F_INDIRECT);
                 // PANIC: `head` < `num` by the invariant on `free_head`.
                 self.free_head = self.state[usize::from(head)].next;
             }
@@ -714,7 +911,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
                     } else {
                         flags
                     };
-                    self.write_ring_desc(mem, i, buf, flags);
+                    self.write_ring_desc(&view, i, buf, flags);
                     // PANIC: `i` < `num`: it is `free_head` or a `next` link.
                     i = self.state[usize::from(i)].next;
                 }
@@ -732,14 +929,13 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         // INVARIANT: `descs_used` descriptors left the free list for the chain at `head`.
         self.num_free -= descs_used;
 
-        let slot = self.avail_idx & self.layout.mask();
-        mem.write_u16(self.layout.avail_ring(slot), head);
+        view.write_avail_entry(self.avail_idx, head);
         // Orders the descriptors (and the indirect table) and the avail ring entry before the
         // avail index that exposes them to the device.
-        mem.barrier(Barrier::Write);
+        view.barrier(Barrier::Write);
         // INVARIANT: one more head in flight; the memory is written right away.
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_u16(self.layout.avail_idx(), self.avail_idx);
+        view.write_avail_idx(self.avail_idx);
         self.num_added = self.num_added.saturating_add(1);
         Ok(())
     }
@@ -754,17 +950,19 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         let new = self.avail_idx;
         let old = new.wrapping_sub(self.num_added);
         self.num_added = 0;
-        if self.broken || !self.check_mem(mem) {
+        if self.broken {
             return false;
         }
+        let Some(view) = self.check_mem(mem) else {
+            return false;
+        };
         // Orders the avail index store before the load of `avail_event` or `used->flags`.
-        mem.barrier(Barrier::Full);
+        view.barrier(Barrier::Full);
         if self.event_idx {
             // Any value is acceptable: it only tunes notifications.
-            let avail_event = mem.read_u16(self.layout.avail_event());
-            vring_need_event(avail_event, new, old)
+            vring_need_event(view.read_avail_event(), new, old)
         } else {
-            mem.read_u16(self.layout.used_flags()) & VRING_USED_F_NO_NOTIFY == 0
+            view.read_used_flags() & VRING_USED_F_NO_NOTIFY == 0
         }
     }
 
@@ -773,10 +971,13 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     /// Reads the used index and validates how far it moved (a runaway index breaks the
     /// ring). A broken ring has nothing to hand out.
     pub fn more_used<M: RingMem>(&mut self, mem: &M) -> bool {
-        if self.broken || !self.check_mem(mem) {
+        if self.broken {
             return false;
         }
-        matches!(self.read_used_idx(mem), Some(idx) if idx != self.last_used)
+        let Some(view) = self.check_mem(mem) else {
+            return false;
+        };
+        matches!(self.read_used_idx(&view), Some(idx) if idx != self.last_used)
     }
 
     /// Takes the next completed buffer from the used ring, validated.
@@ -793,19 +994,19 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     /// [`SplitRing::violation`]) and the buffer, if any, stays in flight for
     /// [`SplitRing::detach_unused`].
     pub fn get_buf<M: RingMem>(&mut self, mem: &M) -> Result<Option<Completed>, RingError> {
-        if self.broken || !self.check_mem(mem) {
+        if self.broken {
             return Err(RingError::Broken);
         }
-        let used_idx = self.read_used_idx(mem).ok_or(RingError::Broken)?;
+        let Some(view) = self.check_mem(mem) else {
+            return Err(RingError::Broken);
+        };
+        let used_idx = self.read_used_idx(&view).ok_or(RingError::Broken)?;
         if used_idx == self.last_used {
             return Ok(None);
         }
         // Orders the used index load before the loads of the used element it covers.
-        mem.barrier(Barrier::Read);
-        let slot = self.last_used & self.layout.mask();
-        let off = self.layout.used_elem(slot);
-        let id = mem.read_u32(off);
-        let len = mem.read_u32(off + 4);
+        view.barrier(Barrier::Read);
+        let (id, len) = view.read_used_elem(self.last_used);
 
         // Validate the device's values against the trusted state before using them.
         let Some(st) = usize::try_from(id)
@@ -828,9 +1029,9 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         // INVARIANT: the head left flight and the used index moves past it together.
         self.last_used = self.last_used.wrapping_add(1);
         if self.avail_flags & VRING_AVAIL_F_NO_INTERRUPT == 0 {
-            mem.write_u16(self.layout.used_event(), self.last_used);
+            view.write_used_event(self.last_used);
             // Orders the `used_event` store before the used index load of the next call.
-            mem.barrier(Barrier::Full);
+            view.barrier(Barrier::Full);
         }
         Ok(Some(Completed {
             token,
@@ -849,7 +1050,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         }
         // INVARIANT: the memory is updated below (unless the ring is broken or unusable).
         self.avail_flags |= VRING_AVAIL_F_NO_INTERRUPT;
-        if self.broken || !self.check_mem(mem) {
+        if self.broken || self.check_mem(mem).is_none() {
             return;
         }
         self.publish_cb_state(mem);
@@ -899,15 +1100,15 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         })
     }
 
-    /// Checks that `mem` covers the layout, breaking the ring if it does not.
-    #[inline]
-    fn check_mem<M: RingMem>(&mut self, mem: &M) -> bool {
-        let (len, need) = (mem.len(), self.layout.size());
-        if len < need {
+    /// A view of `mem` for the layout; breaks the ring if `mem` does not cover it.
+    #[inline(always)]
+    fn check_mem<'m, M: RingMem>(&mut self, mem: &'m M) -> Option<View<'m, M>> {
+        let view = View::new(mem, self.layout);
+        if view.is_none() {
+            let (len, need) = (mem.len(), self.layout.size());
             self.set_broken(Violation::RingTooSmall { len, need });
-            return false;
         }
-        true
+        view
     }
 
     /// Marks the ring broken, remembering the first violation; returns the error to report.
@@ -926,9 +1127,9 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     /// The device can complete at most the heads in flight, so a used index more than that
     /// ahead of `last_used` (or behind it, which wraps to a large distance) is a lie that
     /// would make the driver read stale used entries. Breaks the ring and returns `None` then.
-    #[inline]
-    fn read_used_idx<M: RingMem>(&mut self, mem: &M) -> Option<u16> {
-        let new = mem.read_u16(self.layout.used_idx());
+    #[inline(always)]
+    fn read_used_idx<M: RingMem>(&mut self, view: &View<'_, M>) -> Option<u16> {
+        let new = view.read_used_idx();
         if new.wrapping_sub(self.last_used) > self.num_in_flight() {
             let last = self.last_used;
             self.set_broken(Violation::UsedIdxJump { last, new });
@@ -959,9 +1160,12 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         let was_disabled = self.avail_flags & VRING_AVAIL_F_NO_INTERRUPT != 0;
         // INVARIANT: the memory is updated below (unless the ring is broken or unusable).
         self.avail_flags &= !VRING_AVAIL_F_NO_INTERRUPT;
-        if self.broken || !self.check_mem(mem) {
+        if self.broken {
             return true;
         }
+        let Some(view) = self.check_mem(mem) else {
+            return true;
+        };
         if was_disabled && !self.event_idx {
             mem.write_u16(self.layout.avail_flags(), self.avail_flags);
         }
@@ -971,7 +1175,7 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         // device sees callbacks enabled or we see its new used entries.
         mem.barrier(Barrier::Full);
         let pending_ok = event.wrapping_sub(self.last_used);
-        match self.read_used_idx(mem) {
+        match self.read_used_idx(&view) {
             Some(idx) => idx.wrapping_sub(self.last_used) <= pending_ok,
             None => true,
         }
@@ -981,11 +1185,17 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     ///
     /// Always inlined, as [`write_desc`]: the hot path of every add (`docs/BENCHMARKS.md`).
     #[inline(always)]
-    fn write_ring_desc<M: RingMem>(&mut self, mem: &M, i: u16, buf: &Buf, flags: u16) {
+    fn write_ring_desc<M: RingMem, E: Element>(
+        &mut self,
+        view: &View<'_, M>,
+        i: u16,
+        buf: &E,
+        flags: u16,
+    ) {
         // PANIC: `i` < `num` is required of callers, which pass free-list entries.
         let st = &mut self.state[usize::from(i)];
         st.flags = flags;
-        write_desc(mem, self.layout.desc(i), buf, flags, st.next);
+        view.write_desc(i, buf, flags, st.next);
     }
 
     /// Returns the chain at `head` (a head in flight) to the free list, using the trusted
@@ -1024,9 +1234,9 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
 
 /// Writes one descriptor at byte offset `off` of `mem`.
 #[inline(always)]
-fn write_desc<M: RingMem>(mem: &M, off: usize, buf: &Buf, flags: u16, next: u16) {
-    mem.write_u64(off, buf.addr);
-    mem.write_u32(off + 8, buf.len);
+fn write_desc<M: RingMem, E: Element>(mem: &M, off: usize, buf: &E, flags: u16, next: u16) {
+    mem.write_u64(off, buf.dma_addr());
+    mem.write_u32(off + 8, buf.byte_len());
     mem.write_u16(off + 12, flags);
     mem.write_u16(off + 14, next);
 }

@@ -21,9 +21,9 @@ use crate::{
     split::{
         self,
         Barrier,
-        Buf,
         Completed,
         DescState,
+        Element,
         Indirect,
         Layout,
         RingError,
@@ -78,9 +78,10 @@ fn write_once<T: AtomicType>(a: &Atomic<T>, v: T) {
 /// Device-visible memory (a ring or an indirect table) accessed with volatile loads and
 /// stores, as the C ring does through `READ_ONCE`/`WRITE_ONCE`-like accessors.
 ///
-/// Every access is bounds- and alignment-checked: a bad offset reads 0 and writes nothing,
-/// so no caller can make this type touch memory outside the region (the ring core never
-/// asks for such an offset).
+/// Every safe access is bounds- and alignment-checked: a bad offset reads 0 and writes
+/// nothing, so no caller can make this type touch memory outside the region (the ring core
+/// never asks for such an offset).  The ring's hot paths use the `_unchecked` accessors of
+/// [`RingMem`] on fields of a layout it checked the region covers.
 ///
 /// # Invariants
 ///
@@ -136,6 +137,30 @@ impl DmaMem {
             unsafe { p.write_volatile(val) }
         }
     }
+
+    /// Reads the `T` at `off`, unchecked.
+    ///
+    /// # Safety
+    ///
+    /// `off` is a multiple of `size_of::<T>()` and `off + size_of::<T>() <= len`.
+    #[inline(always)]
+    unsafe fn read_unchecked<T: Copy>(&self, off: usize) -> T {
+        // SAFETY: In bounds and aligned (the caller's guarantee and the 8-byte alignment of
+        // `ptr`), valid for reads by the type invariant; volatile because the device may
+        // write it concurrently.
+        unsafe { self.ptr.as_ptr().add(off).cast::<T>().read_volatile() }
+    }
+
+    /// Writes the `T` at `off`, unchecked.
+    ///
+    /// # Safety
+    ///
+    /// As [`DmaMem::read_unchecked`].
+    #[inline(always)]
+    unsafe fn write_unchecked<T: Copy>(&self, off: usize, val: T) {
+        // SAFETY: As in `read_unchecked`, for writes.
+        unsafe { self.ptr.as_ptr().add(off).cast::<T>().write_volatile(val) }
+    }
 }
 
 impl RingMem for DmaMem {
@@ -161,6 +186,36 @@ impl RingMem for DmaMem {
 
     fn write_u64(&self, off: usize, val: u64) {
         self.write(off, val)
+    }
+
+    #[inline(always)]
+    unsafe fn read_u16_unchecked(&self, off: usize) -> u16 {
+        // SAFETY: The caller's guarantee is `read_unchecked`'s.
+        unsafe { self.read_unchecked(off) }
+    }
+
+    #[inline(always)]
+    unsafe fn read_u32_unchecked(&self, off: usize) -> u32 {
+        // SAFETY: The caller's guarantee is `read_unchecked`'s.
+        unsafe { self.read_unchecked(off) }
+    }
+
+    #[inline(always)]
+    unsafe fn write_u16_unchecked(&self, off: usize, val: u16) {
+        // SAFETY: The caller's guarantee is `write_unchecked`'s.
+        unsafe { self.write_unchecked(off, val) }
+    }
+
+    #[inline(always)]
+    unsafe fn write_u32_unchecked(&self, off: usize, val: u32) {
+        // SAFETY: The caller's guarantee is `write_unchecked`'s.
+        unsafe { self.write_unchecked(off, val) }
+    }
+
+    #[inline(always)]
+    unsafe fn write_u64_unchecked(&self, off: usize, val: u64) {
+        // SAFETY: The caller's guarantee is `write_unchecked`'s.
+        unsafe { self.write_unchecked(off, val) }
     }
 
     fn barrier(&self, kind: Barrier) {
@@ -192,8 +247,18 @@ impl RingMem for DmaMem {
     }
 }
 
-/// Scatter-gather lists up to this long are converted on the stack by [`Queue::add`].
-const SMALL_SG: usize = 4;
+/// The transport's elements go to the ring as they are.
+impl Element for Sg {
+    #[inline(always)]
+    fn dma_addr(&self) -> u64 {
+        self.addr
+    }
+
+    #[inline(always)]
+    fn byte_len(&self) -> u32 {
+        self.len
+    }
+}
 
 /// Where an indirect table came from, to give it back to the transport.
 #[derive(Clone, Copy)]
@@ -382,34 +447,8 @@ impl Queue {
         if out > sg.len() {
             return Err(EINVAL);
         }
-        let to_buf = |s: &Sg| Buf {
-            addr: s.addr,
-            len: s.len,
-        };
-        // Small buffers (the common case) convert on the stack: no allocation on the hot
-        // path, and none at all under the caller's locks.
-        let mut small = [Buf { addr: 0, len: 0 }; SMALL_SG];
-        // Initialised only for long lists: dropping even an empty `KVec` calls `krealloc()`
-        // (three calls deep), which the common case must not pay on every add.
-        let large: KVec<Buf>;
-        let bufs: &[Buf] = if sg.len() <= SMALL_SG {
-            for (b, s) in small.iter_mut().zip(sg) {
-                *b = to_buf(s);
-            }
-            // PANIC: `sg.len() <= SMALL_SG`, the array's length.
-            &small[..sg.len()]
-        } else {
-            let flags = if atomic { GFP_ATOMIC } else { GFP_KERNEL };
-            let mut v = KVec::with_capacity(sg.len(), flags)?;
-            for s in sg {
-                // Cannot fail: the capacity is reserved.
-                v.push(to_buf(s), GFP_ATOMIC)?;
-            }
-            large = v;
-            &large
-        };
-        // PANIC: `out <= sg.len() == bufs.len()`, checked above.
-        let (out_bufs, in_bufs) = bufs.split_at(out);
+        // PANIC: `out <= sg.len()`, checked above.
+        let (out_bufs, in_bufs) = sg.split_at(out);
         // CAST: the token is an opaque, non-null pointer value.
         let token = token.as_ptr() as usize;
 
@@ -460,7 +499,7 @@ impl Queue {
                 }
             }
         }
-        let res = ring.add::<DmaMem, DmaMem>(&self.mem, out_bufs, in_bufs, token, None);
+        let res = ring.add::<DmaMem, DmaMem, Sg>(&self.mem, out_bufs, in_bufs, token, None);
         self.note_broken(ring);
         res.map_err(to_errno)
     }
