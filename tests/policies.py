@@ -26,30 +26,15 @@ POLICIES = {1: "oom", 2: "shrinker", 3: "both", 4: "none"}
 STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
 
 
-def oom_kills(g):
-    for line in g.sh("cat /proc/vmstat").splitlines():
-        if line.startswith("oom_kill "):
-            return int(line.split()[1])
-    return 0
-
-
 def rust_status(g):
     return {k: int(v) for k, v in (line.split() for line in g.sh(f"cat {STATUS}").splitlines())}
 
 
-def squeeze(g, leave_mib=64):
-    avail_mib = b.meminfo(g)["MemAvailable"] // 1024
-    target = RAM - (avail_mib - leave_mib) * b.MiB
-    b.set_target(g, target)
-    b.wait_actual(g, target, timeout=300)
-    return target
-
-
 def one_run(g, rust):
     g.sh("sync; echo 3 > /proc/sys/vm/drop_caches")
-    squeeze(g)
+    b.squeeze(g, RAM, timeout=300)
     before = b.actual(g)
-    kills = oom_kills(g)
+    kills = b.oom_kills(g)
     st0 = rust_status(g) if rust else None
     t0 = time.monotonic()
     rc, _ = g.run(f"python3 -c \"x = b'\\x01' * ({HOG_MIB} << 20); print(len(x))\"",
@@ -59,7 +44,7 @@ def one_run(g, rust):
     row = {
         "survived": rc == 0,
         "secs": secs,
-        "kills": oom_kills(g) - kills,
+        "kills": b.oom_kills(g) - kills,
         "given_mib": (b.actual(g) - before) / b.MiB,
     }
     if rust:

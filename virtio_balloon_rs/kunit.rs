@@ -95,6 +95,14 @@ impl SimHost {
         Ok(())
     }
 
+    /// Whether no page was released twice.
+    fn freed_once(&self) -> Result<bool> {
+        let mut freed = KVec::new();
+        freed.extend_from_slice(&self.freed, GFP_KERNEL)?;
+        freed.sort_unstable();
+        Ok(freed.windows(2).all(|w| w[0] != w[1]))
+    }
+
     /// Slots of the messages the device holds, in the order it got them.
     fn pending_slots(&self) -> Result<KVec<usize>> {
         let mut v = KVec::with_capacity(self.pending.len(), GFP_KERNEL)?;
@@ -367,10 +375,7 @@ mod tests {
         assert_eq!(e.num_pages(), 0);
         assert_eq!(e.in_flight(), 0);
         assert_eq!(e.host.freed.len(), 15);
-        let mut freed = KVec::new();
-        freed.extend_from_slice(&e.host.freed, GFP_KERNEL)?;
-        freed.sort_unstable();
-        assert!(freed.windows(2).all(|w| w[0] != w[1]));
+        assert!(e.host.freed_once()?);
         // Every page that left the managed counts came back.
         assert_eq!(e.host.managed, 0);
         Ok(())
@@ -414,10 +419,7 @@ mod tests {
         assert_eq!(e.set_aside(), 0);
         assert_eq!(e.slots_left(), SLOTS);
         assert_eq!(e.host.freed.len(), 15);
-        let mut freed = KVec::new();
-        freed.extend_from_slice(&e.host.freed, GFP_KERNEL)?;
-        freed.sort_unstable();
-        assert!(freed.windows(2).all(|w| w[0] != w[1]));
+        assert!(e.host.freed_once()?);
         assert_eq!(e.host.managed, 0);
         Ok(())
     }

@@ -10,22 +10,6 @@ RAM = 1024 * b.MiB
 GUEST_OPTIONS = {"devices": (vm.LEGACY_BALLOON + ",deflate-on-oom=on,vectors=4",)}
 
 
-def squeeze(g, leave_mib=64):
-    """Inflate until only about `leave_mib` MiB are available in the guest."""
-    avail_mib = b.meminfo(g)["MemAvailable"] // 1024
-    target = RAM - (avail_mib - leave_mib) * b.MiB
-    b.set_target(g, target)
-    b.wait_actual(g, target, timeout=180)
-    return target
-
-
-def oom_kills(g):
-    for line in g.sh("cat /proc/vmstat").splitlines():
-        if line.startswith("oom_kill "):
-            return int(line.split()[1])
-    return 0
-
-
 def hog(g, mib):
     # Touch every page: a filled bytes object, not a lazily zeroed one.
     return g.run(f"python3 -c \"x = b'\\x01' * ({mib} << 20); print(len(x))\"",
@@ -48,11 +32,11 @@ def test_per_queue_msix_vectors(guest):
 def deflates_under_pressure(g, counter):
     """Squeeze the guest, run a memory hog: no OOM kill, and `counter` shows the balloon gave
     pages back, which the host saw."""
-    target = squeeze(g)
-    kills = oom_kills(g)
+    target = b.squeeze(g, RAM)
+    kills = b.oom_kills(g)
     rc, out = hog(g, 200)
     assert rc == 0, out
-    assert oom_kills(g) == kills
+    assert b.oom_kills(g) == kills
     st = dict(l.split() for l in g.sh(
         "cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status").splitlines())
     assert int(st[counter]) > 0, st

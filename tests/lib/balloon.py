@@ -63,3 +63,21 @@ def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None):
         if now > timeout:
             raise AssertionError(f"actual stuck at {a} (wanted {size_bytes}) after {timeout}s")
         time.sleep(0.1)
+
+
+def oom_kills(g):
+    """OOM kills since the guest booted (/proc/vmstat)."""
+    for line in g.sh("cat /proc/vmstat").splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
+def squeeze(g, ram, leave_mib=64, timeout=180):
+    """Inflate until only about `leave_mib` MiB are available in a guest of `ram` bytes;
+    returns the target."""
+    avail_mib = meminfo(g)["MemAvailable"] // 1024
+    target = ram - (avail_mib - leave_mib) * MiB
+    set_target(g, target)
+    wait_actual(g, target, timeout=timeout)
+    return target
