@@ -33,6 +33,8 @@ INFLATE = 4 * b.MiB
 base = {}
 # Cycle number -> None when it passed, else why it failed.
 results = {}
+# Step -> seconds each cycle spent in it (the guest's clock).
+steps = {}
 
 RMMOD = {
     # deflated, the balloon driver goes first
@@ -45,6 +47,9 @@ RMMOD = {
 
 CYCLE = """
 D={dir}; n={n}
+# When each step ended (guest uptime), with shell builtins only: the host prints the means.
+mark() {{ read t _ < /proc/uptime; echo "$1 $t" >> $D/times.$n; }}
+mark start
 wait_for() {{
     i=0
     while [ ! -e "$D/$1.$n" ]; do
@@ -57,15 +62,20 @@ i=0
 until [ -e /sys/bus/auxiliary/devices/virtio_pci_rs.balloon.*/driver ]; do
     i=$((i + 1)); [ $i -gt 600 ] && {{ echo "the balloon did not bind"; exit 1; }}; sleep 0.1
 done
+mark loaded
 : > $D/up.$n
 wait_for inflated
+mark inflated
 {{ grep MemTotal: /proc/meminfo; cat {status}; }} > $D/info.$n
 : > $D/measured.$n
 wait_for go
+mark deflated
 {rmmod} || {{ echo "rmmod failed"; exit 1; }}
+mark unloaded
 grep MemTotal: /proc/meminfo
 grep _rs /proc/modules
 dmesg > $D/dmesg.$n
+mark logged
 exit 0
 """
 
@@ -132,7 +142,11 @@ def check_cycle(g, n, k, variant, log_mark):
     new = klog[log_mark:]
     problems = g.kernel_problems(new)
     assert not problems, "kernel problems:\n" + s.excerpt(new)
-    for name in ("up", "inflated", "info", "measured", "go", "dmesg"):
+    with open(os.path.join(g.dir, f"times.{n}")) as f:
+        marks = [l.split() for l in f if l.strip()]
+    for (_, t0), (step, t1) in zip(marks, marks[1:]):
+        steps.setdefault(step, []).append(float(t1) - float(t0))
+    for name in ("up", "inflated", "info", "measured", "go", "dmesg", "times"):
         os.remove(os.path.join(g.dir, f"{name}.{n}"))
     return len(klog)
 
@@ -164,6 +178,9 @@ def test_run_cycles(guest):
             break
     done = sum(1 for r in results.values() if r is None)
     print(f"\n{done} of {CYCLES} cycles passed in {time.monotonic() - t0:.0f}s")
+    if steps:
+        print("mean seconds per cycle, by step (guest clock): " + ", ".join(
+            f"{step} {sum(v) / len(v):.2f}" for step, v in steps.items()))
     g.log_mark = mark
     # The conftest check sees what the last cycle logged after its dmesg, if anything.
 

@@ -58,6 +58,9 @@ def test_unplug_while_inflated(guest):
 def test_unplug_while_inflating(guest):
     g = guest
     plug(g)
+    # Small messages, one at a time (64 KiB each): the driver's own 16 MiB messages fill
+    # 512 MiB before the host can read the guest's state twice.
+    g.sh("modprobe virtio_balloon_rs msg_pages=16 msgs_in_flight=1")
     b.bind_rust(g)
     before = b.meminfo(g)
     target_pages = 512 * 256
