@@ -15,7 +15,7 @@
 //! The ring memory and indirect tables are reached only through [`RingMem`], which also
 //! provides the memory barriers; the kernel implements it over DMA-coherent memory.
 //!
-//! The core is safe Rust but for one type: [`View`], the ring memory once checked to cover
+//! The core is safe Rust but for one type: `View`, the ring memory once checked to cover
 //! the layout, reads and writes ring fields through `RingMem`'s `_unchecked` accessors, at
 //! offsets the layout computes with indexes masked below the queue size.  Bounds checks on
 //! every field access made the ring cycle 25% slower (docs/BENCHMARKS.md, "Ring cycle").  The
@@ -165,7 +165,7 @@ impl fmt::Display for Violation {
 /// `num` is a power of two in `1..=MAX_QUEUE_SIZE`; `avail` is `16 * num`; `used` is a
 /// multiple of an alignment of at least 4; `size` is the end of the used ring and equals
 /// [`vring_size`]`(num, align)`.  So every field, for an index below `num`, lies below
-/// `size` at an offset aligned to its size (see [`View`]).
+/// `size` at an offset aligned to its size (see `View`).
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
     /// Number of entries.
