@@ -17,7 +17,7 @@ ROOTFS_PACKAGES="rustc rust-src cargo rustfmt rust-clippy bindgen libclang-dev c
  make bc bison flex libelf-dev libssl-dev cpio kmod perl python3 xz-utils
  ca-certificates git qemu-system-x86 virtme-ng busybox-static udev systemd-sysv
  procps python3-pytest python3-venv python3-pip python3-matplotlib
- util-linux iproute2 file"
+ util-linux iproute2 file curl gpg"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

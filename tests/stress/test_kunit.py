@@ -5,16 +5,14 @@ report, and every one of its cases must pass (a skipped case does not).  Then th
 flavour is unloaded, before the fault flavour is used by the other tests."""
 
 import os
-import sys
 
 import pytest
 
 import stress_lib as s
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kunit"))
-import run  # noqa: E402  (tests/kunit/run.py: the suite declarations and the KTAP parser)
+import ktap  # noqa: E402  (tests/lib: the suite declarations and the kernel's KTAP parser)
 
-SUITES = run.declared_suites()
+SUITES = ktap.declared_suites()
 KUNIT_DIR = os.environ.get("VIRTIO_RS_STRESS_KUNIT_DIR", "")
 
 
@@ -30,14 +28,12 @@ def test_load_the_test_flavour(guest):
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_suite(guest, suite):
-    d = f"/sys/kernel/debug/kunit/{suite}"
-    text = guest.sh(f"[ -s {d}/results ] || echo 1 > {d}/run; cat {d}/results", timeout=900)
-    cases = run.parse_results(text)
+    [(_, cases, errors, text)] = ktap.run_suites(guest, [suite])
     assert cases, f"suite {suite} reported no case:\n{text}"
-    for name, ok, note in cases:
-        print(f"  {'PASS' if ok else 'FAIL'} {suite}.{name} {note}".rstrip())
-    bad = [name for name, ok, _ in cases if not ok]
-    assert not bad, f"failed: {bad}\n{text}"
+    for c in cases:
+        print(f"  {c.status} {suite}.{c.name}")
+    bad = [c.name for c in cases if not c.ok]
+    assert not bad and not errors, f"failed: {bad}, parser errors: {errors}\n{text}"
 
 
 def test_unload_the_test_flavour(guest):
