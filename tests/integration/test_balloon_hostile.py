@@ -30,7 +30,7 @@ import vm
 
 RAM = 1024 * b.MiB
 KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
-GUEST_OPTIONS = {"moddir": KUNIT_DIR} if KUNIT_DIR else {}
+FLAVOUR = "kunit"  # the transport's drop_kicks switch
 SWITCH = "/sys/kernel/debug/virtio_pci_rs"
 STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
 OOM = re.compile(r"Out of memory|oom-kill|invoked oom-killer|Killed process")

@@ -3,9 +3,8 @@
 
 import balloon as b
 import balloon_cases
-import vm
 
-GUEST_OPTIONS = {"devices": (vm.LEGACY_BALLOON + ",vectors=0",)}
+BALLOON = {"vectors": 0}  # INTx only
 
 
 def test_rust_transport_falls_back_to_intx(guest):

@@ -4,10 +4,9 @@ instead of an OOM kill; with deflate_policy=2, the shrinker does.  The device ha
 vectors here, so the transport gives each queue its own vector."""
 
 import balloon as b
-import vm
 
 RAM = 1024 * b.MiB
-GUEST_OPTIONS = {"devices": (vm.LEGACY_BALLOON + ",deflate-on-oom=on,vectors=4",)}
+BALLOON = {"deflate-on-oom": True, "vectors": 4}
 
 
 def hog(g, mib):

@@ -5,6 +5,36 @@ QMP, wait for `actual`, read the guest's memory counters."""
 import time
 
 MiB = 1024 * 1024
+MODULES = ("virtio_balloon_rs", "virtio_pci_rs", "virtio_ring_rs")
+STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
+
+ROOT_PORT = "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1"
+# Legacy only; behind a PCIe port QEMU would turn legacy off unless told.
+# (QMP's device_add wants JSON types: booleans for bool properties, strings for OnOffAuto.)
+BALLOON_PROPS = {"id": "balloon0", "bus": "rp0", "disable-modern": True,
+                 "disable-legacy": "off"}
+BALLOON = "virtio-balloon-pci,id=balloon0,bus=rp0,disable-modern=on,disable-legacy=off"
+
+
+def status(g):
+    """The Rust balloon's debugfs status as a dict of ints."""
+    out = g.sh(f"cat {STATUS}")
+    return {k: int(v, 0) for k, v in (line.split() for line in out.splitlines())}
+
+
+def loaded_rs_modules(g):
+    return [l.split()[0] for l in g.sh("cat /proc/modules").splitlines()
+            if l.split()[0] in MODULES]
+
+
+def rmmod_all(g):
+    """Unload the three modules (those loaded), in dependency order; they must go."""
+    g.sh("for m in virtio_balloon_rs virtio_pci_rs virtio_ring_rs; do "
+         "grep -q \"^$m \" /proc/modules && rmmod $m; done; true", timeout=300)
+    left = loaded_rs_modules(g)
+    assert not left, f"modules still loaded: {left}"
+
+
 
 
 def meminfo(g):
@@ -81,3 +111,48 @@ def squeeze(g, ram, leave_mib=64, timeout=180):
     set_target(g, target)
     wait_actual(g, target, timeout=timeout)
     return target
+
+
+def balloon_present(g):
+    names = [p["name"] for p in g.qmp_cmd("qom-list", path="/machine/peripheral")]
+    return "balloon0" in names
+
+
+def wait_device_gone(g, timeout=300):
+    """Wait until QEMU finished unplugging the balloon (the guest ejected it)."""
+    t0 = time.monotonic()
+    while balloon_present(g):
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"balloon0 still present {timeout}s after device_del")
+        time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def unplug(g):
+    """device_del and wait until the guest ejected the function; returns the seconds."""
+    g.qmp_cmd("device_del", id="balloon0")
+    return wait_device_gone(g)
+
+
+def plug(g, **extra):
+    """device_add the legacy balloon behind the root port (with `extra` properties); waits
+    until a driver in the guest took it."""
+    props = dict(BALLOON_PROPS, **extra)
+    g.qmp_cmd("device_add", driver="virtio-balloon-pci", **props)
+    deadline = time.monotonic() + 180
+    while True:
+        out = g.sh("for d in /sys/bus/pci/devices/*; do "
+                   "[ \"$(cat $d/vendor):$(cat $d/device)\" = 0x1af4:0x1002 ] && "
+                   "[ -e $d/driver ] && basename $d; done; true")
+        if out.split():
+            return
+        assert time.monotonic() < deadline, "the guest did not take the plugged device"
+        time.sleep(0.5)
+
+
+def replug(g, **extra):
+    """Plug a fresh balloon with `extra` properties in place of the current one."""
+    rmmod_all(g)
+    if balloon_present(g):
+        unplug(g)
+    plug(g, **extra)

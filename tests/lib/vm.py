@@ -95,6 +95,10 @@ class Guest:
                 raise GuestError("guest did not boot in time:\n" + self.console_tail())
             time.sleep(0.2)
         self.boot_seconds = time.monotonic() - self.t_start
+        boot_log = os.environ.get("VIRTIO_RS_BOOT_LOG")
+        if boot_log:
+            with open(boot_log, "a") as f:
+                f.write(f"{self.name:<28} {self.boot_seconds:6.1f}\n")
         self.qmp = QEMUMonitorProtocol(self.qmp_path)
         self.qmp.connect()
         self.log_mark = self.kernel_log_lines()
