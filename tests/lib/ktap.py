@@ -69,10 +69,12 @@ def parse_suite(suite, text):
 
     def leaves(test, prefix):
         if not test.subtests:
-            cases.append(Case(prefix + test.name, test.status.name, test.log))
+            # A case the plan promised but the suite never reported (it crashed) has no name.
+            name = test.name or f"<case {len(cases) + 1}, not reported>"
+            cases.append(Case(prefix + name, test.status.name, test.log))
             return
-        for sub in test.subtests:
-            leaves(sub, prefix)
+        for sub in test.subtests:  # a parameterised case: its parameters are the leaves
+            leaves(sub, prefix + test.name + ".")
 
     # The results file holds the suite itself, as the only test of a KTAP document, or
     # (older kernels) only its cases: find the suite node either way.
