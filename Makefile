@@ -39,7 +39,7 @@ clippy:
 # The test flavour (KUnit suites compiled in), built from a copy of the tree
 # so that it never mixes with the production objects.
 kunit-modules:
-	$(ENV) $(CURDIR)/scripts/build-kunit
+	$(ENV) $(CURDIR)/scripts/build-flavour kunit
 
 rustfmt:
 	$(ENV) sh -c 'rustfmt --edition 2021 --config-path "$$(readlink -f $$KDIR/source 2>/dev/null || echo $$KDIR)/.rustfmt.toml" $(RUST_SOURCES)'
@@ -63,7 +63,7 @@ bench:
 
 bench-policies:
 	$(CURDIR)/scripts/setup >/dev/null
-	$(ENV) sh -c 'make -s -C "$$KDIR" M=$(CURDIR) LLVM=1 modules && python3 $(CURDIR)/tests/policies.py'
+	$(ENV) sh -c 'make -s -C "$$KDIR" M=$(CURDIR) LLVM=1 modules && python3 $(CURDIR)/tools/policies.py'
 
 stress:
 	$(CURDIR)/scripts/stress

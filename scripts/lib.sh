@@ -41,6 +41,23 @@ step_trap() {
 	return $rc
 }
 
+# count KIND LOG: add the "RESULT <kind> <passed> <failed>" line of LOG to the caller's
+# $passed and $failed (scripts/check, scripts/stress); a stage that printed no such line
+# failed as a whole.
+count() {
+	local kind=$1 log=$2 line p f
+	line=$(grep -E "^RESULT $kind [0-9]+ [0-9]+$" "$log" | tail -n1)
+	if [ -z "$line" ]; then
+		log "$kind: no result line: the stage failed to run (see $log)"
+		failed=$((failed + 1))
+		return
+	fi
+	read -r _ _ p f <<<"$line"
+	passed=$((passed + p))
+	failed=$((failed + f))
+	log "$kind: $p passed, $f failed"
+}
+
 ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
 # host_toolchain_ok: does this host already have what Linux 7.2 needs?

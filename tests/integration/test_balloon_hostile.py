@@ -17,7 +17,7 @@ only (what QMP, /proc and debugfs show), in one 1 GiB guest:
 
 The drop_kicks switch exists only in the test flavour of the modules (`--cfg
 virtio_rs_kunit`), so the guest loads the modules from `$VIRTIO_RS_KUNIT_DIR`, the output
-directory of `scripts/build-kunit` (`make check` passes it).  Without it the silent-device
+directory of `scripts/build-flavour kunit` (`make check` passes it).  Without it the silent-device
 test fails: it cannot run."""
 
 import os
@@ -91,7 +91,7 @@ def test_silent_device_bounded_wait_and_clean_rmmod(guest):
     rc, _ = guest.run(f"[ -w {SWITCH}/drop_kicks ]", check=False)
     assert rc == 0, (
         "no drop_kicks switch: the guest runs the production modules; set "
-        "VIRTIO_RS_KUNIT_DIR to the output of scripts/build-kunit (make check does)")
+        "VIRTIO_RS_KUNIT_DIR to the output of scripts/build-flavour kunit (make check does)")
     assert b.actual(guest) == RAM
     before = b.meminfo(guest)
     st0 = status(guest)
