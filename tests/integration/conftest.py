@@ -78,6 +78,11 @@ class Shared:
             self.props = props
             bdf = g.balloon_bdf()
         b.set_target(g, RAM)
+        # A plugged function makes udev autoload every driver whose alias matches, the Rust
+        # transport among them (from the flavour installed then): let it settle and unload
+        # what it loaded before installing the flavour this file wants.
+        g.sh("udevadm settle -t 60 || true", timeout=120)
+        b.rmmod_all(g)
         if flavour != self.flavour:
             moddir = KUNIT_DIR if flavour == "kunit" else vm.TOP
             assert os.path.exists(os.path.join(moddir, "virtio_ring_rs.ko")), \
