@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Free page reporting (VIRTIO_BALLOON_F_REPORTING) and page poison
+(VIRTIO_BALLOON_F_PAGE_POISON), the C and the Rust balloon in one guest.
+
+The guest boots with `init_on_free=1` (freed pages are zeroed, so both drivers must negotiate
+PAGE_POISON and tell the device `poison_val` 0) and a legacy balloon with
+`free-page-reporting=on`.  For each driver in turn (C first, then Rust, as in
+`test_parity_c.py`): fill 512 MiB of a tmpfs in the guest, remove it, and watch QEMU's
+resident set size (`VmRSS` of the QEMU process, on the host) fall as the driver reports the
+freed memory and QEMU discards it.  It must fall by at least 80 % of 512 MiB within 10 s for
+both, the Rust driver no more than 25 % slower than C; the negotiated features must be equal
+bit for bit.  Tests run in file order and share one guest; the comparisons fail if a scenario
+did not run.  (That a default guest negotiates no PAGE_POISON is checked in
+`test_parity_c.py`, whose guest is a default one.)"""
+
+import time
+
+import balloon as b
+import vm
+
+GUEST_OPTIONS = {
+    "devices": (vm.LEGACY_BALLOON + ",free-page-reporting=on",),
+    "append": ("init_on_free=1",),
+}
+
+FILL_MIB = 512
+# What must come back, and how fast.
+MIN_DROP_KB = int(0.8 * FILL_MIB * 1024)
+WINDOW_S = 10.0
+# Feature bits.
+F_PAGE_POISON = 4
+F_REPORTING = 5
+
+# Observations of each driver, filled by the scenario tests.
+seen = {"c": {}, "rust": {}}
+
+
+def c_features(g):
+    """The C driver's negotiated features: sysfs prints one 0/1 character per bit."""
+    bits = g.sh("cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features").strip()
+    return sum(1 << i for i, c in enumerate(bits) if c == "1")
+
+
+def rust_status(g):
+    out = g.sh("cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status")
+    return {k: int(v) for k, v in (l.split() for l in out.splitlines())}
+
+
+def settle(g, seconds=12):
+    """Let the first reporting pass over the guest's free memory (it starts 2 s after the
+    driver registers and goes 2 s per pass) finish before measuring."""
+    time.sleep(seconds)
+
+
+def reporting_scenario(g, who):
+    """Fill and free a tmpfs, then sample QEMU's VmRSS every 0.1 s for WINDOW_S seconds."""
+    obs = seen[who]
+    g.sh(f"mkdir -p /tmp/fill && mount -t tmpfs -o size={FILL_MIB + 64}M tmpfs /tmp/fill && "
+         f"dd if=/dev/zero of=/tmp/fill/f bs=1M count={FILL_MIB} 2>&1 && sync", timeout=300)
+    # Let QEMU's RSS show the whole fill.
+    time.sleep(1)
+    full_kb = g.qemu_rss_kb()
+    g.sh("rm /tmp/fill/f && umount /tmp/fill")
+    t0 = time.monotonic()
+    samples = []
+    reached = None
+    while True:
+        now = time.monotonic() - t0
+        drop = full_kb - g.qemu_rss_kb()
+        samples.append((round(now, 2), drop))
+        if reached is None and drop >= MIN_DROP_KB:
+            reached = now
+        if now >= WINDOW_S:
+            break
+        time.sleep(0.1)
+    obs["rss_full_kb"] = full_kb
+    obs["drop_kb"] = samples[-1][1]
+    obs["max_drop_kb"] = max(d for _, d in samples)
+    obs["seconds"] = reached
+    print(f"{who}: VmRSS {full_kb} kB after the fill; drop {obs['drop_kb']} kB after "
+          f"{WINDOW_S} s; {MIN_DROP_KB} kB reached after {reached} s")
+    assert reached is not None, (
+        f"{who}: VmRSS fell by only {obs['max_drop_kb']} kB in {WINDOW_S} s "
+        f"(want {MIN_DROP_KB}): {samples[::10]}")
+
+
+def test_guest_zeroes_freed_pages(guest):
+    # Else the poison tests below would not test what they say.
+    assert "init_on_free=1" in guest.sh("cat /proc/cmdline")
+
+
+def test_c_negotiates_poison_and_reporting(guest):
+    b.bind_c(guest)
+    f = c_features(guest)
+    seen["c"]["features"] = f
+    assert f & (1 << F_PAGE_POISON) and f & (1 << F_REPORTING), hex(f)
+
+
+def test_c_reporting(guest):
+    settle(guest)
+    reporting_scenario(guest, "c")
+
+
+def test_rust_negotiates_poison_and_reporting(guest):
+    guest.unbind(guest.balloon_bdf())
+    b.bind_rust(guest)
+    st = rust_status(guest)
+    f = st["features"]
+    seen["rust"]["features"] = f
+    assert f & (1 << F_PAGE_POISON) and f & (1 << F_REPORTING), hex(f)
+    # init_on_free: freed pages hold zeros; the device read back what it was told.
+    assert st["poison_val"] == 0, st
+
+
+def test_rust_reporting(guest):
+    settle(guest)
+    before = rust_status(guest)
+    assert before["reports"] > 0, before  # the first pass over free memory
+    reporting_scenario(guest, "rust")
+    after = rust_status(guest)
+    reported = after["reported_bytes"] - before["reported_bytes"]
+    seen["rust"]["reported_kb"] = reported // 1024
+    seen["rust"]["reports"] = after["reports"] - before["reports"]
+    print(f"rust: {seen['rust']['reports']} reports of {reported // 1024} kB; {after}")
+    # The memory QEMU gave back is what the driver reported.
+    assert reported >= MIN_DROP_KB * 1024, (before, after)
+    assert after["report_errors"] == 0 and after["device_errors"] == 0, after
+
+
+def test_rust_unbind_unregisters(guest):
+    """Unbind unregisters before the queues go; a C driver can register again after it."""
+    guest.unbind(guest.balloon_bdf())
+    log = "\n".join(guest.kernel_log().splitlines()[-20:])
+    assert "balloon removed" in log, log
+    b.bind_c(guest)
+    assert c_features(guest) == seen["c"]["features"]
+
+
+def test_features_agree():
+    c, rust = seen["c"]["features"], seen["rust"]["features"]
+    print(f"negotiated: C {c:#x}, Rust {rust:#x}")
+    assert rust == c
+
+
+def test_reporting_agrees():
+    c, rust = seen["c"], seen["rust"]
+    print(f"C: {c}\nRust: {rust}")
+    assert c["seconds"] is not None and rust["seconds"] is not None
+    # Within 25 % of C's time (or better).
+    assert rust["seconds"] <= 1.25 * c["seconds"], (rust["seconds"], c["seconds"])
