@@ -9,10 +9,14 @@ PAGE_POISON and tell the device `poison_val` 0) and a legacy balloon with
 resident set size (`VmRSS` of the QEMU process, on the host) fall as the driver reports the
 freed memory and QEMU discards it.  It must fall by at least 80 % of 512 MiB within 10 s for
 both, the Rust driver no more than 25 % slower than C; the negotiated features must be equal
-bit for bit.  Tests run in file order and share one guest; the comparisons fail if a scenario
-did not run.  (That a default guest negotiates no PAGE_POISON is checked in
+bit for bit.  Last, a device that stops taking buffers (the transport's test switch
+`drop_kicks`, in the test flavour of the modules from `$VIRTIO_RS_KUNIT_DIR`, which
+`scripts/build-kunit` builds): the Rust report callback gives up after its bounded wait, says
+so once, reporting stops, and unbind does not hang.  Tests run in file order and share one
+guest; the comparisons fail if a scenario did not run.  (That a default guest negotiates no PAGE_POISON is checked in
 `test_parity_c.py`, whose guest is a default one.)"""
 
+import os
 import time
 
 import balloon as b
@@ -27,6 +31,11 @@ FILL_MIB = 512
 # What must come back, and how fast.
 MIN_DROP_KB = int(0.8 * FILL_MIB * 1024)
 WINDOW_S = 10.0
+# The test flavour of the modules (drop_kicks switch), for the silent-device test.
+KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
+SWITCH = "/sys/kernel/debug/virtio_pci_rs"
+# The driver's documented bound on a report the device keeps.
+REPORT_TIMEOUT_S = 5
 # Feature bits.
 F_PAGE_POISON = 4
 F_REPORTING = 5
@@ -52,11 +61,16 @@ def settle(g, seconds=12):
     time.sleep(seconds)
 
 
+def fill_and_free(g, mib):
+    """Fill a fresh tmpfs with `mib` MiB (the caller removes it)."""
+    g.sh(f"mkdir -p /tmp/fill && mount -t tmpfs -o size={mib + 64}M tmpfs /tmp/fill && "
+         f"dd if=/dev/zero of=/tmp/fill/f bs=1M count={mib} 2>&1 && sync", timeout=300)
+
+
 def reporting_scenario(g, who):
     """Fill and free a tmpfs, then sample QEMU's VmRSS every 0.1 s for WINDOW_S seconds."""
     obs = seen[who]
-    g.sh(f"mkdir -p /tmp/fill && mount -t tmpfs -o size={FILL_MIB + 64}M tmpfs /tmp/fill && "
-         f"dd if=/dev/zero of=/tmp/fill/f bs=1M count={FILL_MIB} 2>&1 && sync", timeout=300)
+    fill_and_free(g, FILL_MIB)
     # Let QEMU's RSS show the whole fill.
     time.sleep(1)
     full_kb = g.qemu_rss_kb()
@@ -147,3 +161,48 @@ def test_reporting_agrees():
     assert c["seconds"] is not None and rust["seconds"] is not None
     # Within 25 % of C's time (or better).
     assert rust["seconds"] <= 1.25 * c["seconds"], (rust["seconds"], c["seconds"])
+
+
+def test_rust_silent_device_does_not_hang_reporting(guest):
+    """A device that takes no report: the callback waits at most REPORT_TIMEOUT_S, fails,
+    reporting stops (later reports fail at once), and unbind is bounded."""
+    assert KUNIT_DIR, ("VIRTIO_RS_KUNIT_DIR is not set: the drop_kicks switch exists only in "
+                       "the test flavour of the modules (scripts/build-kunit)")
+    bdf = guest.balloon_bdf()
+    guest.unbind(bdf)
+    guest.sh("rmmod virtio_balloon_rs virtio_pci_rs virtio_ring_rs 2>/dev/null; "
+             f"for m in virtio_ring_rs virtio_pci_rs virtio_balloon_rs; do "
+             f"insmod {KUNIT_DIR}/$m.ko || exit 1; done", timeout=300)
+    b.bind_rust(guest)
+    settle(guest)
+    guest.sh(f"echo 1 > {SWITCH}/drop_kicks")
+    try:
+        before = rust_status(guest)
+        fill_and_free(guest, 256)
+        guest.sh("rm /tmp/fill/f && umount /tmp/fill")
+        # The core reports about 2 s after the pages are freed; the callback then gives up
+        # after REPORT_TIMEOUT_S.
+        deadline = time.monotonic() + 2 + REPORT_TIMEOUT_S + 30
+        while True:
+            st = rust_status(guest)
+            if st["report_errors"] > before["report_errors"]:
+                break
+            assert time.monotonic() < deadline, ("no report failed", before, st)
+            time.sleep(0.5)
+        log = guest.kernel_log()
+        assert log.count("free page reporting stops until unbound") == 1, log[-2000:]
+        assert st["reports"] == before["reports"], (before, st)
+        # Later reports fail at once (no new 5 s waits, no new log line).
+        fill_and_free(guest, 64)
+        guest.sh("rm /tmp/fill/f && umount /tmp/fill")
+        time.sleep(4)
+        assert guest.kernel_log().count("free page reporting stops until unbound") == 1
+        # Unbind unregisters (waiting for a report in progress at most REPORT_TIMEOUT_S).
+        t = time.monotonic()
+        guest.unbind(bdf)
+        took = time.monotonic() - t
+        assert took < REPORT_TIMEOUT_S + 20, f"unbind took {took:.1f} s"
+    finally:
+        guest.sh(f"echo 0 > {SWITCH}/drop_kicks")
+    # Another driver can report again: the registration is gone.
+    b.bind_c(guest)
