@@ -17,6 +17,7 @@ guest; the comparisons fail if a scenario did not run.  (That a default guest ne
 `test_parity_c.py`, whose guest is a default one.)"""
 
 import os
+import threading
 import time
 
 import balloon as b
@@ -31,6 +32,8 @@ FILL_MIB = 512
 # What must come back, and how fast.
 MIN_DROP_KB = int(0.8 * FILL_MIB * 1024)
 WINDOW_S = 10.0
+# Granularity of the measured times: 0.1 s sampling plus the guest agent's polling.
+SLACK_S = 0.3
 # The test flavour of the modules (drop_kicks switch), for the silent-device test.
 KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
 SWITCH = "/sys/kernel/debug/virtio_pci_rs"
@@ -68,38 +71,54 @@ def fill_and_free(g, mib):
 
 
 def reporting_scenario(g, who):
-    """Fill and free a tmpfs, then sample QEMU's VmRSS every 0.1 s for WINDOW_S seconds."""
+    """Fill a tmpfs, remove it, and sample QEMU's VmRSS every 0.1 s (in a thread, so also
+    while the removal runs) until WINDOW_S seconds after the removal returned.
+
+    The time that counts is from the end of the removal (the guest has freed everything) to
+    the 80 % drop, 0 if reporting kept up during the removal: the removal itself (the guest
+    zeroes 512 MiB it frees, `init_on_free`) takes 1-20 s under TCG depending on the load
+    of the machine, whichever driver is bound."""
     obs = seen[who]
     fill_and_free(g, FILL_MIB)
     # Let QEMU's RSS show the whole fill.
     time.sleep(1)
     full_kb = g.qemu_rss_kb()
-    # From the start of the removal: the guest zeroes what it frees (init_on_free), which
-    # takes a while under TCG, the same for both drivers.
-    t0 = time.monotonic()
-    g.sh("rm /tmp/fill/f && umount /tmp/fill")
-    obs["remove_s"] = time.monotonic() - t0
     samples = []
-    reached = None
-    while True:
-        now = time.monotonic() - t0
-        drop = full_kb - g.qemu_rss_kb()
-        samples.append((round(now, 2), drop))
-        if reached is None and drop >= MIN_DROP_KB:
-            reached = now
-        if now >= WINDOW_S:
-            break
-        time.sleep(0.1)
+    removed = threading.Event()
+    end = {}
+
+    def sample():
+        while True:
+            now = time.monotonic()
+            samples.append((now, full_kb - g.qemu_rss_kb()))
+            if removed.is_set() and now - end["t"] >= WINDOW_S:
+                return
+            time.sleep(0.1)
+
+    t0 = time.monotonic()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        g.sh("rm /tmp/fill/f && umount /tmp/fill")
+    finally:
+        end["t"] = time.monotonic()
+        removed.set()
+        sampler.join()
+    obs["remove_s"] = round(end["t"] - t0, 2)
+    reached = next((t for t, d in samples if d >= MIN_DROP_KB), None)
     obs["rss_full_kb"] = full_kb
     obs["drop_kb"] = samples[-1][1]
     obs["max_drop_kb"] = max(d for _, d in samples)
-    obs["seconds"] = reached
-    print(f"{who}: VmRSS {full_kb} kB after the fill; removal took {obs['remove_s']:.2f} s; "
-          f"drop {obs['drop_kb']} kB after {WINDOW_S} s; {MIN_DROP_KB} kB reached after "
-          f"{reached} s")
-    assert reached is not None, (
-        f"{who}: VmRSS fell by only {obs['max_drop_kb']} kB in {WINDOW_S} s "
-        f"(want {MIN_DROP_KB}): {samples[::10]}")
+    obs["from_start_s"] = None if reached is None else round(reached - t0, 2)
+    obs["seconds"] = None if reached is None else round(max(0.0, reached - end["t"]), 2)
+    print(f"{who}: VmRSS {full_kb} kB after the fill; removal took {obs['remove_s']} s; "
+          f"drop {obs['drop_kb']} kB {WINDOW_S} s after it; {MIN_DROP_KB} kB reached "
+          f"{obs['from_start_s']} s after the removal started, {obs['seconds']} s after it "
+          f"ended")
+    assert obs["seconds"] is not None and obs["seconds"] <= WINDOW_S, (
+        f"{who}: VmRSS fell by only {obs['max_drop_kb']} kB in the {WINDOW_S} s after the "
+        f"removal (want {MIN_DROP_KB}): "
+        f"{[(round(t - t0, 1), d) for t, d in samples[::10]]}")
 
 
 def test_guest_zeroes_freed_pages(guest):
@@ -163,8 +182,10 @@ def test_reporting_agrees():
     c, rust = seen["c"], seen["rust"]
     print(f"C: {c}\nRust: {rust}")
     assert c["seconds"] is not None and rust["seconds"] is not None
-    # Within 25 % of C's time (or better).
-    assert rust["seconds"] <= 1.25 * c["seconds"], (rust["seconds"], c["seconds"])
+    # Within 25 % of C's time (or better), give or take SLACK_S: the sampling period and the
+    # guest agent's latency make the times coarse (both are often 0: the drop came during
+    # the removal).
+    assert rust["seconds"] <= 1.25 * c["seconds"] + SLACK_S, (rust["seconds"], c["seconds"])
 
 
 def test_rust_silent_device_does_not_hang_reporting(guest):
