@@ -32,8 +32,14 @@ FILL_MIB = 512
 # What must come back, and how fast.
 MIN_DROP_KB = int(0.8 * FILL_MIB * 1024)
 WINDOW_S = 10.0
-# Granularity of the measured times: 0.1 s sampling plus the guest agent's polling.
-SLACK_S = 0.3
+# The page reporting core batches: it reports about 2 s (PAGE_REPORTING_DELAY) after pages
+# are freed, then every 2 s while there is more.  Where the end of the removal falls in that
+# cycle moves the measured time by up to 2 s whichever driver is bound (seen: C 0.0 s, Rust
+# 2.5 s in one run, the reverse in another), so the comparison allows that much on top of
+# 25 %.  What the driver itself adds is its report callback, measured directly below.
+SLACK_S = 2.0
+# Longest mean time a report may stay in the Rust callback (QEMU returns one in ms).
+MAX_REPORT_MS = 200
 # The test flavour of the modules (drop_kicks switch), for the silent-device test.
 KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
 SWITCH = "/sys/kernel/debug/virtio_pci_rs"
@@ -157,6 +163,8 @@ def test_rust_reporting(guest):
     reported = after["reported_bytes"] - before["reported_bytes"]
     seen["rust"]["reported_kb"] = reported // 1024
     seen["rust"]["reports"] = after["reports"] - before["reports"]
+    seen["rust"]["report_ms"] = round(
+        (after["report_ns"] - before["report_ns"]) / max(1, seen["rust"]["reports"]) / 1e6, 1)
     print(f"rust: {seen['rust']['reports']} reports of {reported // 1024} kB; {after}")
     # The memory QEMU gave back is what the driver reported.
     assert reported >= MIN_DROP_KB * 1024, (before, after)
@@ -182,10 +190,10 @@ def test_reporting_agrees():
     c, rust = seen["c"], seen["rust"]
     print(f"C: {c}\nRust: {rust}")
     assert c["seconds"] is not None and rust["seconds"] is not None
-    # Within 25 % of C's time (or better), give or take SLACK_S: the sampling period and the
-    # guest agent's latency make the times coarse (both are often 0: the drop came during
-    # the removal).
+    # Within 25 % of C's time (or better), give or take the core's batching (SLACK_S).
     assert rust["seconds"] <= 1.25 * c["seconds"] + SLACK_S, (rust["seconds"], c["seconds"])
+    # The Rust driver's own share: each report handed back quickly.
+    assert rust["report_ms"] <= MAX_REPORT_MS, rust
 
 
 def test_rust_silent_device_does_not_hang_reporting(guest):
