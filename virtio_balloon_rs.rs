@@ -12,8 +12,15 @@
 //! inflate queue, or takes pages back, tells the device on the deflate queue, and frees them.
 //! After each batch it writes `actual`.  Unbinding deflates everything.
 //!
-//! Lock order: `BalloonShared::state` is the only lock.  The interrupt callbacks take none:
-//! they queue work.
+//! With VIRTIO_BALLOON_F_REPORTING it also registers with the kernel's free page reporting,
+//! and hands the host the free page blocks the core reports, on the reporting queue, so that
+//! the host can reclaim the memory behind them.  VIRTIO_BALLOON_F_PAGE_POISON tells the host
+//! what freed pages hold when the guest zeroes or poisons them (`virtballoon_validate()`).
+//!
+//! Lock order: `BalloonShared::reporting` (held while unregistering, which waits for a report
+//! in progress), then the page reporting core's `page_reporting_mutex`, then
+//! `BalloonShared::state`, which every device access takes; `BalloonShared::hooks` is never
+//! held with another.  The interrupt callbacks take none: they queue work.
 
 use core::num::NonZeroUsize;
 use kernel::{
@@ -68,6 +75,9 @@ mod mm;
 #[path = "virtio_balloon_rs/pressure.rs"]
 mod pressure;
 
+#[path = "virtio_balloon_rs/reporting.rs"]
+mod reporting;
+
 #[path = "virtio_balloon_rs/stats.rs"]
 mod stats;
 
@@ -94,6 +104,10 @@ use pressure::{
     Pressure,
     Shrinker, //
 };
+use reporting::{
+    PageReporting,
+    Report, //
+};
 use stats::Counters;
 
 /// Feature: the host must be told before a deflated page is used (virtio 0.9.5 appendix G).
@@ -102,19 +116,61 @@ const F_MUST_TELL_HOST: u32 = 0;
 const F_STATS_VQ: u32 = 1;
 /// Feature: deflate when the guest runs out of memory.
 const F_DEFLATE_ON_OOM: u32 = 2;
+/// Feature: free page hinting for migration (not implemented; QEMU adds its queue before the
+/// reporting queue when it offers this).
+const F_FREE_PAGE_HINT: u32 = 3;
+/// Feature: the device is told what freed guest pages hold (`poison_val`).
+const F_PAGE_POISON: u32 = 4;
+/// Feature: the device takes reports of free guest memory on the reporting queue.
+const F_REPORTING: u32 = 5;
 
 /// Ring feature: notifications suppressed by ring index (`VIRTIO_RING_F_EVENT_IDX`), which
 /// the C driver negotiates too.  Not `INDIRECT_DESC`: every message is one element.
 const F_RING_EVENT_IDX: u32 = 29;
 
-/// Features this driver asks for.
-const DRIVER_FEATURES: u64 =
-    (1 << F_MUST_TELL_HOST) | (1 << F_STATS_VQ) | (1 << F_DEFLATE_ON_OOM) | (1 << F_RING_EVENT_IDX);
+/// Features this driver always asks for; [`driver_features`] adds PAGE_POISON when the guest
+/// needs it.
+const DRIVER_FEATURES: u64 = (1 << F_MUST_TELL_HOST)
+    | (1 << F_STATS_VQ)
+    | (1 << F_DEFLATE_ON_OOM)
+    | (1 << F_REPORTING)
+    | (1 << F_RING_EVENT_IDX);
+
+/// The features to ask a device offering `host` for, given what the guest writes into the
+/// pages it frees (`poison`, see [`mm::free_page_poison`]); as `virtballoon_validate()`:
+///
+/// - PAGE_POISON only when freed pages hold a known value (zeroed or poisoned);
+/// - then REPORTING only if the device takes PAGE_POISON: a device that does not know the
+///   value could hand back reported pages with other contents, which the guest would take
+///   for corruption (poison checks) or use as if zeroed.
+fn driver_features(host: u64, poison: Option<u32>) -> u64 {
+    let mut want = DRIVER_FEATURES;
+    if poison.is_some() {
+        want |= 1 << F_PAGE_POISON;
+        if host & (1 << F_PAGE_POISON) == 0 {
+            want &= !(1 << F_REPORTING);
+        }
+    }
+    want
+}
+
+/// Index of the reporting queue on a device offering `host`.  QEMU creates the queues in the
+/// order inflate, deflate, stats (always), free page hinting (if it offers FREE_PAGE_HINT),
+/// reporting, and a legacy device numbers them consecutively, whatever the driver accepts.
+fn reporting_queue_index(host: u64) -> u16 {
+    if host & (1 << F_FREE_PAGE_HINT) != 0 {
+        4
+    } else {
+        3
+    }
+}
 
 /// Configuration offset of `num_pages`, the size the device wants (LE, 4 KiB pages).
 const CONFIG_NUM_PAGES: u32 = 0;
 /// Configuration offset of `actual`, the size the driver reached (LE, 4 KiB pages).
 const CONFIG_ACTUAL: u32 = 4;
+/// Configuration offset of `poison_val`, what freed guest pages hold (LE; with PAGE_POISON).
+const CONFIG_POISON_VAL: u32 = 12;
 
 /// Request slot of the inflate queue (queue index 0).
 const INFLATE: usize = 0;
@@ -126,6 +182,12 @@ const STATS: usize = 2;
 
 /// Token of the statistics buffer.
 const STATS_TOKEN: NonZeroUsize = NonZeroUsize::MIN;
+
+/// Token of the report in flight (one at a time, on its own queue).
+const REPORT_TOKEN: NonZeroUsize = NonZeroUsize::MIN;
+
+/// No request slot (no reporting queue).
+const NO_SLOT: usize = usize::MAX;
 
 /// `deflate_policy` values.
 mod policy {
@@ -144,6 +206,14 @@ mod policy {
 /// How long to wait for the device to take a message before declaring it dead.
 // TIMEOUT: QEMU answers within microseconds; a device silent for 5 s is broken or gone.
 const ACK_TIMEOUT_MS: u32 = 5000;
+
+/// How long a report may stay with the device before reporting stops for good.
+// TIMEOUT: QEMU discards the ranges of a report (at most 32 blocks of 4 MiB) in
+// milliseconds; the page reporting core, and unbind after it, wait for this callback.
+const REPORT_TIMEOUT_MS: u32 = 5000;
+/// How often a report in flight checks whether its queue broke (a removed device breaks its
+/// queues without an interrupt).
+const REPORT_POLL_MS: u32 = 100;
 
 /// First back-off after a failed page allocation, before the worker retries; it doubles up
 /// to [`ALLOC_RETRY_MAX_MS`] while allocations keep failing.
@@ -260,6 +330,10 @@ struct State {
     /// The device broke the deflate queue (seen and logged): pages leave the balloon without
     /// telling it (or not at all, with VIRTIO_BALLOON_F_MUST_TELL_HOST: then `dead` is set).
     deflate_lost: bool,
+    /// A report failed on the device's side (broken queue, or no answer in
+    /// [`REPORT_TIMEOUT_MS`]; logged): every later report fails at once.  A report the
+    /// device did not return keeps its descriptors until teardown.
+    report_lost: bool,
 }
 
 /// A balloon, shared by the driver, its work items and its interrupt callbacks.
@@ -278,6 +352,12 @@ struct BalloonShared {
     /// The OOM notifier and the shrinker, when the policy asks for them.
     #[pin]
     hooks: Mutex<Option<PressureHooks>>,
+    /// The page reporting registration, with VIRTIO_BALLOON_F_REPORTING (taken, and so
+    /// unregistered, first at teardown).
+    #[pin]
+    reporting: Mutex<Option<PageReporting<BalloonShared>>>,
+    /// Request slot of the reporting queue, or [`NO_SLOT`].
+    report_slot: usize,
     /// Set at teardown: no more work gets queued.
     stop: Atomic<bool>,
     /// Memory pressure took pages back: do not inflate again until the target changes.
@@ -335,7 +415,12 @@ impl HandleRef {
 impl DeviceCallbacks for BalloonShared {
     fn vq_interrupt(this: ArcBorrow<'_, Self>, slot: usize) {
         match slot {
-            // Wake the worker from process context (it sleeps under the state mutex).
+            // Wake the worker, or the report in flight, from process context (both sleep
+            // under the state mutex).  First: without STATS_VQ, the reporting queue takes the
+            // stats queue's request slot.
+            s if s == this.report_slot => {
+                let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
+            }
             INFLATE | DEFLATE => {
                 let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
             }
@@ -422,7 +507,99 @@ impl Deflate for BalloonShared {
     }
 }
 
+impl Report for BalloonShared {
+    fn report(&self, ranges: &[Sg]) -> Result {
+        let t = Instant::<Monotonic>::now();
+        let done = self.report_free(ranges);
+        Counters::add_time(&self.counters.report_ns, t);
+        match done {
+            Ok(()) => {
+                let bytes = ranges.iter().map(|r| u64::from(r.len)).sum();
+                Counters::add(&self.counters.reported_bytes, bytes);
+                Counters::add(&self.counters.reports, 1);
+            }
+            Err(_) => Counters::add(&self.counters.report_errors, 1),
+        }
+        done
+    }
+}
+
 impl BalloonShared {
+    /// Hands the free ranges of one report to the device as one buffer it may write (it
+    /// discards the memory behind them), and waits until the device returns it, at most
+    /// [`REPORT_TIMEOUT_MS`] (`virtballoon_free_page_report()` in C, which waits forever).
+    /// Allocates nothing: the reported pages are out of the allocator meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// `ENODEV` without a reporting queue, `EIO` if the queue is broken or an earlier report
+    /// failed, `ETIMEDOUT` if the device kept the report for [`REPORT_TIMEOUT_MS`], or the
+    /// error of adding the buffer.
+    fn report_free(&self, ranges: &[Sg]) -> Result {
+        let slot = self.report_slot;
+        let mut state = self.state.lock();
+        if state.report_lost {
+            return Err(EIO);
+        }
+        let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(slot)) else {
+            return Err(ENODEV);
+        };
+        // With no report in flight, the queue (no indirect descriptors, at least as many
+        // entries as a report has ranges: see the registration's capacity) has room for one.
+        if let Err(e) = vq.add_inbufs(ranges, REPORT_TOKEN) {
+            self.lose_reporting(&mut state, format_args!("cannot post a report ({:?})", e));
+            return Err(e);
+        }
+        // The buffer is the device's now: a failed notification shows up below.
+        vq.kick();
+        let mut left = msecs_to_jiffies(REPORT_TIMEOUT_MS);
+        loop {
+            let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(slot)) else {
+                // Not reached: teardown unregisters before the queues go.
+                return Err(EIO);
+            };
+            // The ring checks the id against what it handed out: one buffer, this report.
+            if vq.get_buf().is_some() {
+                return Ok(());
+            }
+            if vq.is_broken() {
+                self.lose_reporting(&mut state, format_args!("reporting queue broken"));
+                return Err(EIO);
+            }
+            if left == 0 {
+                self.lose_reporting(
+                    &mut state,
+                    format_args!("the device kept a report for {} ms", REPORT_TIMEOUT_MS),
+                );
+                return Err(ETIMEDOUT);
+            }
+            let slice = left.min(msecs_to_jiffies(REPORT_POLL_MS).max(1));
+            left -= slice;
+            match self.acked.wait_interruptible_timeout(&mut state, slice) {
+                kernel::sync::CondVarTimeoutResult::Timeout => {}
+                kernel::sync::CondVarTimeoutResult::Woken { jiffies } => left += jiffies,
+                // Not expected in the page reporting worker (kernel threads take no signals);
+                // sleep instead of spinning.
+                kernel::sync::CondVarTimeoutResult::Signal { .. } => {
+                    fsleep(Delta::from_millis(REPORT_POLL_MS.into()));
+                }
+            }
+        }
+    }
+
+    /// Stops reporting for good, saying why once.
+    fn lose_reporting(&self, state: &mut StateGuard<'_>, why: core::fmt::Arguments<'_>) {
+        if !state.report_lost {
+            state.report_lost = true;
+            Counters::add(&self.counters.device_errors, 1);
+            dev_err!(
+                self.dev,
+                "{}: free page reporting stops until unbound\n",
+                why
+            );
+        }
+    }
+
     /// Waits until neither work item is queued or running.  With `stop` set, they do not
     /// requeue themselves, and the callbacks queue nothing new but acks.
     fn flush_work(&self) {
@@ -513,6 +690,20 @@ impl BalloonShared {
             .unwrap_or(u32::MAX);
         self.counters.target.store(num.into(), Relaxed);
         Ok(num)
+    }
+
+    /// Tells the device what freed guest pages hold (`poison_val`), in one 32-bit access,
+    /// and keeps what it reads back for debugfs.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the device's configuration has no `poison_val`.
+    fn write_poison(&self, val: u32) -> Result {
+        let handle = self.handle.get();
+        handle.config_write32(CONFIG_POISON_VAL, val)?;
+        let seen = handle.config_read32(CONFIG_POISON_VAL)?;
+        self.counters.poison_val.store(seen.into(), Relaxed);
+        Ok(())
     }
 
     fn write_actual(&self, num_pages: u32) {
@@ -890,6 +1081,15 @@ impl BalloonShared {
                 lost
             );
         }
+        // The statistics buffer and a report the device did not return: nothing to free,
+        // but the queues must be empty when they go.
+        if let Some(vqs) = state.engine.host.vqs.as_mut() {
+            for slot in [STATS, self.report_slot] {
+                if let Some(vq) = vqs.get(slot) {
+                    while vq.detach_unused().is_some() {}
+                }
+            }
+        }
         self.counters.pages_held.store(0, Relaxed);
         self.counters.set_aside.store(0, Relaxed);
     }
@@ -932,6 +1132,53 @@ kernel::auxiliary_device_table!(
 struct BalloonDriver;
 
 impl BalloonDriver {
+    /// Registers with free page reporting when VIRTIO_BALLOON_F_REPORTING was negotiated, for
+    /// reports no larger than the reporting queue (`virtqueue_get_vring_size()` in C).
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY` if another device reports free pages already (one at a time), `ENOMEM`.
+    fn register_reporting(shared: &Arc<BalloonShared>) -> Result {
+        if shared.report_slot == NO_SLOT {
+            return Ok(());
+        }
+        let capacity = {
+            let mut state = shared.state.lock();
+            let vq = state
+                .engine
+                .host
+                .vqs
+                .as_mut()
+                .and_then(|v| v.get(shared.report_slot))
+                .ok_or(ENODEV)?;
+            // The queue is empty: its free descriptors are its size.
+            usize::try_from(vq.num_free())?
+        };
+        // Not under the state lock: registering takes `page_reporting_mutex`, which
+        // unregistering holds while it waits for a report (that takes the state lock).
+        let registration = PageReporting::new(shared.clone(), capacity).inspect_err(|e| {
+            dev_err!(shared.dev, "cannot register free page reporting: {:?}\n", e);
+        })?;
+        *shared.reporting.lock() = Some(registration);
+        Ok(())
+    }
+
+    /// Undoes a probe after the queues were set up: unregisters what was registered, stops
+    /// the work, resets the device and deletes the queues.
+    fn abort_probe(shared: &Arc<BalloonShared>) {
+        drop(shared.reporting.lock().take());
+        drop(shared.hooks.lock().take());
+        shared.stop.store(true, Relaxed);
+        shared.flush_work();
+        shared.handle.get().reset();
+        shared.release_everything();
+        // Not under the state lock: deleting queues takes the transport's lock, which it
+        // holds while allocating (and so while reclaim may call our shrinker).
+        let vqs = shared.state.lock().engine.host.vqs.take();
+        drop(vqs);
+        shared.flush_work();
+    }
+
     /// Registers the OOM notifier and the shrinker that `deflate_policy` asks for.
     fn pressure_hooks(shared: &Arc<BalloonShared>) -> Result<PressureHooks> {
         let deflate_on_oom = shared.has(F_DEFLATE_ON_OOM);
@@ -982,7 +1229,8 @@ impl auxiliary::Driver for BalloonDriver {
             dev_err!(adev, "not a balloon: device type {}\n", handle.device_type);
             return Err(ENODEV);
         }
-        let features = handle.finalize_features(DRIVER_FEATURES);
+        let poison = mm::free_page_poison();
+        let features = handle.finalize_features(driver_features(handle.host_features, poison));
         let parent = adev.parent();
         let pfns =
             Coherent::<u32>::zeroed_slice(parent, engine::SLOTS * engine::MSG_PFNS, GFP_KERNEL)?;
@@ -1011,64 +1259,8 @@ impl auxiliary::Driver for BalloonDriver {
             );
         })?;
         counters.features.store(features, Relaxed);
-        let shared_counters = counters.clone();
-        let shared = Arc::pin_init(
-            pin_init!(BalloonShared {
-                state <- new_mutex!(State {
-                    engine,
-                    stats_buf,
-                    ack_pending: false,
-                    inflate_lost: false,
-                    deflate_lost: false,
-                }),
-                acked <- new_condvar!(),
-                update <- new_work!("virtio_balloon_rs::update"),
-                ack <- new_work!("virtio_balloon_rs::ack"),
-                stats <- new_work!("virtio_balloon_rs::stats"),
-                hooks <- new_mutex!(None),
-                stop: Atomic::new(false),
-                pressure_hold: Atomic::new(false),
-                backoff_ms: Atomic::new(0),
-                dead: Atomic::new(false),
-                oom_pages: (*module_parameters::oom_pages.value()).into(),
-                counters: shared_counters,
-                features,
-                handle: HandleRef(core::ptr::NonNull::from(handle)),
-                dev: ARef::from(adev.as_ref()),
-            }),
-            GFP_KERNEL,
-        )?;
-        // Queue indexes follow what the device offers: QEMU has the stats queue at 2 whether
-        // or not the driver uses it.
-        let stats_offered = handle.host_features & (1 << F_STATS_VQ) != 0;
-        let indexes: &[u16] = if stats_offered && shared.has(F_STATS_VQ) {
-            &[0, 1, 2]
-        } else {
-            &[0, 1]
-        };
-        // SAFETY: The queues are deleted in `unbind`, before the handle can go away.
-        let vqs = unsafe { handle.find_vqs(indexes, shared.clone()) }.inspect_err(|e| {
-            dev_err!(adev, "cannot set up the queues: {:?}\n", e);
-            handle.fail();
-        })?;
-        shared.state.lock().engine.host.vqs = Some(vqs);
-        handle.ready();
-        if shared.has(F_STATS_VQ) {
-            shared.send_stats(true);
-        }
-        match Self::pressure_hooks(&shared) {
-            Ok(hooks) => *shared.hooks.lock() = Some(hooks),
-            Err(e) => {
-                shared.stop.store(true, Relaxed);
-                handle.reset();
-                // Not under the state lock: deleting queues takes the transport's lock,
-                // which it holds while allocating (and so while reclaim may call our shrinker).
-                let vqs = shared.state.lock().engine.host.vqs.take();
-                drop(vqs);
-                return Err(e);
-            }
-        }
 
+        // The debugfs files first: every later failure must undo what touched the device.
         let name = CString::try_from_fmt(fmt!("balloon.{}", adev.id()))?;
         let dir = debugfs::Dir::new(c"virtio_balloon_rs").subdir(&name);
         let status = KBox::pin_init(
@@ -1082,11 +1274,82 @@ impl auxiliary::Driver for BalloonDriver {
         let stats_file = KBox::pin_init(
             dir.read_callback_file(
                 c"stats",
-                Ok::<_, Error>(counters),
+                Ok::<_, Error>(counters.clone()),
                 &|c: &Arc<Counters>, f: &mut kernel::fmt::Formatter<'_>| c.show_stats(f),
             ),
             GFP_KERNEL,
         )?;
+
+        // Queue indexes follow what the device offers: QEMU has the stats queue at 2 whether
+        // or not the driver uses it, and the reporting queue after the free page queue.
+        let stats_offered = handle.host_features & (1 << F_STATS_VQ) != 0;
+        let mut indexes = KVec::with_capacity(4, GFP_KERNEL)?;
+        indexes.extend_from_slice(&[0, 1], GFP_KERNEL)?;
+        if stats_offered && features & (1 << F_STATS_VQ) != 0 {
+            indexes.push(2, GFP_KERNEL)?;
+        }
+        let report_slot = if features & (1 << F_REPORTING) != 0 {
+            indexes.push(reporting_queue_index(handle.host_features), GFP_KERNEL)?;
+            indexes.len() - 1
+        } else {
+            NO_SLOT
+        };
+        let shared_counters = counters.clone();
+        let shared = Arc::pin_init(
+            pin_init!(BalloonShared {
+                state <- new_mutex!(State {
+                    engine,
+                    stats_buf,
+                    ack_pending: false,
+                    inflate_lost: false,
+                    deflate_lost: false,
+                    report_lost: false,
+                }),
+                acked <- new_condvar!(),
+                update <- new_work!("virtio_balloon_rs::update"),
+                ack <- new_work!("virtio_balloon_rs::ack"),
+                stats <- new_work!("virtio_balloon_rs::stats"),
+                hooks <- new_mutex!(None),
+                reporting <- new_mutex!(None),
+                report_slot,
+                stop: Atomic::new(false),
+                pressure_hold: Atomic::new(false),
+                backoff_ms: Atomic::new(0),
+                dead: Atomic::new(false),
+                oom_pages: (*module_parameters::oom_pages.value()).into(),
+                counters: shared_counters,
+                features,
+                handle: HandleRef(core::ptr::NonNull::from(handle)),
+                dev: ARef::from(adev.as_ref()),
+            }),
+            GFP_KERNEL,
+        )?;
+        // SAFETY: The queues are deleted in `unbind` (or below on failure), before the handle
+        // can go away.
+        let vqs = unsafe { handle.find_vqs(&indexes, shared.clone()) }.inspect_err(|e| {
+            dev_err!(adev, "cannot set up the queues: {:?}\n", e);
+            handle.fail();
+        })?;
+        shared.state.lock().engine.host.vqs = Some(vqs);
+        if shared.has(F_PAGE_POISON) {
+            if let Err(e) = shared.write_poison(poison.unwrap_or(0)) {
+                dev_err!(adev, "cannot tell the device the poison value: {:?}\n", e);
+                Self::abort_probe(&shared);
+                return Err(e);
+            }
+        }
+        handle.ready();
+        if shared.has(F_STATS_VQ) {
+            shared.send_stats(true);
+        }
+        let hooks = Self::pressure_hooks(&shared).and_then(|hooks| {
+            *shared.hooks.lock() = Some(hooks);
+            Self::register_reporting(&shared)
+        });
+        if let Err(e) = hooks {
+            Self::abort_probe(&shared);
+            return Err(e);
+        }
 
         dev_info!(
             adev,
@@ -1106,7 +1369,9 @@ impl auxiliary::Driver for BalloonDriver {
 
     fn unbind<'bound>(adev: &'bound auxiliary::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let shared = &this.shared;
-        // Quiesce (as `virtballoon_quiesce()`): no more pressure callbacks, no more work.
+        // Quiesce (as `virtballoon_quiesce()`): no more reports (this waits for one in
+        // progress, which is bounded), no more pressure callbacks, no more work.
+        drop(shared.reporting.lock().take());
         drop(shared.hooks.lock().take());
         shared.stop.store(true, Relaxed);
         shared.flush_work();
@@ -1117,7 +1382,7 @@ impl auxiliary::Driver for BalloonDriver {
         // then nothing the device holds is in use any more: release what it did not return.
         handle.reset();
         shared.release_everything();
-        // Dropped outside the state lock (see the probe's error path).
+        // Dropped outside the state lock (see `abort_probe`).
         let vqs = shared.state.lock().engine.host.vqs.take();
         drop(vqs);
         // Work queued by an interrupt after the first flush: flush once more, now that no

@@ -830,6 +830,17 @@ impl Virtqueue {
         self.add_raw(core::slice::from_ref(&sg), 0, 1, token)
     }
 
+    /// Exposes one buffer made of the device-writable elements `inp`, without allocating
+    /// (for callers that must not allocate, such as free page reporting).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::add`].
+    pub(crate) fn add_inbufs(&mut self, inp: &[Sg], token: NonZeroUsize) -> Result {
+        let in_num = u32::try_from(inp.len()).map_err(|_| EINVAL)?;
+        self.add_raw(inp, 0, in_num, token)
+    }
+
     fn add_raw(&mut self, sg: &[Sg], out: u32, inp: u32, token: NonZeroUsize) -> Result {
         // SAFETY: `raw` is live (invariant) and `&mut self` serializes the call; `sg` holds
         // `out + inp` elements; a non-zero token is a non-null pointer value.

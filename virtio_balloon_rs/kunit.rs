@@ -488,3 +488,88 @@ mod tests {
         Ok(())
     }
 }
+
+/// KUnit suite `virtio_balloon_rs_features`: what the balloon negotiates for free page
+/// reporting and page poisoning (`virtballoon_validate()`), where it finds the reporting queue,
+/// and how it reads the scatterlists the page reporting core passes.
+#[kunit_tests(virtio_balloon_rs_features)]
+mod features_tests {
+    use crate::reporting::sg_range;
+    use crate::{
+        driver_features,
+        reporting_queue_index,
+        F_FREE_PAGE_HINT,
+        F_PAGE_POISON,
+        F_REPORTING,
+        F_STATS_VQ, //
+    };
+    use kernel::bindings;
+
+    const POISON: u64 = 1 << F_PAGE_POISON;
+    const REPORTING: u64 = 1 << F_REPORTING;
+
+    #[test]
+    fn poison_and_reporting_follow_the_guest_and_the_device() {
+        // (device offers PAGE_POISON, guest poison value, asks PAGE_POISON, asks REPORTING)
+        let cases: [(bool, Option<u32>, bool, bool); 6] = [
+            // Freed pages keep their contents: no poison value to tell, reporting is safe.
+            (true, None, false, true),
+            (false, None, false, true),
+            // init_on_free: zeroed pages; the device must know, or no reporting.
+            (true, Some(0), true, true),
+            (false, Some(0), true, false),
+            // Page poisoning.
+            (true, Some(0xaaaa_aaaa), true, true),
+            (false, Some(0xaaaa_aaaa), true, false),
+        ];
+        for (offers, poison, want_poison, want_reporting) in cases {
+            let host = (1 << F_STATS_VQ) | REPORTING | if offers { POISON } else { 0 };
+            let f = driver_features(host, poison);
+            let (poison, reporting) = ((f & POISON) != 0, (f & REPORTING) != 0);
+            assert_eq!(poison, want_poison);
+            assert_eq!(reporting, want_reporting);
+            // Never the features this driver does not implement.
+            assert_eq!(f & (1 << F_FREE_PAGE_HINT), 0);
+        }
+    }
+
+    #[test]
+    fn the_reporting_queue_follows_the_free_page_queue() {
+        let base = (1 << F_STATS_VQ) | REPORTING;
+        assert_eq!(reporting_queue_index(base), 3);
+        assert_eq!(reporting_queue_index(base | (1 << F_FREE_PAGE_HINT)), 4);
+        // QEMU creates the stats queue whatever it offers.
+        assert_eq!(reporting_queue_index(REPORTING), 3);
+    }
+
+    /// A scatterlist entry naming the `struct page` of frame `pfn`.
+    fn entry(pfn: usize, offset: u32, length: u32, flags: u32) -> bindings::scatterlist {
+        // SAFETY: `vmemmap_base` is set once at boot.
+        let base = unsafe { bindings::vmemmap_base };
+        let page = base + pfn * core::mem::size_of::<bindings::page>();
+        bindings::scatterlist {
+            // CAST: flag bits below the page pointer's alignment.
+            page_link: page | flags as kernel::ffi::c_ulong,
+            offset,
+            length,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn scatterlist_entries_become_guest_physical_ranges() {
+        let r = sg_range(&entry(0x12345, 0, 2 << 20, 0));
+        assert!(r.is_some_and(|r| r.addr == 0x1234_5000 && r.len == 2 << 20));
+        // The last entry carries SG_END: still a page.
+        let r = sg_range(&entry(0x200, 0x800, 4096, bindings::SG_END));
+        assert!(r.is_some_and(|r| r.addr == 0x20_0800 && r.len == 4096));
+        // A chain link, an empty entry, no page: refused.
+        assert!(sg_range(&entry(0x200, 0, 4096, bindings::SG_CHAIN)).is_none());
+        assert!(sg_range(&entry(0x200, 0, 0, 0)).is_none());
+        let none = bindings::scatterlist {
+            length: 4096,
+            ..Default::default()
+        };
+        assert!(sg_range(&none).is_none());
+    }
+}

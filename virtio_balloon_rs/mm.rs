@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Memory-management glue the kernel crate does not offer yet: allocating a balloon page with
-//! the balloon's GFP flags, its page frame number, and managed-page accounting.  All `unsafe`
-//! of the balloon lives here.
+//! the balloon's GFP flags, its page frame number, managed-page accounting, and what the
+//! kernel does to freed pages (zeroing, poisoning).  All `unsafe` of the balloon lives here,
+//! but for the page reporting registration (`reporting.rs`) and the pressure hooks
+//! (`pressure.rs`).
 
 use core::ptr::NonNull;
 use kernel::{alloc::KVec, bindings, page::PAGE_SIZE};
@@ -122,14 +124,7 @@ impl BalloonPage {
 
     /// The page's frame number (`page_to_pfn()`).
     pub(crate) fn pfn(&self) -> u64 {
-        // x86-64 with SPARSEMEM_VMEMMAP: `struct page`s form one virtual array starting at
-        // `vmemmap_base`, indexed by PFN (`__page_to_pfn()` in `memory_model.h`).
-        // SAFETY: `vmemmap_base` is set once at boot, before any module loads.
-        let base = unsafe { bindings::vmemmap_base };
-        // CAST: addresses as integers for the array index computation (`c_ulong` is `usize`).
-        let offset = (self.page.as_ptr() as usize).wrapping_sub(base);
-        // CAST: a PFN fits in 64 bits.
-        (offset / core::mem::size_of::<bindings::page>()) as u64
+        page_to_pfn(self.page.as_ptr())
     }
 
     /// The device's (4 KiB) frame numbers of this page.
@@ -150,6 +145,73 @@ impl Drop for BalloonPage {
     fn drop(&mut self) {
         // SAFETY: We own this order-0 page (type invariant); it is freed exactly once.
         unsafe { bindings::__free_pages(self.page.as_ptr(), 0) }
+    }
+}
+
+/// The frame number of the page whose `struct page` is at `page` (`page_to_pfn()`).
+///
+/// Pure address arithmetic: `page` is not dereferenced, and an address that is not a
+/// `struct page` gives a meaningless number, never undefined behaviour.
+pub(crate) fn page_to_pfn(page: *const bindings::page) -> u64 {
+    // x86-64 with SPARSEMEM_VMEMMAP: `struct page`s form one virtual array starting at
+    // `vmemmap_base`, indexed by PFN (`__page_to_pfn()` in `memory_model.h`).
+    // SAFETY: `vmemmap_base` is set once at boot, before any module loads.
+    let base = unsafe { bindings::vmemmap_base };
+    // CAST: addresses as integers for the array index computation (`c_ulong` is `usize`).
+    let offset = (page as usize).wrapping_sub(base);
+    // CAST: a PFN fits in 64 bits.
+    (offset / core::mem::size_of::<bindings::page>()) as u64
+}
+
+/// Whether the kernel zeroes pages when they are freed (`want_init_on_free()`: boot option
+/// `init_on_free=1` or `CONFIG_INIT_ON_FREE_DEFAULT_ON`).
+///
+/// `want_init_on_free()` is a static inline over the exported static key `init_on_free`; it
+/// is read here as `static_key_enabled()` does, which is valid whether or not the kernel
+/// patches its branches (`CONFIG_JUMP_LABEL`): the key's `enabled` count is kept in both cases.
+pub(crate) fn want_init_on_free() -> bool {
+    // SAFETY: `init_on_free` is an exported static key (`EXPORT_SYMBOL(init_on_free)` in
+    // `mm/mm_init.c`), valid for the kernel's lifetime, whose type bindgen took from the same
+    // configuration (`static_key_false` or `static_key_true`, both wrapping a `static_key`);
+    // its count is only written by the static-key code, atomically, and is read once here,
+    // racy like `atomic_read()`, without forming a reference to the mutable static.
+    let enabled = unsafe {
+        let key = core::ptr::addr_of!(bindings::init_on_free);
+        core::ptr::addr_of!((*key).key.enabled.counter).read_volatile()
+    };
+    enabled > 0
+}
+
+/// Whether the kernel poisons freed pages (`page_poisoning_enabled_static()`: boot option
+/// `page_poison=1` with `CONFIG_PAGE_POISONING`).
+#[cfg(CONFIG_PAGE_POISONING)]
+pub(crate) fn page_poisoning_enabled() -> bool {
+    // SAFETY: As in `want_init_on_free()`, for the exported static key
+    // `_page_poisoning_enabled` (`EXPORT_SYMBOL` in `mm/page_poison.c`).
+    let enabled = unsafe {
+        let key = core::ptr::addr_of!(bindings::_page_poisoning_enabled);
+        core::ptr::addr_of!((*key).key.enabled.counter).read_volatile()
+    };
+    enabled > 0
+}
+
+/// Whether the kernel poisons freed pages: never without `CONFIG_PAGE_POISONING`.
+#[cfg(not(CONFIG_PAGE_POISONING))]
+pub(crate) fn page_poisoning_enabled() -> bool {
+    false
+}
+
+/// What the guest writes into the pages it frees, as the device's `poison_val`: `Some(0)`
+/// when freed pages are zeroed (`init_on_free`), `Some` of `PAGE_POISON` in every byte when
+/// they are poisoned, `None` when freed pages keep whatever they held.
+pub(crate) fn free_page_poison() -> Option<u32> {
+    if want_init_on_free() {
+        Some(0)
+    } else if page_poisoning_enabled() {
+        // CAST: `PAGE_POISON` is the byte 0xaa.
+        Some(u32::from_ne_bytes([bindings::PAGE_POISON as u8; 4]))
+    } else {
+        None
     }
 }
 

@@ -123,6 +123,17 @@ pub(crate) struct Counters {
     pub(crate) wait_ns: Atomic<u64>,
     /// Time spent releasing deflated pages to the guest, in ns.
     pub(crate) release_ns: Atomic<u64>,
+    /// Free page reports the device took back.
+    pub(crate) reports: Atomic<u64>,
+    /// Bytes of free memory reported to the device (in the reports it took back).
+    pub(crate) reported_bytes: Atomic<u64>,
+    /// Reports that failed (not posted, broken queue, or not returned in time).
+    pub(crate) report_errors: Atomic<u64>,
+    /// Time spent in the page reporting callback (posting, waiting), in ns.
+    pub(crate) report_ns: Atomic<u64>,
+    /// `poison_val` as read back from the device after writing it (0 when PAGE_POISON was
+    /// not negotiated and nothing was written).
+    pub(crate) poison_val: Atomic<u64>,
 }
 
 impl Counters {
@@ -147,6 +158,11 @@ impl Counters {
             post_ns: Atomic::new(0),
             wait_ns: Atomic::new(0),
             release_ns: Atomic::new(0),
+            reports: Atomic::new(0),
+            reported_bytes: Atomic::new(0),
+            report_errors: Atomic::new(0),
+            report_ns: Atomic::new(0),
+            poison_val: Atomic::new(0),
         }
     }
 
@@ -165,7 +181,7 @@ impl Counters {
 
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &Atomic<u64>); 17] = [
+        let rows: [(&str, &Atomic<u64>); 22] = [
             ("target_pages", &self.target),
             ("actual_pages", &self.actual),
             ("pages_held", &self.pages_held),
@@ -183,6 +199,11 @@ impl Counters {
             ("post_ns", &self.post_ns),
             ("wait_ns", &self.wait_ns),
             ("release_ns", &self.release_ns),
+            ("reports", &self.reports),
+            ("reported_bytes", &self.reported_bytes),
+            ("report_errors", &self.report_errors),
+            ("report_ns", &self.report_ns),
+            ("poison_val", &self.poison_val),
         ];
         for (name, v) in rows {
             writeln!(f, "{} {}", name, v.load(Relaxed))?;

@@ -10,6 +10,7 @@ function with an inflated balloon returns every page.  The negotiated feature bi
 compared too (C: sysfs, Rust: debugfs).  Tests run in file order and share one guest; the
 comparisons fail if a scenario did not run."""
 
+import re
 import time
 
 import balloon as b
@@ -159,3 +160,16 @@ def test_negotiated_features_agree():
     assert not c & (1 << INDIRECT_DESC) and not rust & (1 << INDIRECT_DESC)
     # Both use EVENT_IDX: the same features, bit for bit.
     assert c & (1 << EVENT_IDX) and rust == c
+
+
+def test_no_page_poison_without_zeroed_or_poisoned_pages(guest):
+    """QEMU's default device offers PAGE_POISON; a guest that neither zeroes nor poisons
+    freed pages (this one: no `init_on_free`, no `page_poison`) must not take it."""
+    c, rust = seen["c"]["features"], seen["rust"]["features"]
+    F_PAGE_POISON = 4
+    assert "init_on_free=1" not in guest.sh("cat /proc/cmdline")
+    # The device offered it (the Rust driver logs what the device offers at probe) ...
+    offered = re.findall(r"balloon ready \(device features (0x[0-9a-f]+)", guest.kernel_log())
+    assert offered and all(int(o, 16) & (1 << F_PAGE_POISON) for o in offered), offered
+    # ... and neither driver took it.
+    assert not c & (1 << F_PAGE_POISON) and not rust & (1 << F_PAGE_POISON), (hex(c), hex(rust))

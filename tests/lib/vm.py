@@ -194,6 +194,38 @@ class Guest:
             lines = self.new_kernel_log()
         return [l for l in lines if KERNEL_PROBLEMS.search(l)]
 
+    # --- the QEMU process on the host -------------------------------------------------------
+    def qemu_pid(self):
+        """PID of this guest's qemu-system-x86_64 (vng starts it in the guest's process group;
+        it is the process whose command line names this guest's QMP socket)."""
+        if getattr(self, "_qemu_pid", None) is not None:
+            return self._qemu_pid
+        found = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if (argv and os.path.basename(argv[0]).startswith(b"qemu-system")
+                    and any(self.qmp_path.encode() in a for a in argv)):
+                found.append(int(pid))
+        if len(found) != 1:
+            raise GuestError(f"expected one QEMU process for {self.qmp_path}, found {found}")
+        self._qemu_pid = found[0]
+        return self._qemu_pid
+
+    def qemu_status(self):
+        """/proc/<qemu pid>/status as a dict of strings."""
+        with open(f"/proc/{self.qemu_pid()}/status") as f:
+            return {k: v.strip() for k, _, v in (l.partition(":") for l in f)}
+
+    def qemu_rss_kb(self):
+        """QEMU's resident set size (VmRSS) in kB: guest memory the host backs right now."""
+        return int(self.qemu_status()["VmRSS"].split()[0])
+
     # --- QMP -------------------------------------------------------------------------------
     def qmp_cmd(self, cmd, **args):
         resp = self.qmp.cmd_obj({"execute": cmd, "arguments": args} if args else {"execute": cmd})
