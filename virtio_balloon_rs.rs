@@ -1121,6 +1121,13 @@ impl auxiliary::Driver for BalloonDriver {
         // then nothing the device holds is in use any more: release what it did not return.
         handle.reset();
         shared.release_everything();
+        // The statistics buffer the device held is ours again (the device is reset).
+        {
+            let mut state = shared.state.lock();
+            if let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(STATS)) {
+                while vq.detach_unused().is_some() {}
+            }
+        }
         // Dropped outside the state lock (see the probe's error path).
         let vqs = shared.state.lock().engine.host.vqs.take();
         drop(vqs);
