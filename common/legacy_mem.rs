@@ -74,8 +74,10 @@ pub(crate) unsafe fn guest_phys(ptr: *const u8, len: usize) -> Result<u64> {
     while page < end {
         // CAST: `page - start < len`, far below 2^64.
         let want = first.checked_add((page - start) as u64).ok_or(EINVAL)?;
+        // CAST: back to the address of a byte of the caller's memory.
+        let at = page as *mut c_void;
         // SAFETY: `page` lies inside the caller's mapped range (`start < page < end`).
-        let phys = unsafe { bindings::slow_virt_to_phys(page as *mut c_void) };
+        let phys = unsafe { bindings::slow_virt_to_phys(at) };
         if phys != want {
             return Err(EINVAL);
         }

@@ -427,13 +427,12 @@ mod tests {
         // SAFETY: The vector's 8 KiB, live while `v` is.
         let phys = unsafe { guest_phys(v.as_ptr().cast(), 8192) }?;
         // SAFETY: As above.
-        assert_eq!(
-            unsafe { guest_phys(v.as_ptr().cast::<u8>().wrapping_add(4096), 8) },
-            Ok(phys + 4096)
-        );
+        let second = unsafe { guest_phys(v.as_ptr().cast::<u8>().wrapping_add(4096), 8) };
+        assert_eq!(second, Ok(phys + 4096));
         // Nothing is no address.
         // SAFETY: As above (no byte is accessed).
-        assert_eq!(unsafe { guest_phys(v.as_ptr().cast(), 0) }, Err(EINVAL));
+        let none = unsafe { guest_phys(v.as_ptr().cast(), 0) };
+        assert_eq!(none, Err(EINVAL));
         Ok(())
     }
 
@@ -461,6 +460,7 @@ mod tests {
         assert_eq!(t.len(), 3);
         // The device got the table's guest-physical address (a legacy device bypasses any
         // IOMMU), not a DMA handle.
+        // CAST: the recorder keeps the table's CPU address as an integer.
         let cpu = rig.rec.last_cpu.load(Relaxed) as *const u8;
         // SAFETY: The table of a buffer in flight: live kmalloc memory of `d.len` bytes.
         let phys = unsafe { guest_phys(cpu, 3 * 16) };
