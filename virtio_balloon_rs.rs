@@ -230,9 +230,9 @@ const MSGS_PER_RUN: usize = 16;
 struct DeviceHost {
     /// The queues, until teardown takes them.
     vqs: Option<Vqs<BalloonShared>>,
-    /// Frame numbers of [`engine::SLOTS`] messages of [`engine::MSG_PFNS`] each, in DMA
-    /// memory the device reads.
-    pfns: Coherent<[u32]>,
+    /// Frame numbers of [`engine::SLOTS`] messages of [`engine::MSG_PFNS`] each, in memory
+    /// the device reads at its guest-physical address.
+    pfns: abi::LegacyBuf<u32>,
     /// Whether balloon pages stay in the managed page counts (DEFLATE_ON_OOM, as C).
     keep_managed: bool,
     /// Where the time spent releasing pages is counted.
@@ -280,7 +280,7 @@ impl Host for DeviceHost {
             return Err(EINVAL);
         }
         // CAST: within the buffer, whose size is far below 4 GiB.
-        let addr = self.pfns.dma_handle() + (slot * engine::MSG_PFNS * 4) as u64;
+        let addr = self.pfns.device_addr() + (slot * engine::MSG_PFNS * 4) as u64;
         // CAST: at most `MSG_PFNS` 4-byte entries.
         let sg = Sg::new(addr, (n * 4) as u32);
         let vq = self.vq(dir).ok_or(EIO)?;
@@ -321,8 +321,8 @@ struct State {
     /// lock (see [`BalloonShared::grow_pages`]): nothing allocates with reclaim under this
     /// lock, because the shrinker and the OOM notifier take it from reclaim.
     engine: Engine<DeviceHost>,
-    /// The statistics buffer, in DMA memory the device reads.
-    stats_buf: Coherent<[u8]>,
+    /// The statistics buffer, in memory the device reads at its guest-physical address.
+    stats_buf: abi::LegacyBuf<u8>,
     /// An interrupt said the device used a buffer since the last look.
     ack_pending: bool,
     /// The device broke the inflate queue (seen and logged): the balloon grows no more.
@@ -636,7 +636,7 @@ impl BalloonShared {
                 return;
             }
         }
-        let sg = Sg::new(state.stats_buf.dma_handle(), stats::BUF_SIZE as u32);
+        let sg = Sg::new(state.stats_buf.device_addr(), stats::BUF_SIZE as u32);
         let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(STATS)) else {
             return;
         };
@@ -1232,9 +1232,13 @@ impl auxiliary::Driver for BalloonDriver {
         let poison = mm::free_page_poison();
         let features = handle.finalize_features(driver_features(handle.host_features, poison));
         let parent = adev.parent();
-        let pfns =
-            Coherent::<u32>::zeroed_slice(parent, engine::SLOTS * engine::MSG_PFNS, GFP_KERNEL)?;
-        let stats_buf = Coherent::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
+        // A legacy device gets guest-physical addresses, never DMA handles.
+        let pfns = abi::LegacyBuf::<u32>::zeroed_slice(
+            parent,
+            engine::SLOTS * engine::MSG_PFNS,
+            GFP_KERNEL,
+        )?;
+        let stats_buf = abi::LegacyBuf::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
         let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
         let msg_pages = *module_parameters::msg_pages.value();
         let in_flight = *module_parameters::msgs_in_flight.value();

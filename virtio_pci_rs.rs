@@ -92,16 +92,17 @@ struct VirtioPciDevice<'bound> {
     /// What the device driver reads through the registration data.
     _handle: Pin<KBox<DeviceHandle>>,
     /// The transport operations behind the handle.
-    _transport: Pin<KBox<Transport<'bound>>>,
+    transport: Pin<KBox<Transport<'bound>>>,
     /// The enabled PCI function (outlives the BAR mapping).
     _enabled: EnabledDevice<'bound>,
 }
 
 /// Resets the device: write 0 to `STATUS`, then read it back, which flushes the write and
-/// waits for the reset to complete (`vp_legacy_set_status()` / `vp_reset()`).
-pub(crate) fn reset(bar: &Bar0<'_>) {
+/// waits for the reset to complete (`vp_legacy_set_status()` / `vp_reset()`); returns what
+/// was read back (0, or all ones from a function that is gone).
+pub(crate) fn reset(bar: &Bar0<'_>) -> u8 {
     bar.write_reg(regs::STATUS::from_raw(0));
-    let _ = bar.read(regs::STATUS);
+    bar.read(regs::STATUS).into_raw()
 }
 
 /// Adds `bits` to the device status.
@@ -181,7 +182,7 @@ impl pci::Driver for VirtioPciDriver {
         }
         let bar = Bar0::new_ioport(pdev, 0, MODULE_NAME)?;
 
-        reset(&bar);
+        let _ = reset(&bar);
         add_status(&bar, status::ACKNOWLEDGE);
         let host_features = bar.read(regs::HOST_FEATURES).into_raw();
         let queues = count_queues(pdev, &bar);
@@ -215,9 +216,18 @@ impl pci::Driver for VirtioPciDriver {
         Ok(VirtioPciDevice {
             _aux: aux,
             _handle: handle,
-            _transport: transport,
+            transport,
             _enabled: enabled,
         })
+    }
+
+    fn unbind<'bound>(pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        // Before the device driver goes (when the data drops): a function that was
+        // surprise-removed gets its queues broken first, so that the driver's teardown waits
+        // for nothing (`virtio_pci_remove()` breaks the device in the same case).
+        if !iobar::device_present(pdev) {
+            this.transport.check_gone();
+        }
     }
 }
 

@@ -299,6 +299,18 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_break(vq: *mut RawVq) {
 }
 export_symbol_ns_gpl!(virtio_rs_vq_break: abi_fn::VqBreak, "VIRTIO_RS");
 
+/// See [`abi_fn::VqLenClamped`].
+///
+/// # Safety
+///
+/// `vq` is live.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn virtio_rs_vq_len_clamped(vq: *mut RawVq) -> u32 {
+    // SAFETY: The caller's guarantee; the count is an atomic, readable at any time.
+    unsafe { queue(vq) }.clamped_lens()
+}
+export_symbol_ns_gpl!(virtio_rs_vq_len_clamped: abi_fn::VqLenClamped, "VIRTIO_RS");
+
 /// See [`abi_fn::VqNumFree`].
 ///
 /// # Safety

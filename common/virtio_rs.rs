@@ -40,6 +40,16 @@ use kernel::{
     types::ForLt, //
 };
 
+#[path = "legacy_mem.rs"]
+mod legacy_mem;
+
+// Not every crate uses them.
+#[allow(unused_imports)]
+pub(crate) use legacy_mem::{
+    guest_phys,
+    LegacyBuf, //
+};
+
 /// Symbol namespace of everything `virtio_ring_rs` exports.
 pub(crate) const NAMESPACE: &str = "VIRTIO_RS";
 
@@ -154,7 +164,8 @@ pub(crate) struct VqRequest {
     pub(crate) index: u16,
     /// Padding, zero.
     pub(crate) _reserved: [u16; 3],
-    /// Run (in interrupt context) when the queue has used buffers.
+    /// Run (in interrupt context) when the queue has used buffers, and once when the queue
+    /// breaks because the device went away (then from any context).
     pub(crate) callback: Option<CallbackFn>,
     /// Context of `callback`.
     pub(crate) ctx: *const c_void,
@@ -469,8 +480,9 @@ pub(crate) type NotifyFn = unsafe extern "C" fn(ctx: *const c_void, index: u16) 
 /// Driver callback run from the interrupt handler when a queue has used buffers.
 pub(crate) type CallbackFn = unsafe extern "C" fn(ctx: *const c_void);
 
-/// Transport callback that allocates `bytes` of DMA-able memory for an indirect table,
-/// storing its device address in `*dma`; null on failure.  May be called in atomic context
+/// Transport callback that allocates `bytes` of device-readable memory for an indirect table,
+/// storing the address the device uses for it in `*dma` (guest-physical for a legacy
+/// device); null on failure.  May be called in atomic context
 /// when `atomic` is true.
 pub(crate) type IndirectAllocFn = unsafe extern "C" fn(
     ctx: *const c_void,
@@ -502,7 +514,8 @@ pub(crate) struct VqParams {
     pub(crate) features: u64,
     /// CPU address of the ring memory.
     pub(crate) ring: *mut c_void,
-    /// Device (DMA) address of the ring memory.
+    /// Address of the ring memory as the device uses it: guest-physical for a legacy device
+    /// (see [`LegacyBuf`]), never a DMA handle.
     pub(crate) ring_dma: u64,
     /// Length of the ring memory in bytes.
     pub(crate) ring_len: usize,
@@ -526,7 +539,7 @@ pub(crate) struct VqParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sg {
-    /// Device (DMA) address.
+    /// Address as the device uses it: guest-physical for a legacy device (see [`LegacyBuf`]).
     pub(crate) addr: u64,
     /// Length in bytes.
     pub(crate) len: u32,
@@ -549,8 +562,9 @@ impl Sg {
 /// against these types at build time, so the two sides cannot drift apart.
 ///
 /// Locking contract (as in C): the caller serializes all calls on one queue, except
-/// `virtio_rs_vq_interrupt`, `virtio_rs_vq_is_broken` and `virtio_rs_vq_break`, which may run
-/// concurrently with anything but `virtio_rs_vq_del`.
+/// `virtio_rs_vq_interrupt`, `virtio_rs_vq_is_broken`, `virtio_rs_vq_break` and
+/// `virtio_rs_vq_len_clamped`, which may run concurrently with anything but
+/// `virtio_rs_vq_del`.
 pub(crate) mod abi_fn {
     use super::{
         c_void,
@@ -600,8 +614,12 @@ pub(crate) mod abi_fn {
     pub(crate) type VqInterrupt = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
     /// `virtio_rs_vq_is_broken`.
     pub(crate) type VqIsBroken = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
-    /// `virtio_rs_vq_break`: marks the queue broken (the device went away).
+    /// `virtio_rs_vq_break`: marks the queue broken (the device went away); the first time,
+    /// runs the driver's callback, as an interrupt would, so that a waiting driver notices.
     pub(crate) type VqBreak = unsafe extern "C" fn(vq: *mut RawVq);
+    /// `virtio_rs_vq_len_clamped`: how many used lengths beyond their buffer's writable
+    /// length the ring clamped (a device quirk, not a protocol violation).
+    pub(crate) type VqLenClamped = unsafe extern "C" fn(vq: *mut RawVq) -> u32;
     /// `virtio_rs_vq_num_free`: free descriptors.
     pub(crate) type VqNumFree = unsafe extern "C" fn(vq: *mut RawVq) -> u32;
 }
@@ -639,6 +657,7 @@ mod imports {
         pub(super) fn virtio_rs_vq_interrupt(vq: *mut RawVq) -> bool;
         pub(super) fn virtio_rs_vq_is_broken(vq: *mut RawVq) -> bool;
         pub(super) fn virtio_rs_vq_break(vq: *mut RawVq);
+        pub(super) fn virtio_rs_vq_len_clamped(vq: *mut RawVq) -> u32;
         pub(super) fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32;
     }
 }
@@ -727,7 +746,8 @@ impl OwnedVq {
         unsafe { imports::virtio_rs_vq_interrupt(self.raw.as_ptr()) }
     }
 
-    /// Marks the queue broken (the device went away): no buffer is exposed any more.
+    /// Marks the queue broken (the device went away): no buffer is exposed any more, and the
+    /// driver's callback runs once so that a driver waiting for the device notices.
     pub(crate) fn mark_broken(&self) {
         // SAFETY: As for `interrupt`.
         unsafe { imports::virtio_rs_vq_break(self.raw.as_ptr()) }
@@ -747,6 +767,16 @@ impl OwnedVq {
     pub(crate) fn as_raw(&self) -> *mut RawVq {
         self.raw.as_ptr()
     }
+}
+
+/// Marks a queue published by pointer broken (see [`OwnedVq::mark_broken`]).
+///
+/// # Safety
+///
+/// `raw` must be a live queue.
+pub(crate) unsafe fn vq_break_raw(raw: NonNull<RawVq>) {
+    // SAFETY: `raw` is live (caller's guarantee); breaking may run concurrently.
+    unsafe { imports::virtio_rs_vq_break(raw.as_ptr()) }
 }
 
 /// Runs the interrupt entry point of a queue published by pointer (the transport's interrupt
@@ -905,6 +935,13 @@ impl Virtqueue {
     pub(crate) fn is_broken(&self) -> bool {
         // SAFETY: `raw` is live; `is_broken` may run concurrently with anything.
         unsafe { imports::virtio_rs_vq_is_broken(self.raw.as_ptr()) }
+    }
+
+    /// How many used lengths the device reported beyond their buffer's writable length (the
+    /// driver got the writable length instead).
+    pub(crate) fn len_clamped(&self) -> u32 {
+        // SAFETY: `raw` is live; the count may be read concurrently with anything.
+        unsafe { imports::virtio_rs_vq_len_clamped(self.raw.as_ptr()) }
     }
 
     /// Number of free descriptors.

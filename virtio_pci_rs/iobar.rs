@@ -14,6 +14,7 @@ use core::ffi::c_void;
 use kernel::{
     bindings,
     device::{
+        self,
         Bound,
         Core, //
     },
@@ -27,12 +28,48 @@ use kernel::{
 };
 
 /// Returns the C `struct pci_dev` behind `pdev`.
-fn raw(pdev: &pci::Device<Bound>) -> *mut bindings::pci_dev {
+fn raw<Ctx: device::DeviceContext>(pdev: &pci::Device<Ctx>) -> *mut bindings::pci_dev {
     // CAST: `pci::Device` is `#[repr(transparent)]` over `Opaque<bindings::pci_dev>`, itself
     // transparent over the C struct, so the two pointers are the same.
     core::ptr::from_ref(pdev)
         .cast::<bindings::pci_dev>()
         .cast_mut()
+}
+
+/// Frees the interrupt vectors allocated on `pdev` and disables MSI-X or MSI
+/// (`pci_free_irq_vectors()`), so that the next `alloc_irq_vectors()` may pick another kind.
+///
+/// The vectors of `pci::Device::alloc_irq_vectors()` are otherwise freed only at unbind (a
+/// device-managed action, which then finds nothing left to free): a second allocation while
+/// MSI-X is still enabled fails with a warning (`WARN_ON_ONCE(dev->msix_enabled)`), and an
+/// INTx "allocation" would hand out the MSI-X vector 0.
+///
+/// The caller must have freed every interrupt it requested on those vectors.
+pub(crate) fn free_irq_vectors(pdev: &pci::Device<Bound>) {
+    // SAFETY: `raw(pdev)` is a valid, bound `struct pci_dev`; no interrupt is requested on its
+    // vectors any more (the caller's duty, documented above); freeing twice is a no-op.
+    unsafe { bindings::pci_free_irq_vectors(raw(pdev)) }
+}
+
+/// Whether MSI-X is enabled on `pdev` (`pdev->msix_enabled`): what decides, for the device,
+/// where its configuration starts in a legacy BAR0.
+pub(crate) fn msix_enabled(pdev: &pci::Device<Bound>) -> bool {
+    // SAFETY: `raw(pdev)` is a valid `struct pci_dev`; the bit changes only when the driver
+    // allocates or frees vectors, which it does not do concurrently with this read.
+    unsafe { (*raw(pdev)).msix_enabled() != 0 }
+}
+
+/// Whether `pdev` still answers in PCI configuration space (`pci_device_is_present()`): false
+/// once it was surprise-removed.  Any context.
+pub(crate) fn device_present(pdev: &pci::Device) -> bool {
+    // Test flavour: a surprise-removed function is not present.
+    #[cfg(virtio_rs_kunit)]
+    if crate::testing::gone() {
+        return false;
+    }
+    // SAFETY: `raw(pdev)` is a valid `struct pci_dev`; the call reads the vendor id under
+    // `pci_lock`, a raw spinlock taken with interrupts saved.
+    unsafe { bindings::pci_device_is_present(raw(pdev)) }
 }
 
 /// A PCI function whose I/O and memory decoding is enabled; disabled again on drop.
@@ -172,6 +209,11 @@ macro_rules! impl_iobar_io_capable {
     ($ty:ty, $read:ident, $write:ident) => {
         impl<const SIZE: usize> IoCapable<$ty> for IoBar<'_, SIZE> {
             unsafe fn io_read(&self, address: usize) -> $ty {
+                // Test flavour: a surprise-removed function reads all ones.
+                #[cfg(virtio_rs_kunit)]
+                if crate::testing::gone() {
+                    return <$ty>::MAX;
+                }
                 // SAFETY: The caller guarantees that `address` is within the mapping, which is
                 // valid by the type invariant.
                 let val = unsafe { bindings::$read(address as *const c_void) };
@@ -180,6 +222,11 @@ macro_rules! impl_iobar_io_capable {
             }
 
             unsafe fn io_write(&self, value: $ty, address: usize) {
+                // Test flavour: writes to a surprise-removed function go nowhere.
+                #[cfg(virtio_rs_kunit)]
+                if crate::testing::gone() {
+                    return;
+                }
                 // SAFETY: As for `io_read`.
                 unsafe { bindings::$write(value, address as *mut c_void) }
             }
@@ -221,6 +268,11 @@ impl IsrPort {
 
     /// Reads (and so acknowledges) the interrupt status.
     pub(crate) fn read(&self) -> u8 {
+        // Test flavour: a surprise-removed function reads all ones.
+        #[cfg(virtio_rs_kunit)]
+        if crate::testing::gone() {
+            return u8::MAX;
+        }
         // SAFETY: `addr` is a register inside a live mapping (type invariant).
         let val = unsafe { bindings::ioread8(self.addr as *const c_void) };
         // CAST: `ioread8()` returns the byte zero-extended.

@@ -1,22 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! KUnit suite of the transport: feature negotiation, and the indirect-table allocator
-//! serving a real queue of `virtio_ring_rs`.
+//! KUnit suite of the transport: feature negotiation, the guest-physical addresses a legacy
+//! device is given, and the indirect-table allocator serving a real queue of `virtio_ring_rs`.
 //!
-//! The allocator needs a device that can do coherent DMA; the suite registers a faux device
-//! and gives it a coherent mask (44 bits, as the transport sets on a legacy function), so the
-//! tables come from a real DMA pool exactly as on a PCI function.  The queue is created
-//! through the exported ring functions, as `setup_vq` does, over ring memory of the test,
-//! and the test plays the device: it reads the avail ring and the descriptors, follows the
-//! indirect table through the CPU address the allocator returned for its device address,
-//! and completes buffers in the used ring.
+//! Memory shared with the device ([`LegacyBuf`]) needs a device that can do coherent DMA; the
+//! suite registers a faux device and gives it a coherent mask (44 bits, as the transport sets
+//! on a legacy function).  The queue is created through the exported ring functions, as
+//! `setup_vq` does, over ring memory of the test, and the test plays the device: it reads the
+//! avail ring and the descriptors, follows the indirect table through the CPU address the
+//! allocator returned for its device address, and completes buffers in the used ring.
 //!
 //! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
 
 use crate::{
     abi::{
         self,
+        guest_phys,
         AbiHeader,
+        LegacyBuf,
         OwnedVq,
         Sg,
         Virtqueue, //
@@ -78,8 +79,14 @@ impl DmaDevice {
         Ok(Self(reg))
     }
 
-    fn dev(&self) -> &device::Device {
-        self.0.as_ref()
+    /// The device, bound.
+    fn bound(&self) -> &device::Device<device::Bound> {
+        let dev: &device::Device = self.0.as_ref();
+        // SAFETY: `device::Device<Ctx>` is `#[repr(transparent)]` over the C struct for every
+        // context; a registered faux device is bound to the faux bus driver
+        // (`faux_device_create()` fails otherwise) until the registration is dropped, which
+        // outlives the borrow of `self`.
+        unsafe { &*core::ptr::from_ref(dev).cast::<device::Device<device::Bound>>() }
     }
 }
 
@@ -205,7 +212,7 @@ impl Rig {
     /// pool (created exactly as `setup_vq` creates it).
     fn new(num: u32, features: u64) -> Result<Self> {
         let dev = DmaDevice::new()?;
-        let pool = KBox::new(IndirectPool::new(dev.dev(), num)?, GFP_KERNEL)?;
+        let pool = KBox::new(IndirectPool::new(num)?, GFP_KERNEL)?;
         let (_, _, pool_ctx) = pool.callbacks();
         let rec = KBox::new(
             Recorder {
@@ -392,6 +399,44 @@ mod tests {
     }
 
     #[test]
+    fn legacy_memory_has_its_guest_physical_address() -> Result {
+        let dev = DmaDevice::new()?;
+        // Four pages and a bit: the address covers them all, contiguously.
+        let len = 4 * 4096 + 100;
+        let buf = LegacyBuf::<u8>::zeroed_slice(dev.bound(), len, GFP_KERNEL)?;
+        let addr = buf.device_addr();
+        let cpu = buf.as_ptr().cast::<u8>();
+        assert_eq!(addr % 4096, 0);
+        assert!(addr != 0 && addr < 1u64 << (32 + regs::QUEUE_ADDR_SHIFT));
+        for off in [0, 4096, 3 * 4096 + 8, len - 1] {
+            // SAFETY: Inside the live allocation.
+            let phys = unsafe { guest_phys(cpu.wrapping_add(off), 1) };
+            // CAST: small offsets.
+            assert_eq!(phys, Ok(addr + off as u64));
+        }
+        // No IOMMU translates for this device: here the DMA handle happens to be the same
+        // number (behind an IOMMU it is not; `tests/integration/test_viommu.py`).
+        pr_info!(
+            "legacy buffer: guest-physical {:#x}, DMA handle {:#x}\n",
+            addr,
+            buf.dma_handle()
+        );
+        assert_eq!(buf.dma_handle(), addr);
+        // Memory from kmalloc is linearly mapped and contiguous too.
+        let v = KVec::<u64>::from_elem(0, 1024, GFP_KERNEL)?;
+        // SAFETY: The vector's 8 KiB, live while `v` is.
+        let phys = unsafe { guest_phys(v.as_ptr().cast(), 8192) }?;
+        // SAFETY: As above.
+        let second = unsafe { guest_phys(v.as_ptr().cast::<u8>().wrapping_add(4096), 8) };
+        assert_eq!(second, Ok(phys + 4096));
+        // Nothing is no address.
+        // SAFETY: As above (no byte is accessed).
+        let none = unsafe { guest_phys(v.as_ptr().cast(), 0) };
+        assert_eq!(none, Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
     fn indirect_tables_come_from_the_pool_and_go_back() -> Result {
         let mut rig = Rig::new(8, INDIRECT)?;
         assert_eq!(rig.pool.max_bytes(), 8 * 16);
@@ -413,6 +458,13 @@ mod tests {
         assert!(d.addr != 0 && d.addr < 1u64 << (32 + regs::QUEUE_ADDR_SHIFT));
         let t = rig.last_table(d.addr, d.len)?;
         assert_eq!(t.len(), 3);
+        // The device got the table's guest-physical address (a legacy device bypasses any
+        // IOMMU), not a DMA handle.
+        // CAST: the recorder keeps the table's CPU address as an integer.
+        let cpu = rig.rec.last_cpu.load(Relaxed) as *const u8;
+        // SAFETY: The table of a buffer in flight: live kmalloc memory of `d.len` bytes.
+        let phys = unsafe { guest_phys(cpu, 3 * 16) };
+        assert_eq!(phys, Ok(d.addr));
         assert_eq!(
             t[0],
             Desc {
@@ -486,9 +538,7 @@ mod tests {
 
     #[test]
     fn atomic_allocation_under_a_spinlock() -> Result {
-        let dev = DmaDevice::new()?;
-        // A fresh pool: the first table needs a new page, allocated under the lock.
-        let pool = IndirectPool::new(dev.dev(), 128)?;
+        let pool = IndirectPool::new(128)?;
         let (alloc, free, ctx) = pool.callbacks();
         let lock = KBox::pin_init(new_spinlock!(0u32), GFP_KERNEL)?;
         let lock: Pin<&SpinLock<u32>> = lock.as_ref();

@@ -1,16 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Fault injection for the integration tests, compiled only into the test flavour of the
-//! module (`--cfg virtio_rs_kunit`): the production `.ko` carries none of it.
+//! Fault injection and observation points for the integration tests, compiled only into the
+//! test flavour of the module (`--cfg virtio_rs_kunit`): the production `.ko` carries none of
+//! it.  Everything lives in `/sys/kernel/debug/virtio_pci_rs/`:
 //!
-//! `/sys/kernel/debug/virtio_pci_rs/drop_kicks`: while it holds `1`, the transport drops
-//! every queue notification (it tells the ring the kick went out, but never writes
-//! `QUEUE_NOTIFY`), so the device never looks at new buffers: a device that stopped taking
-//! buffers, as far as a driver can tell.  `dropped_kicks` counts the notifications dropped,
-//! so that a test can check the switch really took effect.
+//! | file | what |
+//! |---|---|
+//! | `drop_kicks` | `1`: the transport drops every queue notification (it tells the ring the kick went out, but never writes `QUEUE_NOTIFY`), so the device never looks at new buffers: a device that stopped taking buffers, as far as a driver can tell |
+//! | `dropped_kicks` | notifications dropped so far, so that a test can check the switch took effect |
+//! | `fail_vectors` | for the next functions bound: `1` makes the per-queue MSI-X mode fail after its vectors were allocated (as if `request_irq()` failed for a queue vector); `2` also makes the shared mode fail (as if the device read back NO_VECTOR for the configuration vector), which leaves INTx |
+//! | `fail_find_vqs` | `N`: the next `N` `find_vqs` calls fail after every queue was programmed (`QUEUE_PFN` written), as an allocation failure at that point would |
+//! | `ring_addrs` | per queue of the last `find_vqs`: the ring's DMA handle, its guest-physical address, and the address the transport programmed (`QUEUE_PFN << 12`) |
+//! | `gone` | `1`: the function behaves as if surprise-removed: every BAR read returns all ones, writes go nowhere, and `pci_device_is_present()` is taken as false |
 
+use crate::abi::MAX_VQS;
 use kernel::{
-    debugfs,
+    debugfs, fmt,
     prelude::*,
     sync::atomic::{
         Atomic,
@@ -23,71 +28,141 @@ use kernel::{
 static DROP_KICKS: Atomic<u32> = Atomic::new(0);
 
 /// Notifications dropped so far.
-static DROPPED_KICKS: Atomic<u64> = Atomic::new(0);
+static DROPPED_KICKS: Atomic<u32> = Atomic::new(0);
+
+/// Interrupt modes made to fail: 1 per-queue, 2 per-queue and shared.
+static FAIL_VECTORS: Atomic<u32> = Atomic::new(0);
+
+/// `find_vqs` calls still to fail after programming the queues.
+static FAIL_FIND_VQS: Atomic<u32> = Atomic::new(0);
+
+/// Non-zero: the function looks surprise-removed.
+static GONE: Atomic<u32> = Atomic::new(0);
+
+/// Per queue index: DMA handle, guest-physical address, programmed address of the ring.
+static RING_ADDRS: [[Atomic<u64>; 3]; MAX_VQS] = [const { [const { Atomic::new(0) }; 3] }; MAX_VQS];
 
 /// Whether the next notification must be dropped; counts it if so.
 pub(crate) fn drop_kick() -> bool {
     if DROP_KICKS.load(Relaxed) == 0 {
         return false;
     }
-    DROPPED_KICKS.add(1u64, Relaxed);
+    DROPPED_KICKS.add(1u32, Relaxed);
     true
 }
 
-/// Parses what user space wrote to `drop_kicks`: `0` or `1`.
-fn write_drop_kicks((): &(), reader: &mut UserSliceReader) -> Result {
-    let mut buf = [0u8; 8];
+/// Whether the per-queue MSI-X mode must fail (after its vectors were allocated).
+pub(crate) fn fail_per_queue_vectors() -> bool {
+    FAIL_VECTORS.load(Relaxed) >= 1
+}
+
+/// Whether the shared MSI-X mode must fail (after its vectors were allocated).
+pub(crate) fn fail_shared_vectors() -> bool {
+    FAIL_VECTORS.load(Relaxed) >= 2
+}
+
+/// Whether this `find_vqs` must fail once its queues are programmed; counts it down if so.
+pub(crate) fn fail_find_vqs() -> bool {
+    let mut left = FAIL_FIND_VQS.load(Relaxed);
+    while left != 0 {
+        match FAIL_FIND_VQS.cmpxchg(left, left - 1, Relaxed) {
+            Ok(_) => return true,
+            Err(now) => left = now,
+        }
+    }
+    false
+}
+
+/// Whether the function must look surprise-removed.
+pub(crate) fn gone() -> bool {
+    GONE.load(Relaxed) != 0
+}
+
+/// Records the addresses of queue `index`'s ring.
+pub(crate) fn record_ring(index: u16, dma: u64, phys: u64, programmed: u64) {
+    if let Some(slot) = RING_ADDRS.get(usize::from(index)) {
+        slot[0].store(dma, Relaxed);
+        slot[1].store(phys, Relaxed);
+        slot[2].store(programmed, Relaxed);
+    }
+}
+
+/// Shows a numeric switch.
+fn show(v: &&'static Atomic<u32>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", v.load(Relaxed))
+}
+
+/// Sets a numeric switch from what user space wrote (a decimal number).
+fn store(v: &&'static Atomic<u32>, reader: &mut UserSliceReader) -> Result {
+    let mut buf = [0u8; 12];
     let n = reader.len();
     let buf = buf.get_mut(..n).ok_or(EINVAL)?;
     reader.read_slice(buf)?;
-    let val = match core::str::from_utf8(buf).map_err(|_| EINVAL)?.trim() {
-        "0" => 0,
-        "1" => 1,
-        _ => return Err(EINVAL),
-    };
-    DROP_KICKS.store(val, Relaxed);
+    let text = core::str::from_utf8(buf).map_err(|_| EINVAL)?.trim();
+    let val = text.parse::<u32>().map_err(|_| EINVAL)?;
+    v.store(val, Relaxed);
     Ok(())
 }
 
+/// Shows the ring addresses of every queue that had one.
+fn show_rings((): &(), f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for (index, slot) in RING_ADDRS.iter().enumerate() {
+        let [dma, phys, programmed] = [&slot[0], &slot[1], &slot[2]].map(|a| a.load(Relaxed));
+        if phys != 0 {
+            writeln!(
+                f,
+                "{} dma {:#x} phys {:#x} programmed {:#x}",
+                index, dma, phys, programmed
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A read-write file over one numeric switch.
+type Switch = Pin<KBox<debugfs::File<&'static Atomic<u32>>>>;
+
 /// The debugfs files of the test switches; removing them (dropping) also turns them off.
 pub(crate) struct TestSwitches {
-    _drop_kicks: Pin<KBox<debugfs::File<()>>>,
-    _dropped: Pin<KBox<debugfs::File<()>>>,
+    _switches: KVec<Switch>,
+    _dropped: Pin<KBox<debugfs::File<&'static Atomic<u32>>>>,
+    _rings: Pin<KBox<debugfs::File<()>>>,
     _dir: debugfs::Dir,
 }
 
 impl TestSwitches {
-    /// Creates `/sys/kernel/debug/virtio_pci_rs/{drop_kicks,dropped_kicks}`.
+    /// Creates the files of `/sys/kernel/debug/virtio_pci_rs/`.
     ///
     /// # Errors
     ///
     /// `ENOMEM`.
     pub(crate) fn new() -> Result<Self> {
         let dir = debugfs::Dir::new(c"virtio_pci_rs");
-        let drop_kicks = KBox::pin_init(
-            dir.read_write_callback_file(
-                c"drop_kicks",
-                Ok::<_, Error>(()),
-                &|(): &(), f: &mut kernel::fmt::Formatter<'_>| {
-                    writeln!(f, "{}", DROP_KICKS.load(Relaxed))
-                },
-                &write_drop_kicks,
-            ),
+        let mut switches = KVec::with_capacity(4, GFP_KERNEL)?;
+        for (name, v) in [
+            (c"drop_kicks", &DROP_KICKS),
+            (c"fail_vectors", &FAIL_VECTORS),
+            (c"fail_find_vqs", &FAIL_FIND_VQS),
+            (c"gone", &GONE),
+        ] {
+            let file = KBox::pin_init(
+                dir.read_write_callback_file(name, Ok::<_, Error>(v), &show, &store),
+                GFP_KERNEL,
+            )?;
+            switches.push(file, GFP_KERNEL)?;
+        }
+        let dropped = KBox::pin_init(
+            dir.read_callback_file(c"dropped_kicks", Ok::<_, Error>(&DROPPED_KICKS), &show),
             GFP_KERNEL,
         )?;
-        let dropped = KBox::pin_init(
-            dir.read_callback_file(
-                c"dropped_kicks",
-                Ok::<_, Error>(()),
-                &|(): &(), f: &mut kernel::fmt::Formatter<'_>| {
-                    writeln!(f, "{}", DROPPED_KICKS.load(Relaxed))
-                },
-            ),
+        let rings = KBox::pin_init(
+            dir.read_callback_file(c"ring_addrs", Ok::<_, Error>(()), &show_rings),
             GFP_KERNEL,
         )?;
         Ok(Self {
-            _drop_kicks: drop_kicks,
+            _switches: switches,
             _dropped: dropped,
+            _rings: rings,
             _dir: dir,
         })
     }
@@ -95,6 +170,8 @@ impl TestSwitches {
 
 impl Drop for TestSwitches {
     fn drop(&mut self) {
-        DROP_KICKS.store(0, Relaxed);
+        for v in [&DROP_KICKS, &FAIL_VECTORS, &FAIL_FIND_VQS, &GONE] {
+            v.store(0, Relaxed);
+        }
     }
 }

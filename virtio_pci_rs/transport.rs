@@ -6,10 +6,23 @@
 //! Interrupts are allocated once, at probe, in the order C tries them: MSI-X with a
 //! configuration vector and one vector per queue (QEMU `vectors=4` and up for the balloon),
 //! else MSI-X with a configuration vector and one vector shared by all queues (QEMU's
-//! default `vectors=2`), else the INTx line, shared.  The handlers
+//! default `vectors=2`), else the INTx line, shared.  A mode that fails after its vectors
+//! were allocated frees them before the next is tried (`vp_del_vqs()` in C), and where the
+//! device configuration starts in BAR0 follows whether MSI-X really is enabled.  The handlers
 //! are `'static` and find the current queues and configuration callback through atomics in
 //! [`IrqShared`]: `find_vqs` publishes them after creating the queues, `del_vqs` clears them
 //! and waits for running handlers (`synchronize_irq`) before destroying anything.
+//!
+//! The device is only ever given guest-physical addresses (`common/legacy_mem.rs`): a legacy
+//! device bypasses any IOMMU.  `find_vqs` allocates everything before it programs a queue
+//! address, and every error after one was programmed deactivates the queues before their
+//! memory goes.
+//!
+//! Surprise removal: a function that is gone reads all ones.  When a read of the ISR, the
+//! device configuration, the status or a queue register returns all ones, and the PCI core
+//! confirms that the function no longer answers (`pci_device_is_present()`), every queue is
+//! marked broken at once (which wakes its driver), so that no driver waits for a device that
+//! will never answer; PCI unbind checks the same first, as `virtio_pci_remove()` does.
 //!
 //! Lock order: `Transport::queues` (a mutex) is the only lock; the interrupt handlers take
 //! none.
@@ -28,6 +41,7 @@ use crate::{
     },
     indirect::IndirectPool,
     iobar::{
+        self,
         IsrPort,
         RawIrq,
         RawIrqHandler, //
@@ -39,11 +53,11 @@ use core::{
     ptr::NonNull, //
 };
 use kernel::{
+    alloc::kvec::PushError,
     device::{
         Bound,
         Device, //
     },
-    dma::Coherent,
     io::Io,
     irq::{
         self,
@@ -57,6 +71,7 @@ use kernel::{
     },
     prelude::*,
     sync::{
+        aref::ARef,
         atomic::{
             Atomic,
             Relaxed, //
@@ -86,10 +101,13 @@ struct ConfigCb {
 ///   before the queue is destroyed.
 /// - A non-null `config` is a `KBox<ConfigCb>` raw pointer whose callback may be called; it is
 ///   cleared and the interrupts synchronized before the box is freed.
+/// - `gone` is only ever set, once the function was found surprise-removed.
 pub(crate) struct IrqShared {
     vqs: [Atomic<*mut RawVq>; MAX_VQS],
     config: Atomic<*mut ConfigCb>,
     isr: Option<IsrPort>,
+    pdev: ARef<pci::Device>,
+    gone: Atomic<bool>,
 }
 
 // SAFETY: The raw pointers are only dereferenced under the type invariants; the driver's
@@ -99,11 +117,50 @@ unsafe impl Send for IrqShared {}
 unsafe impl Sync for IrqShared {}
 
 impl IrqShared {
-    fn new(isr: Option<IsrPort>) -> Self {
+    fn new(pdev: &pci::Device<Bound>, isr: Option<IsrPort>) -> Self {
         Self {
             vqs: [const { Atomic::new(core::ptr::null_mut()) }; MAX_VQS],
             config: Atomic::new(core::ptr::null_mut()),
             isr,
+            pdev: pdev.into(),
+            gone: Atomic::new(false),
+        }
+    }
+
+    /// Whether the function was found surprise-removed.
+    fn is_gone(&self) -> bool {
+        self.gone.load(Relaxed)
+    }
+
+    /// Called when a register read returned all ones: true if the function is gone (the PCI
+    /// core confirms it no longer answers), in which case the first call logs it.  The queues
+    /// are the caller's to break.  Any context.
+    fn confirm_gone(&self) -> bool {
+        if self.is_gone() {
+            return true;
+        }
+        if iobar::device_present(&self.pdev) {
+            // All ones was a value, not an absent device.
+            return false;
+        }
+        if !self.gone.xchg(true, Relaxed) {
+            dev_err!(
+                self.pdev,
+                "the device is gone (surprise removal): its queues are broken\n"
+            );
+        }
+        true
+    }
+
+    /// Marks every published queue broken, which also runs its driver's callback once (so that
+    /// a driver waiting for the device sees it).  From the interrupt handlers, whose queues
+    /// are live until cleared and synchronized.
+    fn break_published(&self) {
+        for slot in &self.vqs {
+            if let Some(vq) = NonNull::new(slot.load(Relaxed)) {
+                // SAFETY: A published queue is live until cleared and synchronized (invariant).
+                unsafe { abi::vq_break_raw(vq) };
+            }
         }
     }
 
@@ -189,6 +246,12 @@ impl irq::Handler for IntxHandler {
         if isr == 0 {
             return IrqReturn::None;
         }
+        // A function that is gone reads all ones (and raises nothing: another device on the
+        // line did).
+        if isr == u8::MAX && self.0.confirm_gone() {
+            self.0.break_published();
+            return IrqReturn::None;
+        }
         if isr & regs::ISR_CONFIG != 0 {
             self.0.config();
         }
@@ -220,7 +283,7 @@ enum Irqs {
 struct QueueSlot {
     vq: OwnedVq,
     _indirect: Option<KBox<IndirectPool>>,
-    _ring: Coherent<[u8]>,
+    _ring: abi::LegacyBuf<u8>,
     index: u16,
 }
 
@@ -230,11 +293,14 @@ struct QueueSlot {
 ///
 /// # Invariants
 ///
-/// `shared` is the state of the handlers in `irqs`.
+/// - `shared` is the state of the handlers in `irqs`.
+/// - `msix` is whether MSI-X was enabled on the function when `irqs` was set up (it does not
+///   change while the transport exists), and `config_off` follows it.
 pub(crate) struct Transport<'bound> {
     pdev: &'bound pci::Device<Bound>,
     host_features: u32,
     negotiated: Atomic<u64>,
+    msix: bool,
     config_off: usize,
     shared: Arc<IrqShared>,
     irqs: Irqs,
@@ -267,21 +333,41 @@ impl<'bound> Transport<'bound> {
         nqueues: u16,
     ) -> Result<Self> {
         let host_features = bar.read(regs::HOST_FEATURES).into_raw();
-        let per_queue = Self::request_per_queue(pdev, &bar, name, nqueues);
-        let (shared, irqs, msix) = match per_queue.or_else(|_| Self::request_msix(pdev, &bar, name))
-        {
-            Ok((shared, irqs)) => (shared, irqs, true),
+        // Each attempt drops what it requested when it fails; its vectors are freed before the
+        // next one (`vp_del_vqs()` between C's attempts): MSI-X still enabled would make the
+        // next allocation fail with a warning, and INTx get the MSI-X vector 0.
+        let (shared, irqs) = match Self::request_per_queue(pdev, &bar, name, nqueues) {
+            Ok(v) => v,
             Err(e) => {
-                dev_info!(pdev, "no MSI-X ({:?}), using the INTx line\n", e);
-                let (shared, irqs) = Self::request_intx(pdev, &bar, name)?;
-                (shared, irqs, false)
+                dev_dbg!(pdev, "no MSI-X vector per queue ({:?})\n", e);
+                iobar::free_irq_vectors(pdev);
+                match Self::request_msix(pdev, &bar, name) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        iobar::free_irq_vectors(pdev);
+                        dev_info!(pdev, "no MSI-X ({:?}), using the INTx line\n", e);
+                        Self::request_intx(pdev, &bar, name)?
+                    }
+                }
             }
         };
+        // The device moves its configuration from 0x14 to 0x18 when MSI-X is enabled in its
+        // PCI capability, whatever the driver meant to use: follow the PCI core's state.
+        let msix = iobar::msix_enabled(pdev);
+        if msix == matches!(irqs, Irqs::Intx { .. }) {
+            dev_err!(
+                pdev,
+                "MSI-X is {}abled against the interrupt mode\n",
+                if msix { "en" } else { "dis" }
+            );
+            return Err(EIO);
+        }
         Ok(Self {
             pdev,
             bar,
             host_features,
             negotiated: Atomic::new(0),
+            msix,
             config_off: if msix {
                 regs::CONFIG_OFFSET_MSIX
             } else {
@@ -331,10 +417,15 @@ impl<'bound> Transport<'bound> {
         // CAST: at most `1 + MAX_VQS` vectors.
         let n = (1 + nqueues) as u32;
         let vecs = pdev.alloc_irq_vectors(n, n, IrqTypes::default().with(IrqType::MsiX))?;
-        let shared = Arc::new(IrqShared::new(None), GFP_KERNEL)?;
+        let shared = Arc::new(IrqShared::new(pdev, None), GFP_KERNEL)?;
         let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
         let mut queues = KVec::with_capacity(nqueues, GFP_KERNEL)?;
         for index in 0..nqueues {
+            // Test flavour: `request_irq()` fails for a queue vector.
+            #[cfg(virtio_rs_kunit)]
+            if crate::testing::fail_per_queue_vectors() {
+                return Err(EBUSY);
+            }
             // CAST: at most `MAX_VQS`.
             let vector = 1 + index as u32;
             let handler = QueueVector {
@@ -352,8 +443,13 @@ impl<'bound> Transport<'bound> {
         name: &'static CStr,
     ) -> Result<(Arc<IrqShared>, Irqs)> {
         let vecs = pdev.alloc_irq_vectors(2, 2, IrqTypes::default().with(IrqType::MsiX))?;
-        let shared = Arc::new(IrqShared::new(None), GFP_KERNEL)?;
+        let shared = Arc::new(IrqShared::new(pdev, None), GFP_KERNEL)?;
         let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
+        // Test flavour: the device reads back NO_VECTOR for the configuration vector.
+        #[cfg(virtio_rs_kunit)]
+        if crate::testing::fail_shared_vectors() {
+            return Err(EBUSY);
+        }
         let queues = KBox::pin_init(
             pdev.request_irq(
                 *vecs.end(),
@@ -375,7 +471,7 @@ impl<'bound> Transport<'bound> {
         // SAFETY: The port is only read by the handler registered below, which the transport
         // drops before the BAR (field order of `Transport`).
         let isr = unsafe { IsrPort::new(bar) };
-        let shared = Arc::new(IrqShared::new(Some(isr)), GFP_KERNEL)?;
+        let shared = Arc::new(IrqShared::new(pdev, Some(isr)), GFP_KERNEL)?;
         let line = KBox::pin_init(
             pdev.request_irq(
                 *vecs.start(),
@@ -400,7 +496,7 @@ impl<'bound> Transport<'bound> {
 
     /// Whether MSI-X is in use.
     pub(crate) fn msix(&self) -> bool {
-        !matches!(self.irqs, Irqs::Intx { .. })
+        self.msix
     }
 
     /// How interrupts are delivered, for the log.
@@ -432,8 +528,25 @@ impl<'bound> Transport<'bound> {
 
     /// Resets the device (write 0, read back) and waits for running handlers.
     pub(crate) fn reset(&self) {
-        crate::reset(&self.bar);
+        // The status reads back 0 after a reset; all ones, from a function that is gone.
+        if !self.shared.is_gone() && crate::reset(&self.bar) == u8::MAX {
+            self.check_gone();
+        }
         self.synchronize();
+    }
+
+    /// After a register read returned all ones: if the function is gone (surprise removal),
+    /// marks every queue broken, which wakes their drivers, and returns true.  Process
+    /// context, without the queue lock.
+    pub(crate) fn check_gone(&self) -> bool {
+        if !self.shared.confirm_gone() {
+            return false;
+        }
+        // Under the lock: no queue is being destroyed meanwhile.
+        for slot in self.queues.lock().iter() {
+            slot.vq.mark_broken();
+        }
+        true
     }
 
     /// Acknowledges the device again after a reset (ACKNOWLEDGE, DRIVER): the state the
@@ -455,6 +568,10 @@ impl<'bound> Transport<'bound> {
             self.bar
                 .write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
             if self.bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
+                // NO_VECTOR is also all ones: a function that is gone reads it too.
+                if self.shared.confirm_gone() {
+                    return Err(ENODEV);
+                }
                 dev_err!(self.pdev, "the device refused the configuration vector\n");
                 return Err(EBUSY);
             }
@@ -471,17 +588,32 @@ impl<'bound> Transport<'bound> {
     }
 
     fn config_read(&self, off: u32, width: u32) -> Result<u32> {
+        if self.shared.is_gone() {
+            return Err(ENODEV);
+        }
         let off = self.config_off + usize::try_from(off)?;
         // The BAR length bounds the configuration; `try_read*` checks it at run time.
-        match width {
-            1 => self.bar.try_read8(off).map(u32::from),
-            2 => self.bar.try_read16(off).map(u32::from),
-            4 => self.bar.try_read32(off),
-            _ => Err(EINVAL),
+        let (val, all_ones) = match width {
+            1 => (self.bar.try_read8(off).map(u32::from)?, u32::from(u8::MAX)),
+            2 => (
+                self.bar.try_read16(off).map(u32::from)?,
+                u32::from(u16::MAX),
+            ),
+            4 => (self.bar.try_read32(off)?, u32::MAX),
+            _ => return Err(EINVAL),
+        };
+        // All ones may be a value; from a function that is gone it is not one.
+        if val == all_ones && self.check_gone() {
+            return Err(ENODEV);
         }
+        Ok(val)
     }
 
     fn config_write(&self, off: u32, width: u32, val: u32) -> Result {
+        // Nobody reads it any more (the removal was logged once).
+        if self.shared.is_gone() {
+            return Ok(());
+        }
         let off = self.config_off + usize::try_from(off)?;
         match width {
             1 => self.bar.try_write8(u8::try_from(val)?, off),
@@ -497,31 +629,41 @@ impl<'bound> Transport<'bound> {
         if usize::from(index) >= MAX_VQS {
             return Err(EINVAL);
         }
+        if self.shared.is_gone() {
+            return Err(ENODEV);
+        }
         self.bar.write_reg(regs::QUEUE_SEL::from_raw(index));
         let num = self.bar.read(regs::QUEUE_NUM).into_raw();
+        let active = self.bar.read(regs::QUEUE_PFN).into_raw();
+        // A function that is gone reads all ones everywhere (the queue lock is held: the
+        // caller breaks nothing, it has published nothing yet).
+        if num == u16::MAX && active == u32::MAX && self.shared.confirm_gone() {
+            return Err(ENODEV);
+        }
         if num == 0 {
             return Err(ENOENT);
         }
-        if self.bar.read(regs::QUEUE_PFN).into_raw() != 0 {
+        if active != 0 {
             dev_err!(self.pdev, "queue {} is already active\n", index);
             return Err(EBUSY);
         }
         let size = abi::vring_size(num.into(), regs::VRING_ALIGN)?;
-        let ring = Coherent::<u8>::zeroed_slice(self.pdev.as_ref(), size, GFP_KERNEL)?;
-        let dma = ring.dma_handle();
-        let pfn = u32::try_from(dma >> regs::QUEUE_ADDR_SHIFT).map_err(|_| {
+        let ring = abi::LegacyBuf::<u8>::zeroed_slice(self.pdev.as_ref(), size, GFP_KERNEL)?;
+        // A legacy device bypasses any IOMMU: it gets the guest-physical address, never the
+        // DMA handle (`common/legacy_mem.rs`).
+        let addr = ring.device_addr();
+        let pfn = u32::try_from(addr >> regs::QUEUE_ADDR_SHIFT).map_err(|_| {
             dev_err!(
                 self.pdev,
                 "queue {} at {:#x}: legacy virtio-pci cannot reach memory above 16 TiB\n",
                 index,
-                dma
+                addr
             );
             E2BIG
         })?;
-        // Indirect tables come from a DMA pool of this queue (see `indirect.rs`).
+        // Indirect tables of this queue (see `indirect.rs`).
         let indirect = if self.negotiated.load(Relaxed) & (1u64 << regs::F_INDIRECT_DESC) != 0 {
-            let dev: &Device<Bound> = self.pdev.as_ref();
-            Some(KBox::new(IndirectPool::new(dev, num.into())?, GFP_KERNEL)?)
+            Some(KBox::new(IndirectPool::new(num.into())?, GFP_KERNEL)?)
         } else {
             None
         };
@@ -539,7 +681,7 @@ impl<'bound> Transport<'bound> {
             num: num.into(),
             features: self.negotiated.load(Relaxed),
             ring: ring.as_mut_ptr().cast(),
-            ring_dma: dma,
+            ring_dma: addr,
             ring_len: size,
             notify: Some(op_notify),
             notify_ctx: core::ptr::from_ref(self).cast(),
@@ -554,7 +696,15 @@ impl<'bound> Transport<'bound> {
         // `self` (the notify context) outlives every queue, deleted by `del_vqs` at the
         // latest when the device is unbound; the driver's callback contract is `find_vqs`'s.
         let vq = unsafe { OwnedVq::new(&params)? };
+        // From here on, an error must deactivate the queue before its memory goes.
         self.bar.write_reg(regs::QUEUE_PFN::from_raw(pfn));
+        #[cfg(virtio_rs_kunit)]
+        crate::testing::record_ring(
+            index,
+            ring.dma_handle(),
+            addr,
+            u64::from(pfn) << regs::QUEUE_ADDR_SHIFT,
+        );
         let vector = match self.irqs {
             Irqs::PerQueue { .. } => Some(1 + index),
             Irqs::MsiX { .. } => Some(MSIX_QUEUES_VECTOR),
@@ -589,23 +739,45 @@ impl<'bound> Transport<'bound> {
         if !queues.is_empty() {
             return Err(EBUSY);
         }
-        self.route_config()?;
+        // Everything that needs memory is allocated before the device is programmed: an error
+        // after a queue address was written would otherwise leave the device using freed
+        // memory (and the queue active, so that every later `find_vqs` fails with EBUSY).
         let mut slots = KVec::with_capacity(reqs.len(), GFP_KERNEL)?;
+        let cb = config
+            .map(|f| KBox::new(ConfigCb { f, ctx: config_ctx }, GFP_KERNEL))
+            .transpose()?;
+        self.route_config()?;
         for req in reqs {
-            match self.setup_vq(req) {
-                Ok(slot) => slots.push(slot, GFP_KERNEL)?,
+            // `setup_vq` deactivates its own queue when it fails after programming it.
+            let slot = match self.setup_vq(req) {
+                Ok(slot) => slot,
                 Err(e) => {
                     dev_err!(self.pdev, "queue {}: setup failed: {:?}\n", req.index, e);
                     drop(queues);
                     self.teardown(slots);
                     return Err(e);
                 }
+            };
+            // Cannot fail: the capacity was reserved; if it did, the queue is deactivated.
+            if let Err(PushError(slot)) = slots.push_within_capacity(slot) {
+                drop(queues);
+                self.deactivate(slot);
+                self.teardown(slots);
+                return Err(ENOMEM);
             }
         }
-        let cb = match config {
-            Some(f) => KBox::into_raw(KBox::new(ConfigCb { f, ctx: config_ctx }, GFP_KERNEL)?),
-            None => core::ptr::null_mut(),
-        };
+        // Test flavour: an error after every queue was programmed.
+        #[cfg(virtio_rs_kunit)]
+        if crate::testing::fail_find_vqs() {
+            dev_err!(
+                self.pdev,
+                "find_vqs fails after programming the queues (test switch)\n"
+            );
+            drop(queues);
+            self.teardown(slots);
+            return Err(ENOMEM);
+        }
+        let cb = cb.map_or(core::ptr::null_mut(), KBox::into_raw);
         // Publish to the interrupt handlers last, when everything exists; handlers find
         // queues by their device index (below `MAX_VQS`, checked by `setup_vq`).
         for (slot, o) in slots.iter().zip(out.iter_mut()) {
@@ -624,16 +796,21 @@ impl<'bound> Transport<'bound> {
     /// QEMU, which is why drivers reset the device before deleting their queues.
     fn teardown(&self, slots: KVec<QueueSlot>) {
         for slot in slots {
-            self.bar.write_reg(regs::QUEUE_SEL::from_raw(slot.index));
-            if self.msix() {
-                self.bar
-                    .write_reg(regs::MSI_QUEUE_VECTOR::from_raw(regs::NO_VECTOR));
-                // Flush the vector write (and any pending interrupt) with an ISR read.
-                let _ = self.bar.read(regs::ISR);
-            }
-            self.bar.write_reg(regs::QUEUE_PFN::from_raw(0));
-            drop(slot);
+            self.deactivate(slot);
         }
+    }
+
+    /// Deactivates one queue, then frees it and its memory.
+    fn deactivate(&self, slot: QueueSlot) {
+        self.bar.write_reg(regs::QUEUE_SEL::from_raw(slot.index));
+        if self.msix() {
+            self.bar
+                .write_reg(regs::MSI_QUEUE_VECTOR::from_raw(regs::NO_VECTOR));
+            // Flush the vector write (and any pending interrupt) with an ISR read.
+            let _ = self.bar.read(regs::ISR);
+        }
+        self.bar.write_reg(regs::QUEUE_PFN::from_raw(0));
+        drop(slot);
     }
 
     fn del_vqs(&self) {
@@ -721,6 +898,10 @@ unsafe fn transport<'a>(ctx: *const c_void) -> &'a Transport<'a> {
 unsafe extern "C" fn op_notify(ctx: *const c_void, index: u16) -> bool {
     // SAFETY: `ctx` is the transport that created the queue, alive while it exists.
     let t = unsafe { transport(ctx) };
+    // A function that is gone takes no notification: the ring marks the queue broken.
+    if t.shared.is_gone() {
+        return false;
+    }
     #[cfg(virtio_rs_kunit)]
     if crate::testing::drop_kick() {
         // A device that stopped taking buffers: the kick is "sent" but never arrives.

@@ -28,14 +28,21 @@
 //! copy of every value it publishes (avail index and flags, each descriptor's flags and
 //! chain link, per-head state) and never reads device-visible driver memory back. Each used
 //! entry is checked against that copy before it is believed: the id must name a head that is
-//! in flight, the length must fit the writable part of the chain, and the used index may not
-//! run ahead of the buffers the device actually owns. The first violation marks the ring
-//! broken (as `BAD_RING` does in C); a broken ring hands nothing more out of the used ring,
-//! and [`SplitRing::detach_unused`] still returns every buffer the driver gave away.
+//! in flight, and the used index may not run ahead of the buffers the device actually owns.
+//! The first violation marks the ring broken (as `BAD_RING` does in C); a broken ring hands
+//! nothing more out of the used ring, and [`SplitRing::detach_unused`] still returns every
+//! buffer the driver gave away.
+//!
+//! A used length beyond the writable part of the chain is not a violation: the driver gets
+//! the writable length instead (it never learns of bytes the buffer cannot hold), and the
+//! ring counts it ([`SplitRing::clamped_lens`]).  Linux once made that fatal and reverted it,
+//! because real devices report the whole length they processed, device-readable part
+//! included; breaking their queues for a number the driver can bound itself helps nobody.
 //!
 //! # Differences from the C code
 //!
-//! - The used length and the used index advance are validated (C checks neither).
+//! - The used index advance is validated (C does not); the used length is clamped to the
+//!   chain's writable length and counted (C passes it on unchecked).
 //! - Chains are freed by walking the driver's shadow flags, not the descriptor table.
 //! - With `EVENT_IDX`, [`SplitRing::disable_cb`] writes `used_event = last_used - 1` (an
 //!   event the device can only reach by lapping the whole 16-bit index space) instead of C's
@@ -110,15 +117,6 @@ pub enum Violation {
         /// The id the device wrote.
         id: u32,
     },
-    /// A used element claimed more written bytes than the chain has writable bytes.
-    UsedLenTooLong {
-        /// The head id of the buffer.
-        id: u32,
-        /// The length the device wrote.
-        len: u32,
-        /// The writable length of the chain.
-        max: u32,
-    },
     /// The used index moved by more than the number of buffers the device owns.
     UsedIdxJump {
         /// The driver's last consumed used index.
@@ -141,9 +139,6 @@ impl fmt::Display for Violation {
         match *self {
             Self::UsedIdOutOfRange { id } => write!(f, "used id {id} out of range"),
             Self::UsedIdNotInFlight { id } => write!(f, "used id {id} is not a head in flight"),
-            Self::UsedLenTooLong { id, len, max } => {
-                write!(f, "used id {id} len {len} exceeds writable length {max}")
-            }
             Self::UsedIdxJump { last, new } => {
                 write!(f, "used idx jumped from {last} to {new}")
             }
@@ -151,6 +146,28 @@ impl fmt::Display for Violation {
                 write!(f, "ring memory of {len} bytes, layout needs {need}")
             }
         }
+    }
+}
+
+/// A used length the device reported beyond the writable part of its buffer, which the ring
+/// clamped (not a violation, see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LenClamp {
+    /// The head id of the buffer.
+    pub id: u32,
+    /// The length the device wrote.
+    pub len: u32,
+    /// The writable length of the chain, which the driver got instead.
+    pub max: u32,
+}
+
+impl fmt::Display for LenClamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "used id {} len {} exceeds writable length {}",
+            self.id, self.len, self.max
+        )
     }
 }
 
@@ -605,7 +622,7 @@ pub struct DescState {
 pub struct Completed {
     /// The token given to [`SplitRing::add`].
     pub token: usize,
-    /// Bytes the device wrote (validated against the writable length); 0 for detached ones.
+    /// Bytes the device wrote, clamped to the writable length; 0 for detached ones.
     pub len: u32,
     /// The [`Indirect::handle`] of the buffer's indirect table, to be freed by the caller.
     pub indirect: Option<usize>,
@@ -651,6 +668,10 @@ pub struct SplitRing<S: DerefMut<Target = [DescState]>> {
     broken: bool,
     /// The first violation seen.
     violation: Option<Violation>,
+    /// Used lengths clamped to their buffer's writable length, saturating.
+    clamped: u32,
+    /// The first used length clamped.
+    first_clamp: Option<LenClamp>,
 }
 
 impl<S: DerefMut<Target = [DescState]>> fmt::Debug for SplitRing<S> {
@@ -665,6 +686,7 @@ impl<S: DerefMut<Target = [DescState]>> fmt::Debug for SplitRing<S> {
             .field("avail_flags", &self.avail_flags)
             .field("broken", &self.broken)
             .field("violation", &self.violation)
+            .field("clamped", &self.clamped)
             .finish()
     }
 }
@@ -714,6 +736,8 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
             num_added: 0,
             broken: false,
             violation: None,
+            clamped: 0,
+            first_clamp: None,
         })
     }
 
@@ -772,6 +796,16 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     /// The first device violation seen, if any.
     pub fn violation(&self) -> Option<Violation> {
         self.violation
+    }
+
+    /// How many used lengths were clamped to their buffer's writable length (saturating).
+    pub fn clamped_lens(&self) -> u32 {
+        self.clamped
+    }
+
+    /// The first used length that was clamped, if any.
+    pub fn first_clamp(&self) -> Option<LenClamp> {
+        self.first_clamp
     }
 
     /// Marks the ring broken (the transport says the device is gone).
@@ -989,8 +1023,9 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
     /// # Errors
     ///
     /// [`RingError::Broken`] if the ring is broken, or becomes broken because the device
-    /// wrote a bad used index, an id that is out of range or not a head in flight, or a
-    /// length beyond the writable part of the chain. The violation is recorded (see
+    /// wrote a bad used index, or an id that is out of range or not a head in flight (a
+    /// length beyond the writable part of the chain is clamped and counted, see
+    /// [`SplitRing::clamped_lens`]). The violation is recorded (see
     /// [`SplitRing::violation`]) and the buffer, if any, stays in flight for
     /// [`SplitRing::detach_unused`].
     pub fn get_buf<M: RingMem>(&mut self, mem: &M) -> Result<Option<Completed>, RingError> {
@@ -1018,10 +1053,16 @@ impl<S: DerefMut<Target = [DescState]>> SplitRing<S> {
         if !st.in_flight {
             return Err(self.set_broken(Violation::UsedIdNotInFlight { id }));
         }
-        if len > st.writable {
+        let len = if len > st.writable {
             let max = st.writable;
-            return Err(self.set_broken(Violation::UsedLenTooLong { id, len, max }));
-        }
+            self.clamped = self.clamped.saturating_add(1);
+            if self.first_clamp.is_none() {
+                self.first_clamp = Some(LenClamp { id, len, max });
+            }
+            max
+        } else {
+            len
+        };
         // `id` indexes `state`, whose length is `num` <= 32768.
         let head =
             u16::try_from(id).map_err(|_| self.set_broken(Violation::UsedIdOutOfRange { id }))?;

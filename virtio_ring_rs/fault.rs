@@ -41,6 +41,8 @@ use kernel::{
 };
 
 /// What a fault makes the driver read.
+// Every fault is in what the device wrote to the used ring; the names say which field.
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Kind {
     /// The used element's id is out of range.

@@ -4,10 +4,14 @@
 //! kernel's barriers, the transport's notification and the driver's callback.
 //!
 //! Concurrency (the contract of `common/virtio_rs.rs`): the caller serializes every call on
-//! one queue, except [`Queue::interrupt`], [`Queue::is_broken`] and [`Queue::mark_broken`],
-//! which touch only atomics and the device-written used index, and may run at any time, in
-//! hard-IRQ context too.  The serialized state lives in an [`UnsafeCell`] that only the
-//! serialized methods reach.
+//! one queue, except [`Queue::interrupt`], [`Queue::is_broken`], [`Queue::mark_broken`] and
+//! [`Queue::clamped_lens`], which touch only atomics and the device-written used index, and
+//! may run at any time, in hard-IRQ context too.  The serialized state lives in an
+//! [`UnsafeCell`] that only the serialized methods reach; the interrupt entry sees it through
+//! two atomic mirrors, the consumed used index and (an upper bound of) the avail index.
+//!
+//! The per-descriptor state of a queue comes from `kvmalloc()` ([`KVVec`]): a queue of 32768
+//! entries needs about 1.3 MiB of it, which a single `kmalloc()` may not find.
 
 use crate::{
     abi::{
@@ -278,7 +282,7 @@ struct IndirectOps {
 
 /// State only the serialized calls touch.
 struct Serialized {
-    ring: SplitRing<KVec<DescState>>,
+    ring: SplitRing<KVVec<DescState>>,
 }
 
 /// One virtqueue.
@@ -289,13 +293,18 @@ struct Serialized {
 ///   dropped, as are the callback contexts (guaranteed by the creator, see [`Queue::new`]).
 /// - `serialized` is only reached by methods whose callers are serialized (the locking
 ///   contract), so at most one reference to it exists at a time.
-/// - `last_used` mirrors the ring's consumed used index; once `broken` is set it stays set.
+/// - `last_used` mirrors the ring's consumed used index; `avail` is at least the ring's avail
+///   index from before it publishes a new one (so that no device completion can be seen
+///   before the buffer it completes is counted); once `broken` is set it stays set.
+/// - `clamped` mirrors the ring's count of clamped used lengths.
 pub(crate) struct Queue {
     serialized: UnsafeCell<Serialized>,
     mem: DmaMem,
     index: u16,
     used_idx_off: usize,
     last_used: Atomic<u32>,
+    avail: Atomic<u32>,
+    clamped: Atomic<u32>,
     broken: Atomic<bool>,
     reported: Atomic<bool>,
     notify: NotifyFn,
@@ -352,7 +361,7 @@ impl Queue {
             _ => None,
         };
         let feature = |bit: u32| params.features & (1u64 << bit) != 0;
-        let state = KVec::from_elem(DescState::default(), layout.num().into(), GFP_KERNEL)?;
+        let state = KVVec::from_elem(DescState::default(), layout.num().into(), GFP_KERNEL)?;
         let mut ring = SplitRing::new(
             layout,
             state,
@@ -367,6 +376,8 @@ impl Queue {
             index: params.index,
             used_idx_off: layout.used_offset() + 2,
             last_used: Atomic::new(0),
+            avail: Atomic::new(0),
+            clamped: Atomic::new(0),
             broken: Atomic::new(false),
             reported: Atomic::new(false),
             notify,
@@ -393,7 +404,7 @@ impl Queue {
     ///
     /// Inline: it runs after every add and failed get_buf; the rare work is out of line.
     #[inline(always)]
-    fn note_broken(&self, ring: &SplitRing<KVec<DescState>>) {
+    fn note_broken(&self, ring: &SplitRing<KVVec<DescState>>) {
         if ring.is_broken() {
             self.report_broken(ring);
         }
@@ -401,7 +412,7 @@ impl Queue {
 
     /// The slow path of [`Queue::note_broken`].
     #[cold]
-    fn report_broken(&self, ring: &SplitRing<KVec<DescState>>) {
+    fn report_broken(&self, ring: &SplitRing<KVVec<DescState>>) {
         self.broken.store(true, Relaxed);
         if self.reported.xchg(true, Relaxed) {
             return;
@@ -417,7 +428,7 @@ impl Queue {
     }
 
     /// Applies a `mark_broken` that arrived concurrently to the serialized state.
-    fn sync_broken(&self, ring: &mut SplitRing<KVec<DescState>>) {
+    fn sync_broken(&self, ring: &mut SplitRing<KVVec<DescState>>) {
         if read_once(&self.broken) && !ring.is_broken() {
             ring.mark_broken();
             // The transport said the device is gone: not a violation, nothing to report.
@@ -447,8 +458,24 @@ impl Queue {
         if out > sg.len() {
             return Err(EINVAL);
         }
-        // PANIC: `out <= sg.len()`, checked above.
-        let (out_bufs, in_bufs) = sg.split_at(out);
+        // INVARIANT: the bound covers the avail index the add may publish; the ring's write
+        // barrier before it orders this store first.
+        write_once(&self.avail, ring.avail_idx().wrapping_add(1).into());
+        let res = self.add_inner(ring, sg, out, token, atomic);
+        write_once(&self.avail, ring.avail_idx().into());
+        res
+    }
+
+    /// [`Queue::add`] once the avail index bound is published.
+    fn add_inner(
+        &self,
+        ring: &mut SplitRing<KVVec<DescState>>,
+        sg: &[Sg],
+        out: usize,
+        token: NonNull<c_void>,
+        atomic: bool,
+    ) -> Result {
+        let (out_bufs, in_bufs) = sg.split_at_checked(out).ok_or(EINVAL)?;
         // CAST: the token is an opaque, non-null pointer value.
         let token = token.as_ptr() as usize;
 
@@ -599,6 +626,9 @@ impl Queue {
         write_once(&self.last_used, ring.last_used_idx().into());
         match res {
             Ok(Some(c)) => {
+                if ring.clamped_lens() != read_once(&self.clamped) {
+                    self.note_clamp(ring);
+                }
                 *len = c.len;
                 self.finish(c)
             }
@@ -608,6 +638,29 @@ impl Queue {
                 core::ptr::null_mut()
             }
         }
+    }
+
+    /// Publishes the count of clamped used lengths, and logs the first one.
+    #[cold]
+    fn note_clamp(&self, ring: &SplitRing<KVVec<DescState>>) {
+        let before = self.clamped.xchg(ring.clamped_lens(), Relaxed);
+        if before == 0 {
+            if let Some(c) = ring.first_clamp() {
+                pr_warn!(
+                    "queue {}: device reported more bytes than the buffer holds (used id {} \
+                     len {} exceeds writable length {}); clamped, and counted from now on\n",
+                    self.index,
+                    c.id,
+                    c.len,
+                    c.max
+                );
+            }
+        }
+    }
+
+    /// How many used lengths were clamped to their buffer's writable length.  Any context.
+    pub(crate) fn clamped_lens(&self) -> u32 {
+        self.clamped.load(Relaxed)
     }
 
     /// A buffer the device still owns, for teardown; null when all are back.
@@ -663,14 +716,44 @@ impl Queue {
 
     /// The interrupt entry point: runs the driver's callback if the device used buffers
     /// since the driver last looked.  Any context; never touches the serialized state.
+    ///
+    /// Returns false when the device used nothing (the interrupt was not this queue's).  The
+    /// used index is checked as `get_buf` checks it: a device claiming more completions than
+    /// it holds buffers breaks the queue here (logged once), and runs no callback.  A broken
+    /// queue with completions pending runs no callback either, but the interrupt was its own
+    /// (C's `vring_interrupt()` returns `IRQ_HANDLED` then too).
     pub(crate) fn interrupt(&self) -> bool {
-        if self.broken.load(Relaxed) {
+        // The consumed index first: it only moves up to a used index the driver saw, so the
+        // used index read after it is never behind it (unless the device lies).
+        // CAST: the mirrors only ever hold `u16` values.
+        let last = read_once(&self.last_used) as u16;
+        self.mem.barrier(Barrier::Read);
+        let used: u16 = self.mem.read(self.used_idx_off);
+        let pending = used.wrapping_sub(last);
+        if pending == 0 {
             return false;
         }
-        let used: u16 = self.mem.read(self.used_idx_off);
-        // CAST: `last_used` only ever holds `u16` values.
-        if u32::from(used) == self.last_used.load(Relaxed) {
-            return false;
+        if read_once(&self.broken) {
+            return true;
+        }
+        // Then the avail bound: read after the used index, it covers every buffer the device
+        // could have completed by then.
+        self.mem.barrier(Barrier::Read);
+        // CAST: as above.
+        let outstanding = (read_once(&self.avail) as u16).wrapping_sub(last);
+        if pending > outstanding {
+            self.broken.store(true, Relaxed);
+            if !self.reported.xchg(true, Relaxed) {
+                pr_err!(
+                    "queue {}: device violated the ring protocol (used idx jumped from {} to \
+                     {} with {} buffers out); queue marked broken\n",
+                    self.index,
+                    last,
+                    used,
+                    outstanding
+                );
+            }
+            return true;
         }
         if let Some(cb) = self.callback {
             // SAFETY: The callback is safe to call with its context from any context
@@ -685,9 +768,18 @@ impl Queue {
         self.broken.load(Relaxed)
     }
 
-    /// Marks the queue broken; the serialized calls see it at their next entry.
+    /// Marks the queue broken (the device is gone); the serialized calls see it at their
+    /// next entry.  The first time, the driver's callback runs, as an interrupt would, so that
+    /// a driver waiting for a completion learns at once that none will come.  Any context.
     pub(crate) fn mark_broken(&self) {
-        self.broken.store(true, Relaxed);
+        if self.broken.xchg(true, Relaxed) {
+            return;
+        }
+        if let Some(cb) = self.callback {
+            // SAFETY: The callback is safe to call with its context from any context
+            // (contract of `VqParams`, checked by the creator).
+            unsafe { cb(self.callback_ctx) };
+        }
     }
 }
 

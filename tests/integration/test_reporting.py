@@ -11,7 +11,7 @@ freed memory and QEMU discards it.  It must fall by at least 80 % of 512 MiB wit
 both, the Rust driver no more than 25 % slower than C; the negotiated features must be equal
 bit for bit.  Last, a device that stops taking buffers (the transport's test switch
 `drop_kicks`, in the test flavour of the modules from `$VIRTIO_RS_KUNIT_DIR`, which
-`scripts/build-kunit` builds): the Rust report callback gives up after its bounded wait, says
+`scripts/build-flavour kunit` builds): the Rust report callback gives up after its bounded wait, says
 so once, reporting stops, and unbind does not hang.  Tests run in file order and share one
 guest; the comparisons fail if a scenario did not run.  (That a default guest negotiates no PAGE_POISON is checked in
 `test_parity_c.py`, whose guest is a default one.)"""
@@ -200,7 +200,7 @@ def test_rust_silent_device_does_not_hang_reporting(guest):
     """A device that takes no report: the callback waits at most REPORT_TIMEOUT_S, fails,
     reporting stops (later reports fail at once), and unbind is bounded."""
     assert KUNIT_DIR, ("VIRTIO_RS_KUNIT_DIR is not set: the drop_kicks switch exists only in "
-                       "the test flavour of the modules (scripts/build-kunit)")
+                       "the test flavour of the modules (scripts/build-flavour kunit)")
     bdf = guest.balloon_bdf()
     guest.unbind(bdf)
     guest.sh("rmmod virtio_balloon_rs virtio_pci_rs virtio_ring_rs 2>/dev/null; "

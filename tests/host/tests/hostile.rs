@@ -4,10 +4,13 @@
 //!
 //! Every case must mark the ring broken, record the violation, return an error, never hand
 //! a token out twice, never panic, and still give every buffer back through
-//! `detach_unused` (the `Harness` checks the bookkeeping on every step).
+//! `detach_unused` (the `Harness` checks the bookkeeping on every step).  The exception is a
+//! used length beyond the buffer, which real devices report (the out-length included): it is
+//! clamped to the writable length and counted, and the ring goes on.
 
 use virtio_ring_core::{
     ring::{
+        LenClamp,
         RingError,
         Violation,
         VRING_DESC_F_NEXT, //
@@ -99,18 +102,35 @@ fn used_id_not_in_flight_replayed_used_ring() {
     assert_broken_by(h, Violation::UsedIdNotInFlight { id: 0 }, 1);
 }
 
+/// Asserts the ring clamped `clamp` and nothing else, and goes on working.
+fn assert_clamped(mut h: Harness, clamp: LenClamp) {
+    assert!(!h.ring.is_broken());
+    assert_eq!(h.ring.violation(), None);
+    assert_eq!(h.ring.clamped_lens(), 1);
+    assert_eq!(h.ring.first_clamp(), Some(clamp));
+    // The ring goes on: an honest buffer is not counted.
+    let t = h.add_ok(&[], &[8]);
+    h.serve_all();
+    let c = h.get_buf().unwrap().unwrap();
+    assert_eq!((c.token, c.len), (t, 8));
+    assert_eq!(h.ring.clamped_lens(), 1);
+    assert_eq!(h.detach_all().len(), 0);
+}
+
 #[test]
-fn used_len_longer_than_writable() {
+fn used_len_longer_than_writable_is_clamped() {
     let mut h = hostile(8, false, false);
-    h.add_ok(&[64], &[100, 50]);
-    h.dev.push(&h.mem, 0, 151);
-    assert_eq!(h.get_buf(), Err(RingError::Broken));
-    let v = Violation::UsedLenTooLong {
+    let t = h.add_ok(&[64], &[100, 50]);
+    h.pop_all();
+    h.complete(0, 151);
+    let c = h.get_buf().unwrap().unwrap();
+    assert_eq!((c.token, c.len), (t, 150));
+    let clamp = LenClamp {
         id: 0,
         len: 151,
         max: 150,
     };
-    assert_broken_by(h, v, 1);
+    assert_clamped(h, clamp);
 }
 
 #[test]
@@ -123,32 +143,59 @@ fn used_len_exactly_writable_is_fine() {
 }
 
 #[test]
-fn used_len_nonzero_for_an_out_only_buffer() {
-    // The balloon's case: everything it sends is device-readable.
+fn used_len_nonzero_for_an_out_only_buffer_is_clamped() {
+    // The balloon's case: everything it sends is device-readable; a device that reports the
+    // bytes it read (the out-length) gives a non-zero length.
     let mut h = hostile(8, true, false);
-    h.add_ok(&[4096], &[]);
-    h.dev.push(&h.mem, 0, 1);
-    assert_eq!(h.get_buf(), Err(RingError::Broken));
-    let v = Violation::UsedLenTooLong {
+    let t = h.add_ok(&[4096], &[]);
+    h.pop_all();
+    h.complete(0, 4096);
+    let c = h.get_buf().unwrap().unwrap();
+    assert_eq!((c.token, c.len), (t, 0));
+    let clamp = LenClamp {
         id: 0,
-        len: 1,
+        len: 4096,
         max: 0,
     };
-    assert_broken_by(h, v, 1);
+    assert_clamped(h, clamp);
 }
 
 #[test]
-fn used_len_longer_than_writable_indirect() {
+fn used_len_longer_than_writable_indirect_is_clamped() {
     let mut h = hostile(8, false, true);
-    h.add_ok(&[1, 2], &[30, 40]);
-    h.dev.push(&h.mem, 0, 71);
-    assert_eq!(h.get_buf(), Err(RingError::Broken));
-    let v = Violation::UsedLenTooLong {
+    let t = h.add_ok(&[1, 2], &[30, 40]);
+    h.pop_all();
+    h.complete(0, u32::MAX);
+    let c = h.get_buf().unwrap().unwrap();
+    assert_eq!((c.token, c.len), (t, 70));
+    assert_eq!(c.indirect, Some(0));
+    let clamp = LenClamp {
         id: 0,
-        len: 71,
+        len: u32::MAX,
         max: 70,
     };
-    assert_broken_by(h, v, 1);
+    assert_clamped(h, clamp);
+}
+
+#[test]
+fn clamped_lengths_are_counted_saturating_per_ring() {
+    let mut h = hostile(4, true, false);
+    for n in 1..=10u32 {
+        let t = h.add_ok(&[], &[16]);
+        h.pop_all();
+        h.complete(0, 17 + n);
+        let c = h.get_buf().unwrap().unwrap();
+        assert_eq!((c.token, c.len), (t, 16));
+        assert_eq!(h.ring.clamped_lens(), n);
+    }
+    // The first one is the one remembered.
+    let first = LenClamp {
+        id: h.ring.first_clamp().unwrap().id,
+        len: 18,
+        max: 16,
+    };
+    assert_eq!(h.ring.first_clamp(), Some(first));
+    assert!(!h.ring.is_broken());
 }
 
 #[test]
