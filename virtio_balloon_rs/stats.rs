@@ -105,6 +105,10 @@ pub(crate) struct Counters {
     pub(crate) device_errors: Atomic<u64>,
     /// Guest pages of inflate messages lost on a broken queue, held until unbind.
     pub(crate) set_aside: Atomic<u64>,
+    /// Balloon pages compaction migrated (the device was told about both pages).
+    pub(crate) migrated: Atomic<u64>,
+    /// Migrations the balloon refused or could not finish.
+    pub(crate) migrate_failures: Atomic<u64>,
     /// Negotiated feature bits.
     pub(crate) features: Atomic<u64>,
     /// Statistics buffers sent.
@@ -139,6 +143,8 @@ impl Counters {
             alloc_failures: Atomic::new(0),
             device_errors: Atomic::new(0),
             set_aside: Atomic::new(0),
+            migrated: Atomic::new(0),
+            migrate_failures: Atomic::new(0),
             features: Atomic::new(0),
             stats_sent: Atomic::new(0),
             last_stats: [const { Atomic::new(0) }; NR_TAGS],
@@ -165,7 +171,7 @@ impl Counters {
 
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &Atomic<u64>); 17] = [
+        let rows: [(&str, &Atomic<u64>); 19] = [
             ("target_pages", &self.target),
             ("actual_pages", &self.actual),
             ("pages_held", &self.pages_held),
@@ -176,6 +182,8 @@ impl Counters {
             ("alloc_failures", &self.alloc_failures),
             ("device_errors", &self.device_errors),
             ("set_aside_pages", &self.set_aside),
+            ("migrated_pages", &self.migrated),
+            ("migrate_failures", &self.migrate_failures),
             ("features", &self.features),
             ("stats_sent", &self.stats_sent),
             ("messages", &self.messages),
