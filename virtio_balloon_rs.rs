@@ -535,8 +535,8 @@ impl BalloonShared {
     ///
     /// # Errors
     ///
-    /// `EBUSY` if no message slot is free, `EIO` if the device did not take a message (or
-    /// the error of posting it).
+    /// `EBUSY` if no message slot is free, `EIO` if the device did not take a message, or
+    /// the error of posting the inflate message.
     fn migrate_locked(
         &self,
         state: &mut StateGuard<'_>,
@@ -544,10 +544,7 @@ impl BalloonShared {
         old: &PageRef<'_>,
     ) -> Result {
         let mut done = Progress::default();
-        let ticket = state
-            .engine
-            .post_pfns(Dir::Inflate, new.pfns())
-            .map_err(|e| if e == EBUSY { EBUSY } else { EIO })?;
+        let ticket = state.engine.post_pfns(Dir::Inflate, new.pfns())?;
         let _ = self.wait_until(state, &mut done, |e| e.sent(&ticket) != Sent::InFlight);
         if state.engine.sent(&ticket) != Sent::Done {
             // The device may still read the message: the page must not go back to the
@@ -555,12 +552,13 @@ impl BalloonShared {
             let _ = state.engine.adopt(&ticket, new.get());
             return Err(EIO);
         }
-        // The device took `new`: from here on, a failure keeps it in the balloon.
+        // The device took `new` (or was reset by a teardown that started meanwhile): from
+        // here on, a failure keeps it in the balloon, which teardown empties.
         let told = self
             .wait_until(state, &mut done, |e| e.has_free_slot())
             .and_then(|()| {
-                if state.deflate_lost {
-                    return Err(EIO);
+                if state.deflate_lost || self.stop.load(Relaxed) {
+                    return Err(EAGAIN);
                 }
                 state.engine.post_pfns(Dir::Deflate, old.pfns())
             })
@@ -900,6 +898,11 @@ impl BalloonShared {
                     break;
                 }
                 let k = state.engine.release_untold(want);
+                // With a page vector free, nothing left because compaction has every page
+                // left isolated: not now.
+                if k == 0 && state.engine.has_free_slot() {
+                    break;
+                }
                 if k != 0 {
                     let p = Progress {
                         // CAST: at most `MSG_PAGES` guest pages.
@@ -963,6 +966,8 @@ impl BalloonShared {
             let s = self.state.lock();
             (s.engine.num_pages(), !s.inflate_lost)
         };
+        // Deflating found every page left isolated by compaction: look again shortly.
+        let mut isolated = false;
         let done = match target.cmp(&current) {
             // Memory pressure deflated us: wait for a new target before inflating again.
             core::cmp::Ordering::Greater if self.pressure_hold.load(Relaxed) => return false,
@@ -984,7 +989,14 @@ impl BalloonShared {
                 }
                 added
             }
-            core::cmp::Ordering::Less => self.leak(current - target),
+            core::cmp::Ordering::Less => {
+                let freed = self.leak(current - target);
+                if freed == 0 && self.list.isolated() != 0 {
+                    isolated = true;
+                    fsleep(Delta::from_millis(10));
+                }
+                freed
+            }
             core::cmp::Ordering::Equal => 0,
         };
         let (now, stuck) = {
@@ -996,7 +1008,7 @@ impl BalloonShared {
             )
         };
         self.write_actual(now);
-        target != now && !stuck && (done != 0 || target > now)
+        target != now && !stuck && (done != 0 || target > now || isolated)
     }
 
     /// Deflates everything, telling the device (teardown); stops early if the device does

@@ -33,7 +33,7 @@ RAM = 1024 * b.MiB
 # The order of the files (pytest would sort them by name): the shared guest goes from the
 # gentlest tests to those that squeeze its memory.
 ORDER = ["test_bringup", "test_kunit", "test_balloon_msix", "test_balloon_intx",
-         "test_parity_c", "test_balloon_pressure", "test_balloon_hostile"]
+         "test_parity_c", "test_migration", "test_balloon_pressure", "test_balloon_hostile"]
 
 
 def pytest_collection_modifyitems(session, config, items):
