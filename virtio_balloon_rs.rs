@@ -550,6 +550,9 @@ impl BalloonShared {
             // The device may still read the message: the page must not go back to the
             // guest before a reset (or joins the balloon if the device takes it late).
             let _ = state.engine.adopt(&ticket, new.get());
+            self.counters
+                .set_aside
+                .store(state.engine.set_aside() as u64, Relaxed);
             return Err(EIO);
         }
         // The device took `new` (or was reset by a teardown that started meanwhile): from
