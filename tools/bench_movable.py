@@ -53,7 +53,7 @@ def main():
         print("BENCH_BASELINE: a directory with the baseline's .ko files", file=sys.stderr)
         return 2
     res = {k: [] for k in BUILDS}
-    with vm.Guest("bench-movable", memory=f"{RAM_MIB}M", cpus=2) as g:
+    with vm.Guest("bench-movable", memory=f"{RAM_MIB}M", cpus=2, boot_timeout=900) as g:
         g.sh(f"mkdir -p /tmp/baseline && cp {BASELINE}/*.ko /tmp/baseline/")
         for rep in range(REPS):
             for build in BUILDS if rep % 2 == 0 else BUILDS[::-1]:

@@ -108,6 +108,11 @@ unsafe fn lru(page: *mut bindings::page) -> *mut bindings::list_head {
     }
 }
 
+/// Pages per call of the core's list functions, which hold its lock with interrupts off for
+/// the whole list: at most what one C driver message moves (256), so that a 4096-page message
+/// does not keep interrupts off sixteen times as long.
+const LIST_CHUNK: usize = 256;
+
 /// What moves the balloon from one page to another for the balloon core.
 pub(crate) trait Migrate: Sync {
     /// Tells the device that `new` is in the balloon instead of `old`; on success the core
@@ -168,30 +173,29 @@ impl BalloonList {
         pin_init!(Self { info <- info })
     }
 
-    /// Puts every page of `pages` on the list (one call of the core, one lock), emptying it:
-    /// the balloon holds them from now on.
+    /// Puts every page of `pages` on the list ([`LIST_CHUNK`] pages per call of the core),
+    /// emptying it: the balloon holds them from now on.
     pub(crate) fn enqueue(&self, pages: &mut KVec<BalloonPage>) {
-        if pages.is_empty() {
-            return;
-        }
-        let mut head = bindings::list_head {
-            next: core::ptr::null_mut(),
-            prev: core::ptr::null_mut(),
-        };
-        let head = &raw mut head;
-        // SAFETY: `head` is a local that stays in place until the end of this function.
-        unsafe { init_list_head(head) };
-        for page in pages.iter() {
+        for chunk in pages.chunks(LIST_CHUNK) {
+            let mut head = bindings::list_head {
+                next: core::ptr::null_mut(),
+                prev: core::ptr::null_mut(),
+            };
+            let head = &raw mut head;
+            // SAFETY: `head` is a local that stays in place until the end of this iteration.
+            unsafe { init_list_head(head) };
+            for page in chunk {
+                // SAFETY:
+                // - `head` is a valid list that only this thread uses.
+                // - The page is valid and ours (type invariant of `BalloonPage`); a page the
+                //   driver owns and has not enqueued is on no list.
+                unsafe { list_add_tail(lru(page.as_ptr()), head) };
+            }
             // SAFETY:
-            // - `head` is a valid list that only this thread uses.
-            // - The page is valid and ours (type invariant of `BalloonPage`); a page the
-            //   driver owns and has not enqueued is on no list.
-            unsafe { list_add_tail(lru(page.as_ptr()), head) };
+            // - `info` is an initialized `balloon_dev_info` (type invariant).
+            // - `head` lists order-0 pages the driver allocated and owns.
+            unsafe { balloon_page_list_enqueue(self.info.get(), head) };
         }
-        // SAFETY:
-        // - `info` is an initialized `balloon_dev_info` (type invariant).
-        // - `head` lists order-0 pages the driver allocated and owns.
-        unsafe { balloon_page_list_enqueue(self.info.get(), head) };
         // The list holds their references now.
         for page in pages.drain_all() {
             core::mem::forget(page);
@@ -208,9 +212,23 @@ impl BalloonList {
         core::mem::forget(page);
     }
 
-    /// Takes up to `n` pages off the list into `out` (within its spare capacity); returns
-    /// how many.  Fewer than asked while compaction has pages isolated.
+    /// Takes up to `n` pages off the list into `out` (within its spare capacity), at most
+    /// [`LIST_CHUNK`] per call of the core; returns how many.  Fewer than asked while
+    /// compaction has pages isolated.
     pub(crate) fn dequeue(&self, out: &mut KVec<BalloonPage>, n: usize) -> usize {
+        let mut taken = 0;
+        while taken < n {
+            let got = self.dequeue_chunk(out, (n - taken).min(LIST_CHUNK));
+            if got == 0 {
+                break;
+            }
+            taken += got;
+        }
+        taken
+    }
+
+    /// One call of [`Self::dequeue`]'s: up to `n` pages.
+    fn dequeue_chunk(&self, out: &mut KVec<BalloonPage>, n: usize) -> usize {
         let n = n.min(out.capacity() - out.len());
         if n == 0 {
             return 0;
