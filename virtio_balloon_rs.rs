@@ -408,14 +408,18 @@ impl Migrate for BalloonShared {
     fn migrate(&self, new: PageRef<'_>, old: PageRef<'_>) -> Result {
         // Never wait for the balloon here: compaction may run inside the worker's
         // allocations, and teardown takes every page back.
+        let refused = || {
+            Counters::add(&self.counters.migrate_failures, 1);
+            Err(EAGAIN)
+        };
         if self.stop.load(Relaxed) || self.dead.load(Relaxed) {
-            return Err(EAGAIN);
+            return refused();
         }
         let Some(mut state) = self.state.try_lock() else {
-            return Err(EAGAIN);
+            return refused();
         };
         if state.inflate_lost || state.deflate_lost || !state.engine.has_free_slot() {
-            return Err(EAGAIN);
+            return refused();
         }
         let r = self.migrate_locked(&mut state, &new, &old);
         let now = state.engine.num_pages();
