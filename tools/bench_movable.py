@@ -6,8 +6,11 @@ three .ko files of another commit, e.g. the last one before page migration), in 
 
 Each run inflates the balloon by 1 GiB and deflates it again, timed as `make bench` does (from
 the QMP command to query-balloon's `actual` reaching the target), REPS times per build,
-interleaved.  Prints medians and the ratio this tree / baseline for the inflate+deflate time.
-`make bench` runs it when BENCH_BASELINE is set.
+interleaved.  Prints medians, and the verdict: the median over the reps of the ratio this tree
+/ baseline of the inflate+deflate time of the two runs of a rep, which sit next to each other in
+time, so that a load that comes and goes on a shared machine (1-3x here) cancels out of each
+ratio instead of landing in one build's median.  `make bench` runs it when BENCH_BASELINE_REV
+is set.
 """
 
 import os
@@ -73,9 +76,11 @@ def main():
     for k, (inf, dfl) in med.items():
         print(f"{k:10s}: inflate {inf:6.2f}s, deflate {dfl:6.2f}s, total {inf + dfl:6.2f}s "
               f"(medians of {REPS})")
-    ratio = sum(med["this tree"]) / sum(med["baseline"])
+    ratios = [sum(t) / sum(base) for t, base in zip(res["this tree"], res["baseline"])]
+    ratio = statistics.median(ratios)
+    print("per rep, this tree / baseline: " + ", ".join(f"{r:4.2f}" for r in ratios))
     print(f"movable pages: inflate+deflate takes {ratio:4.2f}x the baseline's time "
-          f"({(ratio - 1) * 100:+.1f} %)")
+          f"({(ratio - 1) * 100:+.1f} %, median of the per-rep ratios)")
     if problems:
         print("kernel problems:\n" + "\n".join(problems))
         return 1
