@@ -4,9 +4,10 @@
 core's list) against a baseline build of the modules (BENCH_BASELINE, a directory holding the
 three .ko files of another commit, e.g. the last one before page migration), in one guest.
 
-Each run inflates the balloon by 1 GiB and deflates it again, timed as `make bench` does (from
-the QMP command to query-balloon's `actual` reaching the target), REPS times per build,
-interleaved.  Prints medians, and the verdict: the median over the reps of the ratio this tree
+Each run inflates the balloon by 1 GiB and deflates it again CYCLES times (default 5: one
+cycle takes about 1 s here, and `actual` is polled every 0.1 s), each phase timed as `make bench`
+does (from the QMP command to query-balloon's `actual` reaching the target), REPS times per
+build, interleaved.  Prints medians, and the verdict: the median over the reps of the ratio this tree
 / baseline of the inflate+deflate time of the two runs of a rep, which sit next to each other in
 time, so that a load that comes and goes on a shared machine (1-3x here) cancels out of each
 ratio instead of landing in one build's median.  `make bench` runs it when BENCH_BASELINE_REV
@@ -27,6 +28,7 @@ RAM = RAM_MIB * b.MiB
 DELTA = 1024 * b.MiB
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 BASELINE = os.environ.get("BENCH_BASELINE", "")
+CYCLES = int(os.environ.get("BENCH_CYCLES", "5"))
 BUILDS = ("this tree", "baseline")
 
 
@@ -63,10 +65,12 @@ def main():
                 load(g, build)
                 b.set_target(g, RAM)
                 b.wait_actual(g, RAM)
-                inf = timed(g, RAM - DELTA)
-                st = b.status(g)
-                assert st["pages_held"] == DELTA // 4096, st
-                dfl = timed(g, RAM)
+                inf = dfl = 0.0
+                for _ in range(CYCLES):
+                    inf += timed(g, RAM - DELTA)
+                    st = b.status(g)
+                    assert st["pages_held"] == DELTA // 4096, st
+                    dfl += timed(g, RAM)
                 res[build].append((inf, dfl))
                 print(f"rep {rep} {build:10s}: inflate {inf:6.2f}s, deflate {dfl:6.2f}s",
                       flush=True)
@@ -75,7 +79,7 @@ def main():
            for k, v in res.items()}
     for k, (inf, dfl) in med.items():
         print(f"{k:10s}: inflate {inf:6.2f}s, deflate {dfl:6.2f}s, total {inf + dfl:6.2f}s "
-              f"(medians of {REPS})")
+              f"({CYCLES} cycles, medians of {REPS})")
     ratios = [sum(t) / sum(base) for t, base in zip(res["this tree"], res["baseline"])]
     ratio = statistics.median(ratios)
     print("per rep, this tree / baseline: " + ", ".join(f"{r:4.2f}" for r in ratios))
