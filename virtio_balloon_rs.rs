@@ -17,10 +17,17 @@
 //! the host can reclaim the memory behind them.  VIRTIO_BALLOON_F_PAGE_POISON tells the host
 //! what freed pages hold when the guest zeroes or poisons them (`virtballoon_validate()`).
 //!
+//! The pages the device holds sit on the balloon core's list (`migrate.rs`), where compaction
+//! migrates them: the balloon moves to a new page by telling the device about the new page
+//! (inflate), then the old one (deflate), as `virtballoon_migratepage()` does.
+//!
 //! Lock order: `BalloonShared::reporting` (held while unregistering, which waits for a report
 //! in progress), then the page reporting core's `page_reporting_mutex`, then
-//! `BalloonShared::state`, which every device access takes; `BalloonShared::hooks` is never
-//! held with another.  The interrupt callbacks take none: they queue work.
+//! `BalloonShared::state`, which every device access takes, then the balloon core's
+//! `balloon_pages_lock` (taken inside the core's list functions); `BalloonShared::hooks` is
+//! never held with another.  The interrupt callbacks take none: they queue work.  The
+//! migration callback only tries the state lock: compaction may run inside an allocation the
+//! worker makes.
 
 use core::num::NonZeroUsize;
 use kernel::{
@@ -69,6 +76,9 @@ mod engine;
 #[path = "virtio_balloon_rs/kunit.rs"]
 mod kunit;
 
+#[path = "virtio_balloon_rs/migrate.rs"]
+mod migrate;
+
 #[path = "virtio_balloon_rs/mm.rs"]
 mod mm;
 
@@ -91,7 +101,14 @@ use engine::{
     Dir,
     Engine,
     Host,
-    Progress, //
+    Progress,
+    Sent, //
+};
+use migrate::{
+    BalloonList,
+    HasBalloonList,
+    Migrate,
+    PageRef, //
 };
 use mm::{
     BalloonPage,
@@ -233,8 +250,8 @@ struct DeviceHost {
     /// Frame numbers of [`engine::SLOTS`] messages of [`engine::MSG_PFNS`] each, in memory
     /// the device reads at its guest-physical address.
     pfns: abi::LegacyBuf<u32>,
-    /// Whether balloon pages stay in the managed page counts (DEFLATE_ON_OOM, as C).
-    keep_managed: bool,
+    /// The balloon's page list, once the shared state is pinned (before any message).
+    list: Option<ListRef>,
     /// Where the time spent releasing pages is counted.
     counters: Arc<Counters>,
 }
@@ -300,12 +317,29 @@ impl Host for DeviceHost {
         Some(self.vq(dir)?.detach_unused()?.get() - 1)
     }
 
-    fn account(&mut self, pages: &[BalloonPage], delta: isize) {
-        if !self.keep_managed {
-            for page in pages {
-                page.adjust_managed(delta);
+    fn enlist(&mut self, pages: &mut KVec<BalloonPage>) {
+        match &self.list {
+            Some(list) => list.get().enqueue(pages),
+            // Cannot happen (no message is posted before the list is set); never free a page
+            // the device took.
+            None => {
+                for page in pages.drain_all() {
+                    core::mem::forget(page);
+                }
             }
         }
+    }
+
+    fn enlist_one(&mut self, page: BalloonPage) {
+        match &self.list {
+            Some(list) => list.get().enqueue_one(page),
+            // As in `enlist`.
+            None => core::mem::forget(page),
+        }
+    }
+
+    fn delist(&mut self, out: &mut KVec<BalloonPage>, n: usize) -> usize {
+        self.list.as_ref().map_or(0, |l| l.get().dequeue(out, n))
     }
 
     fn release(&mut self, pages: &mut KVec<BalloonPage>) {
@@ -317,9 +351,9 @@ impl Host for DeviceHost {
 
 /// State of one balloon, behind [`BalloonShared::state`].
 struct State {
-    /// The pages, the messages in flight and the queues.  The page list grows outside the
-    /// lock (see [`BalloonShared::grow_pages`]): nothing allocates with reclaim under this
-    /// lock, because the shrinker and the OOM notifier take it from reclaim.
+    /// The balloon's count, the messages in flight and the queues (the pages themselves are
+    /// on [`BalloonShared::list`]).  Nothing allocates with reclaim under this lock, because
+    /// the shrinker and the OOM notifier take it from reclaim.
     engine: Engine<DeviceHost>,
     /// The statistics buffer, in memory the device reads at its guest-physical address.
     stats_buf: abi::LegacyBuf<u8>,
@@ -376,6 +410,9 @@ struct BalloonShared {
     features: u64,
     /// The transport's handle (see the type invariant of [`HandleRef`]).
     handle: HandleRef,
+    /// The pages the device holds, on the balloon core's list.
+    #[pin]
+    list: BalloonList,
     /// The auxiliary device, for logging.
     dev: ARef<device::Device>,
 }
@@ -409,6 +446,79 @@ impl HandleRef {
     fn get(&self) -> &DeviceHandle {
         // SAFETY: Valid while the balloon is bound (type invariant).
         unsafe { self.0.as_ref() }
+    }
+}
+
+/// The balloon's page list, [`BalloonShared::list`], as the engine's host reaches it.
+///
+/// # Invariants
+///
+/// Points to the `list` of the [`BalloonShared`] whose engine holds this value, which is
+/// pinned and outlives its engine.
+struct ListRef(core::ptr::NonNull<BalloonList>);
+
+// SAFETY: `BalloonList` is `Sync`; the pointer is only dereferenced under the invariant.
+unsafe impl Send for ListRef {}
+// SAFETY: See `Send`.
+unsafe impl Sync for ListRef {}
+
+impl ListRef {
+    /// The list of `shared`, for its engine.
+    fn new(shared: &BalloonShared) -> Self {
+        // INVARIANT: `shared` is pinned in its `Arc`; the engine is a field of it.
+        Self(core::ptr::NonNull::from(&shared.list))
+    }
+
+    fn get(&self) -> &BalloonList {
+        // SAFETY: Valid as long as the engine that holds this value (type invariant).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+// SAFETY:
+// - `OFFSET` is the offset of `list`, a `BalloonList` field that `probe` initializes with
+//   `BalloonList::new::<BalloonShared>`.
+// - The shared state is pinned in an `Arc` that the driver data holds until after `unbind`,
+//   which takes every page off the list and waits for isolated ones
+//   (`BalloonShared::release_everything`).
+unsafe impl HasBalloonList for BalloonShared {
+    const OFFSET: usize = core::mem::offset_of!(BalloonShared, list);
+}
+
+impl Migrate for BalloonShared {
+    fn migrate(&self, new: PageRef<'_>, old: PageRef<'_>) -> Result {
+        // Never wait for the balloon here: compaction may run inside the worker's
+        // allocations, and teardown takes every page back.
+        let refused = || {
+            Counters::add(&self.counters.migrate_failures, 1);
+            Err(EAGAIN)
+        };
+        if self.stop.load(Relaxed) || self.dead.load(Relaxed) {
+            return refused();
+        }
+        let Some(mut state) = self.state.try_lock() else {
+            return refused();
+        };
+        if state.inflate_lost || state.deflate_lost || !state.engine.has_free_slot() {
+            return refused();
+        }
+        let r = self.migrate_locked(&mut state, &new, &old);
+        let now = state.engine.num_pages();
+        let idle = state.engine.in_flight() == 0;
+        drop(state);
+        match r {
+            Ok(()) => Counters::add(&self.counters.migrated, 1),
+            Err(_) => {
+                Counters::add(&self.counters.migrate_failures, 1);
+                // The balloon may have kept the new page besides the old one (the device took
+                // it): say so.  Only a failing device gets here, so the worker is not asked
+                // to move back toward the target before the next one.
+                if idle {
+                    self.write_actual(now);
+                }
+            }
+        }
+        r
     }
 }
 
@@ -600,6 +710,62 @@ impl BalloonShared {
         }
     }
 
+    /// Moves the balloon from `old` to `new` (the migration callback, under the state lock):
+    /// tells the device that `new` is in the balloon, then that `old` is not, waiting for the
+    /// device each time.  On failure the core puts `old` back, so a new page the device may
+    /// have taken stays with the balloon: in it, or with the message that names it.
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY` if no message slot is free, `EIO` if the device did not take a message, or
+    /// the error of posting the inflate message.
+    fn migrate_locked(
+        &self,
+        state: &mut StateGuard<'_>,
+        new: &PageRef<'_>,
+        old: &PageRef<'_>,
+    ) -> Result {
+        let mut done = Progress::default();
+        let ticket = state.engine.post_pfns(Dir::Inflate, new.pfns())?;
+        let _ = self.wait_until(state, &mut done, |e| e.sent(&ticket) != Sent::InFlight);
+        if state.engine.sent(&ticket) != Sent::Done {
+            // The device may still read the message: the page must not go back to the
+            // guest before a reset (or joins the balloon if the device takes it late).
+            let _ = state.engine.adopt(&ticket, new.get());
+            self.counters
+                .set_aside
+                .store(state.engine.set_aside() as u64, Relaxed);
+            return Err(EIO);
+        }
+        // The device took `new` (or was reset by a teardown that started meanwhile): from
+        // here on, a failure keeps it in the balloon, which teardown empties.
+        let told = self
+            .wait_until(state, &mut done, |e| e.has_free_slot())
+            .and_then(|()| {
+                if state.deflate_lost || self.stop.load(Relaxed) {
+                    return Err(EAGAIN);
+                }
+                state.engine.post_pfns(Dir::Deflate, old.pfns())
+            })
+            .and_then(|ticket| {
+                let _ = self.wait_until(state, &mut done, |e| e.sent(&ticket) != Sent::InFlight);
+                match state.engine.sent(&ticket) {
+                    Sent::Done => Ok(()),
+                    // The device may read it late: then it thinks `old` is back with the guest
+                    // while the balloon keeps it, which is safe.
+                    Sent::InFlight | Sent::Lost => Err(EIO),
+                }
+            });
+        if told.is_err() {
+            state.engine.enlist_one(new.get());
+            self.counters
+                .pages_held
+                .store(state.engine.pages_held() as u64, Relaxed);
+            return Err(EIO);
+        }
+        Ok(())
+    }
+
     /// Waits until neither work item is queued or running.  With `stop` set, they do not
     /// requeue themselves, and the callbacks queue nothing new but acks.
     fn flush_work(&self) {
@@ -650,32 +816,6 @@ impl BalloonShared {
             slot.store(v, Relaxed);
         }
         Counters::add(&self.counters.stats_sent, 1);
-    }
-
-    /// Makes room in the page list for `extra` more pages besides those in flight,
-    /// allocating outside the lock.
-    ///
-    /// # Errors
-    ///
-    /// `ENOMEM`.
-    fn grow_pages(&self, extra: usize) -> Result {
-        loop {
-            let (need, cap) = {
-                let s = self.state.lock();
-                (s.engine.room_needed(extra), s.engine.room())
-            };
-            if need <= cap {
-                return Ok(());
-            }
-            // Grow geometrically, like a vector would.
-            let bigger = KVVec::with_capacity(need.max(cap.saturating_mul(2)), GFP_KERNEL)?;
-            let mut s = self.state.lock();
-            if s.engine.room_needed(extra) <= s.engine.room() {
-                return Ok(());
-            }
-            // Pages were added meanwhile if this is still too small: try again.
-            let _ = s.engine.install_pages(bigger);
-        }
     }
 
     fn has(&self, bit: u32) -> bool {
@@ -894,7 +1034,7 @@ impl BalloonShared {
             if batch.len() < n {
                 short = true;
             }
-            if batch.is_empty() || self.grow_pages(batch.len()).is_err() {
+            if batch.is_empty() {
                 break;
             }
             let mut state = self.state.lock();
@@ -913,8 +1053,6 @@ impl BalloonShared {
                     Counters::add(&self.counters.messages, 1);
                     left -= k.min(left);
                 }
-                // The page list filled up meanwhile (pressure or teardown): grow again.
-                Err(e) if e == ENOSPC => continue,
                 Err(e) => {
                     dev_err!(self.dev, "cannot post an inflate message: {:?}\n", e);
                     Counters::add(&self.counters.device_errors, 1);
@@ -959,6 +1097,11 @@ impl BalloonShared {
                     break;
                 }
                 let k = state.engine.release_untold(want);
+                // With a page vector free, nothing left because compaction has every page
+                // left isolated: not now.
+                if k == 0 && state.engine.has_free_slot() {
+                    break;
+                }
                 if k != 0 {
                     let p = Progress {
                         // CAST: at most `MSG_PAGES` guest pages.
@@ -1022,6 +1165,8 @@ impl BalloonShared {
             let s = self.state.lock();
             (s.engine.num_pages(), !s.inflate_lost)
         };
+        // Deflating found every page left isolated by compaction: look again shortly.
+        let mut isolated = false;
         let done = match target.cmp(&current) {
             // Memory pressure deflated us: wait for a new target before inflating again.
             core::cmp::Ordering::Greater if self.pressure_hold.load(Relaxed) => return false,
@@ -1043,7 +1188,14 @@ impl BalloonShared {
                 }
                 added
             }
-            core::cmp::Ordering::Less => self.leak(current - target),
+            core::cmp::Ordering::Less => {
+                let freed = self.leak(current - target);
+                if freed == 0 && self.list.isolated() != 0 {
+                    isolated = true;
+                    fsleep(Delta::from_millis(10));
+                }
+                freed
+            }
             core::cmp::Ordering::Equal => 0,
         };
         let (now, stuck) = {
@@ -1055,25 +1207,62 @@ impl BalloonShared {
             )
         };
         self.write_actual(now);
-        target != now && !stuck && (done != 0 || target > now)
+        target != now && !stuck && (done != 0 || target > now || isolated)
     }
 
     /// Deflates everything, telling the device (teardown); stops early if the device does
-    /// not answer (the caller resets it and releases the rest).
+    /// not answer (the caller resets it and releases the rest).  Pages compaction has
+    /// isolated come back within moments (the migration callback refuses once `stop` is set),
+    /// so it waits for them a little.
     fn leak_all(&self) {
+        // TIMEOUT: compaction puts an isolated page back or migrates it in one call.
+        const ISOLATED_WAIT_MS: u32 = 1000;
+        let mut waited = 0;
         while !self.dead.load(Relaxed) {
             let current = self.state.lock().engine.num_pages();
-            if current == 0 || self.leak(current) == 0 {
+            if current == 0 {
                 break;
             }
+            if self.leak(current) != 0 {
+                waited = 0;
+                continue;
+            }
+            // Nothing could leave: every page left is isolated, or the device failed.
+            if waited >= ISOLATED_WAIT_MS || self.list.isolated() == 0 {
+                break;
+            }
+            fsleep(Delta::from_millis(1));
+            waited += 1;
         }
     }
 
     /// After the device was reset: releases every page still held, in flight or in the
-    /// balloon, without telling the (reset) device.
+    /// balloon, without telling the (reset) device.  Waits for pages compaction has
+    /// isolated from the list: the core still points to the balloon while it holds one.
     fn release_everything(&self) {
-        let mut state = self.state.lock();
-        let lost = state.engine.release_all();
+        let mut lost = 0;
+        let mut waited_ms: u32 = 0;
+        loop {
+            let mut state = self.state.lock();
+            lost += state.engine.release_all();
+            let held = state.engine.pages_held();
+            drop(state);
+            if held == 0 {
+                break;
+            }
+            // TIMEOUT: none; the core gives isolated pages back within one compaction call
+            // (the migration callback refuses once `stop` is set), and freeing the list
+            // before would leave it pointing to freed memory.  Said once after 5 s.
+            if waited_ms == 5000 {
+                dev_warn!(
+                    self.dev,
+                    "{} pages still isolated by compaction after 5 s; waiting\n",
+                    held
+                );
+            }
+            fsleep(Delta::from_millis(1));
+            waited_ms = waited_ms.saturating_add(1);
+        }
         if lost != 0 {
             dev_warn!(
                 self.dev,
@@ -1083,6 +1272,7 @@ impl BalloonShared {
         }
         // The statistics buffer and a report the device did not return: nothing to free,
         // but the queues must be empty when they go.
+        let mut state = self.state.lock();
         if let Some(vqs) = state.engine.host.vqs.as_mut() {
             for slot in [STATS, self.report_slot] {
                 if let Some(vq) = vqs.get(slot) {
@@ -1246,7 +1436,7 @@ impl auxiliary::Driver for BalloonDriver {
             DeviceHost {
                 vqs: None,
                 pfns,
-                keep_managed: features & (1 << F_DEFLATE_ON_OOM) != 0,
+                list: None,
                 counters: counters.clone(),
             },
             msg_pages as usize,
@@ -1299,6 +1489,7 @@ impl auxiliary::Driver for BalloonDriver {
             NO_SLOT
         };
         let shared_counters = counters.clone();
+        let adjust_managed = features & (1 << F_DEFLATE_ON_OOM) == 0;
         let shared = Arc::pin_init(
             pin_init!(BalloonShared {
                 state <- new_mutex!(State {
@@ -1324,6 +1515,9 @@ impl auxiliary::Driver for BalloonDriver {
                 counters: shared_counters,
                 features,
                 handle: HandleRef(core::ptr::NonNull::from(handle)),
+                // Balloon pages leave the managed page counts unless the device deflates on
+                // OOM (as C); the core does it, across zones too when a page migrates.
+                list <- BalloonList::new::<BalloonShared>(adjust_managed),
                 dev: ARef::from(adev.as_ref()),
             }),
             GFP_KERNEL,
@@ -1334,7 +1528,11 @@ impl auxiliary::Driver for BalloonDriver {
             dev_err!(adev, "cannot set up the queues: {:?}\n", e);
             handle.fail();
         })?;
-        shared.state.lock().engine.host.vqs = Some(vqs);
+        {
+            let mut state = shared.state.lock();
+            state.engine.host.list = Some(ListRef::new(&shared));
+            state.engine.host.vqs = Some(vqs);
+        }
         if shared.has(F_PAGE_POISON) {
             if let Err(e) = shared.write_poison(poison.unwrap_or(0)) {
                 dev_err!(adev, "cannot tell the device the poison value: {:?}\n", e);

@@ -2,17 +2,26 @@
 
 //! The balloon's bookkeeping, independent of the device and of real pages.
 //!
-//! An [`Engine`] owns the pages in the balloon and a few message slots.  A message carries
+//! An [`Engine`] counts the pages in the balloon and owns a few message slots; the pages
+//! themselves sit on the [`Host`]'s balloon list (the balloon core's, where compaction can
+//! migrate them).  A message carries
 //! the frame numbers of up to [`MSG_PAGES`] guest pages to the device on the inflate or the
 //! deflate queue; up to [`SLOTS`] messages are in flight at once.  The engine decides what
 //! happens to pages at each step, and the [`Host`] it is given does the device and
 //! page-allocator work:
 //!
 //! - inflate: freshly allocated pages go into a free slot and are posted; when the device
-//!   hands the message back they join the balloon (and leave the managed pages);
-//! - deflate: pages leave the balloon into a free slot and are posted; only when the device
-//!   hands the message back are they released to the guest.  So a page is never reused before
-//!   the host was told (VIRTIO_BALLOON_F_MUST_TELL_HOST), whatever the features.
+//!   hands the message back they join the balloon's list;
+//! - deflate: pages leave the balloon's list into a free slot and are posted; only when the
+//!   device hands the message back are they released to the guest.  So a page is never reused
+//!   before the host was told (VIRTIO_BALLOON_F_MUST_TELL_HOST), whatever the features.
+//!
+//! Page migration moves the balloon from one page to another without changing its size: a
+//! message naming a page the engine does not hold ([`Engine::post_pfns`], a [`Ticket`]) tells
+//! the device about the new page (inflate), then one about the old page (deflate).  Whoever
+//! migrates waits for each; if it gives up while the device may still read a message, it
+//! hands the engine a reference to the page ([`Engine::adopt`]), which then follows the
+//! message like any other: an inflated page joins the balloon, a deflated one is released.
 //!
 //! When the device breaks a queue (the ring refuses to read it any further), the messages in
 //! flight there are lost: the device may still read them, so their slots are never reused
@@ -23,8 +32,8 @@
 //!
 //! The driver runs the engine under its state lock and does the waiting; the KUnit tests run
 //! it against a simulated device.  Nothing here allocates: the slots' page vectors are
-//! allocated with the engine, and room in the balloon's page list is made by the caller
-//! ([`Engine::room_needed`]) before it posts an inflate message.
+//! allocated with the engine, and the balloon's list is the host's (an intrusive list in the
+//! driver).
 
 use kernel::prelude::*;
 
@@ -76,9 +85,18 @@ pub(crate) trait Host {
     /// Takes back a message the device still holds on `dir`'s queue (after a reset).
     fn detach(&mut self, dir: Dir) -> Option<usize>;
 
-    /// Pages enter (`delta < 0`) or leave (`delta > 0`) the balloon: adjust the managed
-    /// page counts.
-    fn account(&mut self, pages: &[Self::Page], delta: isize);
+    /// Puts every page of `pages` on the balloon's list (the device took them), emptying it;
+    /// they leave the managed page counts unless the device deflates on OOM.
+    fn enlist(&mut self, pages: &mut KVec<Self::Page>);
+
+    /// Puts `page` on the balloon's list (the device took it).
+    fn enlist_one(&mut self, page: Self::Page);
+
+    /// Takes up to `n` pages off the balloon's list into `out`, within its spare capacity;
+    /// returns how many.  Fewer than asked while pages are isolated for migration (they come
+    /// back to the list, or their migration puts a new page there); they return to the
+    /// managed page counts.
+    fn delist(&mut self, out: &mut KVec<Self::Page>, n: usize) -> usize;
 
     /// Gives every page of `pages` back to the guest, emptying it.
     fn release(&mut self, pages: &mut KVec<Self::Page>);
@@ -98,14 +116,37 @@ pub(crate) struct Progress {
 /// # Invariants
 ///
 /// - A free slot (`busy` is `None`) is not `lost` and holds no pages.
-/// - A busy slot that is not `lost` holds the pages of its message in flight.
-/// - A `lost` slot is busy; it holds pages only if its message was an inflate message.
+/// - A busy slot that is not `lost` holds the pages of its message in flight (none for a
+///   message naming pages the engine does not hold, until one is adopted).
+/// - A `lost` slot is busy; it holds pages only if its message was an inflate message (or a
+///   page was adopted after the loss).
 /// - `pages.capacity()` is at least the engine's `msg_pages`.
 struct Slot<P> {
     busy: Option<Dir>,
     /// The message went to a queue the device broke: the slot stays out of use until a reset.
     lost: bool,
     pages: KVec<P>,
+    /// Messages posted from this slot (wrapping): tells a [`Ticket`]'s message from later ones.
+    seq: u32,
+}
+
+/// A message naming pages the engine does not hold (page migration), to follow with
+/// [`Engine::sent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    slot: usize,
+    seq: u32,
+}
+
+/// Where the message of a [`Ticket`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// The device holds it.
+    InFlight,
+    /// It went to a queue the device broke: the device may read it any time before a reset.
+    Lost,
+    /// The device handed it back (or was reset).
+    Done,
 }
 
 impl<P> Slot<P> {
@@ -117,10 +158,11 @@ impl<P> Slot<P> {
 
 /// The balloon's pages and messages.  See the module documentation.
 pub(crate) struct Engine<H: Host> {
-    /// The device side.
+    /// The device side, with the balloon's page list.
     pub(crate) host: H,
-    /// Pages in the balloon (the device was told and took them).
-    pages: KVVec<H::Page>,
+    /// Pages in the balloon (the device was told and took them): on the host's list, or
+    /// isolated from it for migration.
+    held: usize,
     slots: KVec<Slot<H::Page>>,
     /// Guest pages per message, at most [`MSG_PAGES`].
     msg_pages: usize,
@@ -153,13 +195,14 @@ impl<H: Host> Engine<H> {
                     busy: None,
                     lost: false,
                     pages: KVec::with_capacity(msg_pages, GFP_KERNEL)?,
+                    seq: 0,
                 },
                 GFP_KERNEL,
             )?;
         }
         Ok(Self {
             host,
-            pages: KVVec::new(),
+            held: 0,
             slots: v,
             msg_pages,
         })
@@ -172,12 +215,12 @@ impl<H: Host> Engine<H> {
 
     /// Balloon size in 4 KiB pages: the pages the device took and did not give back.
     pub(crate) fn num_pages(&self) -> u32 {
-        balloon_pages(self.pages.len())
+        balloon_pages(self.held)
     }
 
     /// Guest pages in the balloon.
     pub(crate) fn pages_held(&self) -> usize {
-        self.pages.len()
+        self.held
     }
 
     /// Messages in flight (on working queues).
@@ -208,50 +251,6 @@ impl<H: Host> Engine<H> {
         self.slots.iter().position(|s| s.busy.is_none())
     }
 
-    /// Guest pages that inflate messages in flight will add to the page list.
-    fn inflating(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.in_flight(Some(Dir::Inflate)))
-            .map(|s| s.pages.len())
-            .sum()
-    }
-
-    /// Length the page list needs room for before `extra` more pages can be posted for
-    /// inflation (see [`Self::install_pages`]).
-    pub(crate) fn room_needed(&self, extra: usize) -> usize {
-        self.pages
-            .len()
-            .saturating_add(self.inflating())
-            .saturating_add(extra)
-    }
-
-    /// Capacity of the page list.
-    pub(crate) fn room(&self) -> usize {
-        self.pages.capacity()
-    }
-
-    /// Replaces the page list by `bigger` (allocated by the caller outside its lock), moving
-    /// the pages over.
-    ///
-    /// # Errors
-    ///
-    /// Gives `bigger` back if it is not bigger than the current list.
-    pub(crate) fn install_pages(
-        &mut self,
-        mut bigger: KVVec<H::Page>,
-    ) -> core::result::Result<(), KVVec<H::Page>> {
-        if bigger.capacity() <= self.pages.capacity() || !bigger.is_empty() {
-            return Err(bigger);
-        }
-        for p in self.pages.drain_all() {
-            // Cannot fail: within the capacity checked above.
-            let _ = bigger.push_within_capacity(p);
-        }
-        self.pages = bigger;
-        Ok(())
-    }
-
     /// Writes the frame numbers of slot `slot`'s pages into its message; returns how many.
     fn describe(&mut self, slot: usize) -> Result<usize> {
         let mut n = 0;
@@ -271,18 +270,14 @@ impl<H: Host> Engine<H> {
     ///
     /// # Errors
     ///
-    /// `EBUSY` if no slot is free, `ENOSPC` if the page list has no room for them (see
-    /// [`Self::room_needed`]), or the error of describing or posting the message.  The pages
-    /// stay in `batch` on error.
+    /// `EBUSY` if no slot is free, or the error of describing or posting the message.  The
+    /// pages stay in `batch` on error.
     pub(crate) fn post_inflate(&mut self, batch: &mut KVec<H::Page>) -> Result<usize> {
         let take = batch.len().min(self.msg_pages);
         if take == 0 {
             return Ok(0);
         }
         let slot = self.free_slot().ok_or(EBUSY)?;
-        if self.room_needed(take) > self.pages.capacity() {
-            return Err(ENOSPC);
-        }
         for _ in 0..take {
             if let Some(p) = batch.pop() {
                 // Cannot fail: `take <= msg_pages <= capacity` (type invariant of `Slot`).
@@ -296,6 +291,7 @@ impl<H: Host> Engine<H> {
             Ok(()) => {
                 // INVARIANT: busy with a non-empty page vector.
                 self.slots[slot].busy = Some(Dir::Inflate);
+                self.slots[slot].seq = self.slots[slot].seq.wrapping_add(1);
                 Ok(take)
             }
             Err(e) => {
@@ -309,25 +305,26 @@ impl<H: Host> Engine<H> {
     }
 
     /// Takes up to `max` guest pages (at most `msg_pages`) out of the balloon and posts
-    /// them for deflation; returns how many (0 if the balloon is empty).  They are released
-    /// when the device hands the message back ([`Self::reap`]).
+    /// them for deflation; returns how many (0 if the balloon is empty, or every page left is
+    /// isolated for migration).  They are released when the device hands the message back
+    /// ([`Self::reap`]).
     ///
     /// # Errors
     ///
     /// `EBUSY` if no slot is free, or the error of describing or posting the message; the
     /// pages stay in the balloon on error.
     pub(crate) fn post_deflate(&mut self, max: usize) -> Result<usize> {
-        let take = max.min(self.msg_pages).min(self.pages.len());
+        let take = max.min(self.msg_pages).min(self.held);
         if take == 0 {
             return Ok(0);
         }
         let slot = self.free_slot().ok_or(EBUSY)?;
-        for _ in 0..take {
-            if let Some(p) = self.pages.pop() {
-                // Cannot fail: `take <= msg_pages` (type invariant of `Slot`).
-                let _ = self.slots[slot].pages.push_within_capacity(p);
-            }
+        // Within the slot vector's capacity, `msg_pages` (type invariant of `Slot`).
+        let take = self.host.delist(&mut self.slots[slot].pages, take);
+        if take == 0 {
+            return Ok(0);
         }
+        self.held -= take;
         let posted = self
             .describe(slot)
             .and_then(|n| self.host.post(Dir::Deflate, slot, n));
@@ -335,16 +332,91 @@ impl<H: Host> Engine<H> {
             Ok(()) => {
                 // INVARIANT: busy with a non-empty page vector.
                 self.slots[slot].busy = Some(Dir::Deflate);
+                self.slots[slot].seq = self.slots[slot].seq.wrapping_add(1);
                 Ok(take)
             }
             Err(e) => {
-                for p in self.slots[slot].pages.drain_all() {
-                    // Cannot fail: the pages just left the list, which kept its capacity.
-                    let _ = self.pages.push_within_capacity(p);
-                }
+                // Back on the list: the device was not told.
+                self.held += take;
+                self.host.enlist(&mut self.slots[slot].pages);
                 Err(e)
             }
         }
+    }
+
+    /// Posts a message naming the pages of `pfns` (4 KiB frame numbers, at most one
+    /// message's worth), which the engine does not hold, on `dir`'s queue.  Nothing happens to
+    /// any page when the device hands it back, unless one was adopted ([`Self::adopt`]).
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY` if no slot is free, `ERANGE` if a frame number does not fit in 32 bits,
+    /// `EINVAL` if there are more than a message holds, or the error of posting.
+    pub(crate) fn post_pfns(
+        &mut self,
+        dir: Dir,
+        pfns: impl Iterator<Item = u64>,
+    ) -> Result<Ticket> {
+        let slot = self.free_slot().ok_or(EBUSY)?;
+        let mut n = 0;
+        for pfn in pfns {
+            let pfn = u32::try_from(pfn).map_err(|_| ERANGE)?;
+            self.host.write_pfn(slot, n, pfn)?;
+            n += 1;
+        }
+        self.host.post(dir, slot, n)?;
+        let s = &mut self.slots[slot];
+        // INVARIANT: busy with an empty page vector (the slot was free).
+        s.busy = Some(dir);
+        s.seq = s.seq.wrapping_add(1);
+        Ok(Ticket { slot, seq: s.seq })
+    }
+
+    /// Where the message of `ticket` is.
+    pub(crate) fn sent(&self, ticket: &Ticket) -> Sent {
+        match self.slots.get(ticket.slot) {
+            Some(s) if s.seq == ticket.seq && s.busy.is_some() => {
+                if s.lost {
+                    Sent::Lost
+                } else {
+                    Sent::InFlight
+                }
+            }
+            _ => Sent::Done,
+        }
+    }
+
+    /// Gives the engine `page`, named by the message of `ticket`, which the device may still
+    /// read: the page follows the message as if the engine had posted it (on an inflate
+    /// message it joins the balloon when the device hands it back, or is set aside if the
+    /// queue broke; on a deflate message it is released when the device hands it back).  A
+    /// reset releases it.
+    ///
+    /// # Errors
+    ///
+    /// Gives `page` back if the message is [`Sent::Done`].
+    pub(crate) fn adopt(
+        &mut self,
+        ticket: &Ticket,
+        page: H::Page,
+    ) -> core::result::Result<(), H::Page> {
+        if self.sent(ticket) == Sent::Done {
+            return Err(page);
+        }
+        // PANIC: `sent` found the slot.
+        // INVARIANT: a busy slot; its vector is empty (the message was posted without pages)
+        // or holds pages adopted before, at most one per frame number, within `msg_pages`.
+        self.slots[ticket.slot]
+            .pages
+            .push_within_capacity(page)
+            .map_err(|e| e.0)
+    }
+
+    /// Puts `page` in the balloon directly: the device took an inflate message naming it
+    /// (a migration that could not finish keeps its new page).
+    pub(crate) fn enlist_one(&mut self, page: H::Page) {
+        self.held += 1;
+        self.host.enlist_one(page);
     }
 
     /// Completes message `slot` of `dir`; false if the device handed back a message that is
@@ -361,15 +433,11 @@ impl<H: Host> Engine<H> {
         let n = balloon_pages(pages.len());
         match dir {
             Dir::Inflate => {
-                self.host.account(&pages, -1);
-                for p in pages.drain_all() {
-                    // Cannot fail: room was checked when the message was posted.
-                    let _ = self.pages.push_within_capacity(p);
-                }
+                self.held += pages.len();
+                self.host.enlist(&mut pages);
                 progress.inflated += n;
             }
             Dir::Deflate => {
-                self.host.account(&pages, 1);
                 self.host.release(&mut pages);
                 progress.deflated += n;
             }
@@ -413,7 +481,6 @@ impl<H: Host> Engine<H> {
             n += balloon_pages(self.slots[i].pages.len());
             if dir == Dir::Deflate {
                 let mut pages = core::mem::take(&mut self.slots[i].pages);
-                self.host.account(&pages, 1);
                 self.host.release(&mut pages);
                 self.slots[i].pages = pages;
             }
@@ -426,7 +493,7 @@ impl<H: Host> Engine<H> {
     /// device need not be told); returns how many.  Needs a free slot or a lost deflate slot
     /// for its page vector: returns 0 if none is left, or if the balloon is empty.
     pub(crate) fn release_untold(&mut self, max: usize) -> usize {
-        let take = max.min(self.msg_pages).min(self.pages.len());
+        let take = max.min(self.msg_pages).min(self.held);
         let Some(i) = self.slots.iter().position(|s| s.pages.is_empty()) else {
             return 0;
         };
@@ -434,13 +501,9 @@ impl<H: Host> Engine<H> {
             return 0;
         }
         let mut batch = core::mem::take(&mut self.slots[i].pages);
-        for _ in 0..take {
-            if let Some(p) = self.pages.pop() {
-                // Cannot fail: `take <= msg_pages <= capacity` (type invariant of `Slot`).
-                let _ = batch.push_within_capacity(p);
-            }
-        }
-        self.host.account(&batch, 1);
+        // Within the vector's capacity, `msg_pages` (type invariant of `Slot`).
+        let take = self.host.delist(&mut batch, take);
+        self.held -= take;
         self.host.release(&mut batch);
         // INVARIANT: the slot's state is unchanged and its vector is empty again.
         self.slots[i].pages = batch;
@@ -461,14 +524,12 @@ impl<H: Host> Engine<H> {
         // nothing any more).
         let mut n = 0;
         for i in 0..self.slots.len() {
-            let lost = core::mem::replace(&mut self.slots[i].lost, false);
-            if let Some(dir) = self.slots[i].busy.take() {
+            self.slots[i].lost = false;
+            if self.slots[i].busy.take().is_some() {
+                // An inflate message's pages never joined the balloon, a deflate message's
+                // left it: nobody holds them but the slot.
                 let mut pages = core::mem::take(&mut self.slots[i].pages);
                 n += balloon_pages(pages.len());
-                // A lost deflate slot's pages went back already.
-                if dir == Dir::Deflate && !lost {
-                    self.host.account(&pages, 1);
-                }
                 self.host.release(&mut pages);
                 // INVARIANT: free, not lost, with an empty vector.
                 self.slots[i].pages = pages;
@@ -478,22 +539,20 @@ impl<H: Host> Engine<H> {
     }
 
     /// Gives every page still in the balloon or in flight back to the guest without telling
-    /// the device (teardown, after a reset); returns how many 4 KiB pages.
+    /// the device (teardown, after a reset); returns how many 4 KiB pages.  Pages isolated for
+    /// migration stay in the balloon ([`Self::pages_held`]): call again once they are back.
     pub(crate) fn release_all(&mut self) -> u32 {
-        let n = self.abandon_in_flight() + self.num_pages();
+        let mut n = self.abandon_in_flight();
         let mut batch = core::mem::take(&mut self.slots[0].pages);
         // Through a slot vector, in bounded steps: no allocation.
-        while !self.pages.is_empty() {
-            while batch.len() < batch.capacity() {
-                match self.pages.pop() {
-                    Some(p) => {
-                        // Cannot fail: within the slot vector's capacity.
-                        let _ = batch.push_within_capacity(p);
-                    }
-                    None => break,
-                }
+        while self.held != 0 {
+            let cap = batch.capacity();
+            let got = self.host.delist(&mut batch, cap);
+            if got == 0 {
+                break;
             }
-            self.host.account(&batch, 1);
+            self.held -= got;
+            n += balloon_pages(got);
             self.host.release(&mut batch);
         }
         self.slots[0].pages = batch;

@@ -8,7 +8,8 @@
 //! deflate queue once it finished the message, and checks every page the engine releases
 //! against that record: a page given back to the guest before the device finished the deflate
 //! message naming it breaks VIRTIO_BALLOON_F_MUST_TELL_HOST and is counted as a violation.
-//! Pages are fake (a frame number each); nothing here touches real memory.
+//! Pages are fake (a frame number each); nothing here touches real memory.  The balloon's
+//! list is a vector, from which a test can isolate pages as compaction does.
 //!
 //! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
 
@@ -17,6 +18,7 @@ use crate::engine::{
     Engine,
     Host,
     Progress,
+    Sent,
     MSG_PAGES,
     MSG_PFNS,
     SLOTS, //
@@ -44,6 +46,10 @@ struct SimHost {
     used: KVec<(Dir, usize)>,
     /// Frame numbers the device finished deflating.
     told: KVec<u64>,
+    /// Every frame number the device finished, with its queue, in order.
+    finished: KVec<(Dir, u64)>,
+    /// The balloon's page list.
+    list: KVec<SimPage>,
     /// Frame numbers of pages released to the guest.
     freed: KVec<u64>,
     /// Released pages whose deflation the device had not finished.
@@ -65,6 +71,8 @@ impl SimHost {
             pending: KVec::new(),
             used: KVec::new(),
             told: KVec::new(),
+            finished: KVec::new(),
+            list: KVec::new(),
             freed: KVec::new(),
             violations: 0,
             managed: 0,
@@ -80,10 +88,11 @@ impl SimHost {
             return Ok(false);
         }
         let msg = self.pending.remove(0).map_err(|_| EINVAL)?;
-        if msg.dir == Dir::Deflate {
-            for &pfn in msg.pfns.iter() {
+        for &pfn in msg.pfns.iter() {
+            if msg.dir == Dir::Deflate {
                 self.told.push(u64::from(pfn), GFP_KERNEL)?;
             }
+            self.finished.push((msg.dir, u64::from(pfn)), GFP_KERNEL)?;
         }
         self.used.push((msg.dir, msg.slot), GFP_KERNEL)?;
         Ok(true)
@@ -110,6 +119,18 @@ impl SimHost {
             v.push(m.slot, GFP_KERNEL)?;
         }
         Ok(v)
+    }
+
+    /// Compaction isolates the page of frame `pfn` from the balloon's list.
+    fn isolate(&mut self, pfn: u64) -> Result<SimPage> {
+        let i = self.list.iter().position(|p| p.0 == pfn).ok_or(ENOENT)?;
+        self.list.remove(i).map_err(|_| EINVAL)
+    }
+
+    /// Compaction puts an isolated page (or the new page of a migration) on the list.
+    fn putback(&mut self, page: SimPage) -> Result {
+        self.list.push(page, GFP_KERNEL)?;
+        Ok(())
     }
 
     /// Frame numbers of the messages the device holds on `dir`'s queue.
@@ -161,9 +182,30 @@ impl Host for SimHost {
         self.pending.remove(i).ok().map(|m| m.slot)
     }
 
-    fn account(&mut self, pages: &[SimPage], delta: isize) {
-        // CAST: small test counts.
-        self.managed += pages.len() as i64 * delta as i64;
+    fn enlist(&mut self, pages: &mut KVec<SimPage>) {
+        for p in pages.drain_all() {
+            self.enlist_one(p);
+        }
+    }
+
+    fn enlist_one(&mut self, page: SimPage) {
+        self.managed -= 1;
+        // Tests never run out of memory; a lost page would show in their counts.
+        let _ = self.list.push(page, GFP_KERNEL);
+    }
+
+    fn delist(&mut self, out: &mut KVec<SimPage>, n: usize) -> usize {
+        let mut got = 0;
+        while got < n && out.len() < out.capacity() {
+            let Some(p) = self.list.pop() else {
+                break;
+            };
+            self.managed += 1;
+            // Cannot fail: checked above.
+            let _ = out.push_within_capacity(p);
+            got += 1;
+        }
+        got
     }
 
     fn release(&mut self, pages: &mut KVec<SimPage>) {
@@ -177,12 +219,9 @@ impl Host for SimHost {
     }
 }
 
-/// An engine over a simulated device, with room for `room` pages in the balloon.
-fn engine(room: usize) -> Result<Engine<SimHost>> {
-    let mut e = Engine::with_limits(SimHost::new()?, MSG_PAGES, SLOTS)?;
-    let list = KVVec::with_capacity(room, GFP_KERNEL)?;
-    e.install_pages(list).map_err(|_| EINVAL)?;
-    Ok(e)
+/// An engine over a simulated device.
+fn engine() -> Result<Engine<SimHost>> {
+    Engine::with_limits(SimHost::new()?, MSG_PAGES, SLOTS)
 }
 
 /// `n` fake pages with frame numbers `first..first + n`.
@@ -196,8 +235,8 @@ fn pages(first: u64, n: usize) -> Result<KVec<SimPage>> {
 }
 
 /// Inflates `n` pages starting at frame `first` and lets the device finish.
-fn inflated(room: usize, first: u64, n: usize) -> Result<Engine<SimHost>> {
-    let mut e = engine(room)?;
+fn inflated(first: u64, n: usize) -> Result<Engine<SimHost>> {
+    let mut e = engine()?;
     let mut batch = pages(first, n)?;
     while !batch.is_empty() {
         e.post_inflate(&mut batch)?;
@@ -213,7 +252,7 @@ mod tests {
 
     #[test]
     fn inflate_counts_pages_the_device_took() -> Result {
-        let mut e = engine(64)?;
+        let mut e = engine()?;
         let mut batch = pages(100, 10)?;
         assert_eq!(e.post_inflate(&mut batch)?, 10);
         assert!(batch.is_empty());
@@ -244,7 +283,7 @@ mod tests {
 
     #[test]
     fn deflate_releases_only_after_the_device_was_told() -> Result {
-        let mut e = inflated(64, 1000, 20)?;
+        let mut e = inflated(1000, 20)?;
         assert_eq!(e.post_deflate(8)?, 8);
         // Out of the balloon, but the device has not finished: nothing is released, however
         // often the driver looks.
@@ -271,7 +310,7 @@ mod tests {
 
     #[test]
     fn messages_are_bounded() -> Result {
-        let mut e = engine(4 * MSG_PAGES + 8)?;
+        let mut e = engine()?;
         let mut batch = pages(1 << 20, MSG_PAGES + 3)?;
         // One message carries at most `MSG_PAGES` pages; the rest stays with the caller.
         assert_eq!(e.post_inflate(&mut batch)?, MSG_PAGES);
@@ -295,8 +334,6 @@ mod tests {
     fn limits_shape_the_protocol() -> Result {
         // The C driver's protocol: 256 pages per message, one in flight.
         let mut e = Engine::with_limits(SimHost::new()?, 256, 1)?;
-        let list = KVVec::with_capacity(1024, GFP_KERNEL)?;
-        e.install_pages(list).map_err(|_| EINVAL)?;
         let mut batch = pages(10_000, 300)?;
         assert_eq!(e.post_inflate(&mut batch)?, 256);
         assert_eq!(e.host.pending_pfns(Dir::Inflate), 256);
@@ -311,22 +348,8 @@ mod tests {
     }
 
     #[test]
-    fn inflate_needs_room_in_the_page_list() -> Result {
-        let mut e = engine(4)?;
-        let mut batch = pages(50, 6)?;
-        assert_eq!(e.post_inflate(&mut batch), Err(ENOSPC));
-        assert_eq!(batch.len(), 6);
-        assert_eq!(e.in_flight(), 0);
-        assert_eq!(e.room_needed(6), 6);
-        let bigger = KVVec::with_capacity(e.room_needed(6), GFP_KERNEL)?;
-        e.install_pages(bigger).map_err(|_| EINVAL)?;
-        assert_eq!(e.post_inflate(&mut batch)?, 6);
-        Ok(())
-    }
-
-    #[test]
     fn a_refused_message_loses_nothing() -> Result {
-        let mut e = inflated(64, 300, 10)?;
+        let mut e = inflated(300, 10)?;
         e.host.fail_post = true;
         assert_eq!(e.post_deflate(4), Err(EIO));
         assert_eq!(e.num_pages(), 10);
@@ -342,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_message_handed_back_twice_is_refused() -> Result {
-        let mut e = inflated(64, 500, 4)?;
+        let mut e = inflated(500, 4)?;
         assert_eq!(e.post_deflate(2)?, 2);
         e.host.finish_all()?;
         // The device reports the finished message twice.
@@ -365,7 +388,7 @@ mod tests {
 
     #[test]
     fn teardown_releases_everything_once() -> Result {
-        let mut e = inflated(64, 2000, 10)?;
+        let mut e = inflated(2000, 10)?;
         let mut batch = pages(3000, 5)?;
         assert_eq!(e.post_inflate(&mut batch)?, 5);
         assert_eq!(e.post_deflate(3)?, 3);
@@ -383,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_broken_inflate_queue_sets_its_messages_aside() -> Result {
-        let mut e = inflated(64, 100, 10)?;
+        let mut e = inflated(100, 10)?;
         let mut batch = pages(200, 5)?;
         assert_eq!(e.post_inflate(&mut batch)?, 5);
         let lost = e.host.pending_slots()?[0];
@@ -426,7 +449,7 @@ mod tests {
 
     #[test]
     fn a_broken_deflate_queue_gives_pages_back_untold() -> Result {
-        let mut e = inflated(64, 300, 12)?;
+        let mut e = inflated(300, 12)?;
         assert_eq!(e.post_deflate(5)?, 5);
         let lost = e.host.pending_slots()?[0];
         e.host.broken[Dir::Deflate as usize] = true;
@@ -465,8 +488,6 @@ mod tests {
     fn a_balloon_with_every_slot_lost_holds_still() -> Result {
         // The C protocol: one slot.
         let mut e = Engine::with_limits(SimHost::new()?, 256, 1)?;
-        let list = KVVec::with_capacity(64, GFP_KERNEL)?;
-        e.install_pages(list).map_err(|_| EINVAL)?;
         let mut batch = pages(500, 8)?;
         assert_eq!(e.post_inflate(&mut batch)?, 8);
         e.host.finish_all()?;
@@ -485,6 +506,159 @@ mod tests {
         e.host.reset = true;
         assert_eq!(e.release_all(), 11);
         assert_eq!(e.host.managed, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn delist_skips_isolated_pages() -> Result {
+        let mut e = inflated(100, 3)?;
+        // Compaction holds every page of the balloon: nothing can leave it now.
+        let a = e.host.isolate(100)?;
+        let b = e.host.isolate(101)?;
+        let c = e.host.isolate(102)?;
+        assert_eq!(e.post_deflate(3)?, 0);
+        assert_eq!(e.in_flight(), 0);
+        assert_eq!(e.pages_held(), 3);
+        // Teardown releases what is on the list and leaves the isolated pages counted.
+        e.host.reset = true;
+        assert_eq!(e.release_all(), 0);
+        assert_eq!(e.pages_held(), 3);
+        // They come back: now they go.
+        e.host.putback(a)?;
+        e.host.putback(b)?;
+        e.host.putback(c)?;
+        assert_eq!(e.release_all(), 3);
+        assert_eq!(e.pages_held(), 0);
+        assert!(e.host.freed_once()?);
+        Ok(())
+    }
+
+    #[test]
+    fn migration_tells_the_new_page_then_the_old() -> Result {
+        let mut e = inflated(100, 10)?;
+        let old = e.host.isolate(104)?;
+        // Inflate the new page first; the balloon's size does not change.
+        let t = e.post_pfns(Dir::Inflate, core::iter::once(900))?;
+        assert_eq!(e.sent(&t), Sent::InFlight);
+        assert_eq!(e.host.pending_pfns(Dir::Inflate), 1);
+        assert_eq!(e.reap()?, Progress::default());
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?, Progress::default());
+        assert_eq!(e.sent(&t), Sent::Done);
+        // Then deflate the old one.
+        let t = e.post_pfns(Dir::Deflate, core::iter::once(old.0))?;
+        assert_eq!(e.sent(&t), Sent::InFlight);
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?, Progress::default());
+        assert_eq!(e.sent(&t), Sent::Done);
+        // The device saw the new page before the old one.
+        let mut order = e.host.finished.iter().skip(10);
+        assert_eq!(order.next(), Some(&(Dir::Inflate, 900)));
+        assert_eq!(order.next(), Some(&(Dir::Deflate, 104)));
+        // The core puts the new page on the list and frees the old one.
+        e.host.putback(SimPage(900))?;
+        assert_eq!(e.pages_held(), 10);
+        assert_eq!(e.num_pages(), 10);
+        assert!(e.host.freed.is_empty());
+        // The new page deflates like any other, after the device was told.
+        while e.pages_held() != 0 {
+            e.post_deflate(MSG_PAGES)?;
+            e.host.finish_all()?;
+            e.reap()?;
+        }
+        assert!(e.host.freed.contains(&900));
+        assert!(!e.host.freed.contains(&104));
+        assert_eq!(e.host.freed.len(), 10);
+        assert_eq!(e.host.violations, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_ticket_is_not_fooled_by_its_slot_reused() -> Result {
+        let mut e = inflated(100, 4)?;
+        let t = e.post_pfns(Dir::Inflate, core::iter::once(900))?;
+        e.host.finish_all()?;
+        e.reap()?;
+        // Every slot carries another message now, the ticket's among them.
+        for _ in 0..SLOTS {
+            let mut one = pages(2000, 1)?;
+            e.post_inflate(&mut one)?;
+        }
+        assert!(!e.has_free_slot());
+        assert_eq!(e.sent(&t), Sent::Done);
+        assert!(e.adopt(&t, SimPage(900)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn an_abandoned_migration_keeps_the_new_page() -> Result {
+        let mut e = inflated(100, 4)?;
+        let old = e.host.isolate(101)?;
+        let t = e.post_pfns(Dir::Inflate, core::iter::once(900))?;
+        // The migration gives up while the device holds the message: the engine keeps a
+        // reference to the new page, the core puts the old one back.
+        assert!(e.adopt(&t, SimPage(900)).is_ok());
+        e.host.putback(old)?;
+        assert_eq!(e.pages_held(), 4);
+        // The device reads it late: the new page joins the balloon, as any inflated page.
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?.inflated, 1);
+        assert_eq!(e.pages_held(), 5);
+        assert_eq!(e.host.managed, -5);
+        assert!(e.host.list.contains(&SimPage(900)));
+        // Nothing went back to the guest.
+        assert!(e.host.freed.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_migration_lost_on_a_broken_queue_sets_the_new_page_aside() -> Result {
+        let mut e = inflated(100, 4)?;
+        let t = e.post_pfns(Dir::Inflate, core::iter::once(900))?;
+        e.host.broken[Dir::Inflate as usize] = true;
+        assert_eq!(e.lose(Dir::Inflate), 0);
+        assert_eq!(e.sent(&t), Sent::Lost);
+        assert!(e.adopt(&t, SimPage(900)).is_ok());
+        assert_eq!(e.set_aside(), 1);
+        assert_eq!(e.pages_held(), 4);
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?, Progress::default());
+        assert!(e.host.freed.is_empty());
+        // Released once, at teardown.
+        e.host.reset = true;
+        assert_eq!(e.release_all(), 5);
+        assert!(e.host.freed_once()?);
+        assert_eq!(e.host.freed.len(), 5);
+        assert_eq!(e.host.managed, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_migration_that_cannot_deflate_keeps_both_pages() -> Result {
+        let mut e = inflated(100, 4)?;
+        let old = e.host.isolate(102)?;
+        let t = e.post_pfns(Dir::Inflate, core::iter::once(900))?;
+        e.host.finish_all()?;
+        e.reap()?;
+        assert_eq!(e.sent(&t), Sent::Done);
+        // The deflate message cannot be sent: the device took the new page, so it joins the
+        // balloon, and the core puts the old one back.
+        e.host.fail_post = true;
+        assert_eq!(
+            e.post_pfns(Dir::Deflate, core::iter::once(old.0)).err(),
+            Some(EIO)
+        );
+        e.host.fail_post = false;
+        e.enlist_one(SimPage(900));
+        e.host.putback(old)?;
+        assert_eq!(e.pages_held(), 5);
+        assert_eq!(e.num_pages(), 5);
+        assert_eq!(e.host.managed, -5);
+        assert_eq!(e.in_flight(), 0);
+        assert!(e.has_free_slot());
+        e.host.reset = true;
+        assert_eq!(e.release_all(), 5);
+        assert!(e.host.freed_once()?);
         Ok(())
     }
 }

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Memory-management glue the kernel crate does not offer yet: allocating a balloon page with
-//! the balloon's GFP flags, its page frame number, managed-page accounting, and what the
-//! kernel does to freed pages (zeroing, poisoning).  All `unsafe` of the balloon lives here,
-//! but for the page reporting registration (`reporting.rs`) and the pressure hooks
-//! (`pressure.rs`).
+//! Memory-management glue the kernel crate does not offer yet: allocating balloon pages with
+//! the balloon's GFP flags, freeing them in batches, their page frame numbers, and what the
+//! kernel does to freed pages (zeroing, poisoning).  The page list the balloon core keeps
+//! (and page migration) is in `migrate.rs`, page reporting in `reporting.rs`, the pressure
+//! hooks in `pressure.rs`: those and this file hold the balloon's `unsafe`.
 
 use core::ptr::NonNull;
 use kernel::{alloc::KVec, bindings, page::PAGE_SIZE};
@@ -22,29 +22,60 @@ const fn gfp(bit: u32) -> bindings::gfp_t {
     1 << bit
 }
 
-/// Flags of a balloon page: `GFP_HIGHUSER` (any zone, reclaim allowed) but give up early and
-/// quietly, and never dip into the emergency reserves: `__GFP_NORETRY | __GFP_NOWARN |
-/// __GFP_NOMEMALLOC`, as `balloon_page_alloc()`.  Not `__GFP_MOVABLE`: this driver does not
-/// implement balloon page migration, so its pages must not sit in movable page blocks.
+/// `__GFP_MOVABLE` when the kernel can migrate balloon pages, else nothing.
+#[cfg(CONFIG_BALLOON_MIGRATION)]
+const MOVABLE: bindings::gfp_t = gfp(bindings::___GFP_MOVABLE_BIT);
+/// `__GFP_MOVABLE` when the kernel can migrate balloon pages, else nothing.
+#[cfg(not(CONFIG_BALLOON_MIGRATION))]
+const MOVABLE: bindings::gfp_t = 0;
+
+/// Flags of a balloon page, as `balloon_page_alloc()`: `GFP_HIGHUSER_MOVABLE` (any zone,
+/// reclaim allowed, from movable page blocks) but give up early and quietly, and never dip
+/// into the emergency reserves: `__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC`.
+/// `__GFP_MOVABLE` because the pages are movable: once the device holds them they sit on the
+/// balloon core's list, from which compaction migrates them (`migrate.rs`), so they do not
+/// pin the movable page blocks they come from.  Without CONFIG_BALLOON_MIGRATION they could
+/// not move, and are `GFP_HIGHUSER` as in C.
 const BALLOON_GFP: bindings::gfp_t = gfp(bindings::___GFP_DIRECT_RECLAIM_BIT)
     | gfp(bindings::___GFP_KSWAPD_RECLAIM_BIT)
     | gfp(bindings::___GFP_IO_BIT)
     | gfp(bindings::___GFP_FS_BIT)
     | gfp(bindings::___GFP_HARDWALL_BIT)
     | gfp(bindings::___GFP_HIGHMEM_BIT)
+    | MOVABLE
     | gfp(bindings::___GFP_NORETRY_BIT)
     | gfp(bindings::___GFP_NOWARN_BIT)
     | gfp(bindings::___GFP_NOMEMALLOC_BIT);
 
-/// One guest page held by the balloon; freed when dropped.
+/// The frame number of `page` (`page_to_pfn()`).
+pub(crate) fn pfn_of(page: *const bindings::page) -> u64 {
+    // x86-64 with SPARSEMEM_VMEMMAP: `struct page`s form one virtual array starting at
+    // `vmemmap_base`, indexed by PFN (`__page_to_pfn()` in `memory_model.h`).
+    // SAFETY: `vmemmap_base` is set once at boot, before any module loads.
+    let base = unsafe { bindings::vmemmap_base };
+    // CAST: addresses as integers for the array index computation (`c_ulong` is `usize`).
+    let offset = (page as usize).wrapping_sub(base);
+    // CAST: a PFN fits in 64 bits.
+    (offset / core::mem::size_of::<bindings::page>()) as u64
+}
+
+/// The device's (4 KiB) frame numbers of `page`.
+pub(crate) fn balloon_pfns_of(page: *const bindings::page) -> impl Iterator<Item = u64> {
+    let first = pfn_of(page) * u64::from(PAGES_PER_PAGE);
+    (0..u64::from(PAGES_PER_PAGE)).map(move |i| first + i)
+}
+
+/// A reference to a guest page of the balloon; dropped (and the page freed if it was the last
+/// reference) when dropped.
 ///
 /// Transparent over the page pointer, so that a slice of them is an array of `struct page *`
 /// for the batched allocator and [`release_pages()`](BalloonPage::release_all).
 ///
 /// # Invariants
 ///
-/// `page` is an order-0 page from the page allocator that this value owns (it holds the
-/// page's only reference).
+/// `page` is an order-0 page from the page allocator on which this value owns one reference
+/// (the only one, for a page the balloon allocated; a page migration lends the driver pages
+/// the kernel references too).
 #[repr(transparent)]
 pub(crate) struct BalloonPage {
     page: NonNull<bindings::page>,
@@ -88,7 +119,7 @@ impl BalloonPage {
                 let Some(page) = NonNull::new(page) else {
                     continue;
                 };
-                // INVARIANT: the allocator just gave us this order-0 page.
+                // INVARIANT: the allocator just gave us this order-0 page and its reference.
                 // Cannot fail: `got <= want` fits the spare capacity.
                 let _ = out.push_within_capacity(Self { page });
                 added += 1;
@@ -108,8 +139,8 @@ impl BalloonPage {
         }
         let (ptr, len, cap) = core::mem::take(pages).into_raw_parts();
         // SAFETY: `Self` is transparent over `NonNull<page>`, so the vector's buffer is an
-        // array of `len` valid `struct page *`; each page's only reference is ours (type
-        // invariant) and `release_pages()` drops it, freeing the page.  `len` is at most
+        // array of `len` valid `struct page *`; one reference to each page is ours (type
+        // invariant) and `release_pages()` drops it, freeing the page if it was the last.  `len` is at most
         // `isize::MAX / 8`; balloon vectors hold at most a message's pages.
         unsafe {
             bindings::release_pages(
@@ -122,45 +153,34 @@ impl BalloonPage {
         *pages = unsafe { KVec::from_raw_parts(ptr, 0, cap) };
     }
 
-    /// The page's frame number (`page_to_pfn()`).
-    pub(crate) fn pfn(&self) -> u64 {
-        page_to_pfn(self.page.as_ptr())
+    /// Takes over a reference to `page`.
+    ///
+    /// # Safety
+    ///
+    /// `page` is an order-0 page and the caller owns one reference to it, which it gives to
+    /// the new value.
+    pub(crate) unsafe fn from_raw(page: NonNull<bindings::page>) -> Self {
+        // INVARIANT: the caller's guarantee.
+        Self { page }
+    }
+
+    /// The page.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::page {
+        self.page.as_ptr()
     }
 
     /// The device's (4 KiB) frame numbers of this page.
     pub(crate) fn balloon_pfns(&self) -> impl Iterator<Item = u64> {
-        let first = self.pfn() * u64::from(PAGES_PER_PAGE);
-        (0..u64::from(PAGES_PER_PAGE)).map(move |i| first + i)
-    }
-
-    /// Removes the page from (`delta < 0`) or returns it to (`delta > 0`) the managed pages
-    /// of its zone, so that `MemTotal` reflects the balloon.
-    pub(crate) fn adjust_managed(&self, delta: isize) {
-        // SAFETY: `page` is a valid page we own (type invariant).
-        unsafe { bindings::adjust_managed_page_count(self.page.as_ptr(), delta) }
+        balloon_pfns_of(self.page.as_ptr())
     }
 }
 
 impl Drop for BalloonPage {
     fn drop(&mut self) {
-        // SAFETY: We own this order-0 page (type invariant); it is freed exactly once.
+        // SAFETY: We own a reference to this order-0 page (type invariant), dropped exactly
+        // once; the page is freed if it was the last.
         unsafe { bindings::__free_pages(self.page.as_ptr(), 0) }
     }
-}
-
-/// The frame number of the page whose `struct page` is at `page` (`page_to_pfn()`).
-///
-/// Pure address arithmetic: `page` is not dereferenced, and an address that is not a
-/// `struct page` gives a meaningless number, never undefined behaviour.
-pub(crate) fn page_to_pfn(page: *const bindings::page) -> u64 {
-    // x86-64 with SPARSEMEM_VMEMMAP: `struct page`s form one virtual array starting at
-    // `vmemmap_base`, indexed by PFN (`__page_to_pfn()` in `memory_model.h`).
-    // SAFETY: `vmemmap_base` is set once at boot, before any module loads.
-    let base = unsafe { bindings::vmemmap_base };
-    // CAST: addresses as integers for the array index computation (`c_ulong` is `usize`).
-    let offset = (page as usize).wrapping_sub(base);
-    // CAST: a PFN fits in 64 bits.
-    (offset / core::mem::size_of::<bindings::page>()) as u64
 }
 
 /// Whether the kernel zeroes pages when they are freed (`want_init_on_free()`: boot option
@@ -216,7 +236,7 @@ pub(crate) fn free_page_poison() -> Option<u32> {
 }
 
 #[cfg(not(all(CONFIG_X86_64, CONFIG_SPARSEMEM_VMEMMAP)))]
-compile_error!("BalloonPage::pfn() supports x86-64 with SPARSEMEM_VMEMMAP only");
+compile_error!("pfn_of() supports x86-64 with SPARSEMEM_VMEMMAP only");
 
 /// The node balloon pages come from: the only one (`numa_mem_id()` without NUMA).
 const NODE: kernel::ffi::c_int = 0;

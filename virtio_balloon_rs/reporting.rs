@@ -13,7 +13,7 @@
 //! second one fails with `EBUSY`.
 
 use crate::abi::Sg;
-use crate::mm::page_to_pfn;
+use crate::mm::pfn_of as page_to_pfn;
 use kernel::{
     bindings,
     ffi::{

@@ -123,6 +123,10 @@ pub(crate) struct Counters {
     pub(crate) wait_ns: Atomic<u64>,
     /// Time spent releasing deflated pages to the guest, in ns.
     pub(crate) release_ns: Atomic<u64>,
+    /// Balloon pages compaction migrated (the device was told about both pages).
+    pub(crate) migrated: Atomic<u64>,
+    /// Migrations the balloon refused or could not finish.
+    pub(crate) migrate_failures: Atomic<u64>,
     /// Free page reports the device took back.
     pub(crate) reports: Atomic<u64>,
     /// Bytes of free memory reported to the device (in the reports it took back).
@@ -158,6 +162,8 @@ impl Counters {
             post_ns: Atomic::new(0),
             wait_ns: Atomic::new(0),
             release_ns: Atomic::new(0),
+            migrated: Atomic::new(0),
+            migrate_failures: Atomic::new(0),
             reports: Atomic::new(0),
             reported_bytes: Atomic::new(0),
             report_errors: Atomic::new(0),
@@ -181,7 +187,7 @@ impl Counters {
 
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &Atomic<u64>); 22] = [
+        let rows: [(&str, &Atomic<u64>); 24] = [
             ("target_pages", &self.target),
             ("actual_pages", &self.actual),
             ("pages_held", &self.pages_held),
@@ -199,6 +205,8 @@ impl Counters {
             ("post_ns", &self.post_ns),
             ("wait_ns", &self.wait_ns),
             ("release_ns", &self.release_ns),
+            ("migrated_pages", &self.migrated),
+            ("migrate_failures", &self.migrate_failures),
             ("reports", &self.reports),
             ("reported_bytes", &self.reported_bytes),
             ("report_errors", &self.report_errors),
