@@ -30,7 +30,11 @@ import vm
 
 RAM = 1024 * b.MiB
 KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
-FLAVOUR = "kunit"  # the transport's drop_kicks switch
+# A guest of its own, with the test flavour (the transport's drop_kicks switch) installed at
+# boot: in the shared guest, after the other files, the silent-device test saw the driver log
+# its timeout without counting a device error (session 4, not yet understood), and the
+# frozen balloon then failed the tests after it.
+GUEST_OPTIONS = {"moddir": KUNIT_DIR} if KUNIT_DIR else {}
 SWITCH = "/sys/kernel/debug/virtio_pci_rs"
 STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
 OOM = re.compile(r"Out of memory|oom-kill|invoked oom-killer|Killed process")
