@@ -26,9 +26,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import balloon as b  # noqa: E402
 import vm  # noqa: E402
+from fixtures import no_kernel_problems, sort_by_file  # noqa: E402,F401
 
 KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR", "")
-RAM = 1024 * b.MiB
+RAM = b.RAM
 
 # The order of the files (pytest would sort them by name): the shared guest goes from the
 # gentlest tests to those that squeeze its memory.
@@ -38,10 +39,7 @@ ORDER = ["test_bringup", "test_kunit", "test_balloon_msix", "test_balloon_intx",
 
 
 def pytest_collection_modifyitems(session, config, items):
-    def rank(item):
-        name = item.module.__name__.split(".")[-1]
-        return ORDER.index(name) if name in ORDER else len(ORDER)
-    items.sort(key=rank)  # stable: the order inside a file is kept
+    sort_by_file(items, ORDER)
 
 
 class Shared:
@@ -128,16 +126,3 @@ def guest(request, shared_guest):
     props = getattr(request.module, "BALLOON", {})
     flavour = getattr(request.module, "FLAVOUR", "prod")
     yield shared_guest.prepare(props, flavour)
-
-
-@pytest.fixture(autouse=True)
-def no_kernel_problems(request):
-    """Fail the test if the kernel complained while it ran."""
-    g = request.getfixturevalue("guest") if "guest" in request.fixturenames else None
-    if g is not None:
-        g.new_kernel_log()
-    yield
-    if g is not None:
-        problems = g.kernel_problems()
-        if problems:
-            pytest.fail("kernel problems during the test:\n" + "\n".join(problems))

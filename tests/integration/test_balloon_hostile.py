@@ -28,7 +28,7 @@ import time
 import balloon as b
 import vm
 
-RAM = 1024 * b.MiB
+RAM = b.RAM
 KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
 # A guest of its own, with the test flavour (the transport's drop_kicks switch) installed at
 # boot: in the shared guest, after the other files, the silent-device test saw the driver log
@@ -270,7 +270,7 @@ def run_above_memory(g):
     above["oom_kills"] = vmstat(g, "oom_kill") - oom0
     above["oom_lines"] = [l for l in log if OOM.search(l)]
     # The per-test kernel check only sees what this scenario did not read.
-    above["kernel_problems"] = [l for l in log if vm.KERNEL_PROBLEMS.search(l)]
+    above["kernel_problems"] = g.kernel_problems(log)
     above["sentinel_alive"] = g.run(f"kill -0 {pid}", check=False)[0] == 0
     # Back up: the balloon empties (unless the valve took the device away).
     b.set_target(g, RAM)

@@ -27,10 +27,9 @@ def main():
         if rc != 0:
             print(f"FAIL kunit: loading the modules failed:\n{out}")
             failed += 1
-        log = g.new_kernel_log()
         passed, f = ktap.report(ktap.run_suites(g))
         failed += f
-        problems = g.kernel_problems(log)
+        problems = g.kernel_problems()
         if problems:
             print("FAIL kunit: kernel problems while the suites ran:")
             for p in problems:

@@ -5,8 +5,14 @@ QMP, wait for `actual`, read the guest's memory counters."""
 import time
 
 MiB = 1024 * 1024
+# The memory of the test guests (vm.Guest's default).
+RAM = 1024 * MiB
+# Seconds to wait for `actual` on a debug kernel (KASAN, lockdep) under TCG.
+SLOW_WAIT = 300
 MODULES = ("virtio_balloon_rs", "virtio_pci_rs", "virtio_ring_rs")
 STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
+# The test-only fault switch of virtio_ring_rs (fault flavour only).
+RING_FAULT = "/sys/kernel/debug/virtio_ring_rs/fault"
 
 ROOT_PORT = "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1"
 # Legacy only; behind a PCIe port QEMU would turn legacy off unless told.

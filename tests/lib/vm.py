@@ -31,7 +31,37 @@ KERNEL_PROBLEMS = re.compile(
     r"sleeping function called from invalid context|list_add corruption|list_del corruption"
 )
 
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
+
 LEGACY_BALLOON = "virtio-balloon-pci,id=balloon0,disable-modern=on"
+
+
+def count(lines, needle):
+    """How many of `lines` contain `needle`."""
+    return sum(1 for l in lines if needle in l)
+
+
+def excerpt(lines, n=150):
+    """The kernel log from the first problem line on (a whole lockdep or KASAN report)."""
+    for i, line in enumerate(lines):
+        if KERNEL_PROBLEMS.search(line):
+            return "\n".join(lines[i:i + n])
+    return ""
+
+
+def problems_message(lines, what="kernel problems"):
+    """A failure message for the problem lines among `lines`, or None when there is none."""
+    problems = [l for l in lines if KERNEL_PROBLEMS.search(l)]
+    if not problems:
+        return None
+    return (f"{what}:\n" + "\n".join(problems)
+            + "\n\nthe kernel log from the first one:\n" + excerpt(lines))
+
+
+def assert_no_problems(lines, what="kernel problems"):
+    """Fail when any of the kernel log `lines` reports a kernel problem."""
+    msg = problems_message(lines, what)
+    assert msg is None, msg
 
 
 class GuestError(Exception):
@@ -146,27 +176,59 @@ class Guest:
             return ""
 
     # --- guest commands --------------------------------------------------------------------
-    def run(self, script, timeout=120, check=True):
-        """Run a shell script in the guest; return (rc, output)."""
+    # The guest agent (guest-agent.sh) runs $dir/cmd.N and writes out.N, then rc.N.  `run`
+    # waits for its command; `start_cmd` and `finish_cmd` are its two halves, for a test that
+    # drives QMP while a guest script runs and waits for files the host creates in the shared
+    # directory (`wait_file`).
+    def start_cmd(self, script):
+        """Hand `script` to the guest agent; returns its number for `finish_cmd`."""
         self.seq += 1
         n = self.seq
         tmp = os.path.join(self.dir, f".cmd.{n}")
         with open(tmp, "w") as f:
             f.write(script + "\n")
         os.rename(tmp, os.path.join(self.dir, f"cmd.{n}"))
-        rc_path = os.path.join(self.dir, f"rc.{n}")
+        return n
+
+    def cmd_done(self, n):
+        """Command `n` has ended."""
+        return os.path.exists(os.path.join(self.dir, f"rc.{n}"))
+
+    def finish_cmd(self, n, timeout=120, what=None):
+        """Wait for command `n`; returns (rc, output).  `what` names it in errors."""
+        what = what if what is not None else f"command {n}"
         deadline = time.monotonic() + timeout
-        while not os.path.exists(rc_path):
+        while not self.cmd_done(n):
             if self.proc.poll() is not None:
-                raise GuestError(f"guest died while running {script!r}:\n" + self.console_tail())
+                raise GuestError(f"guest died while running {what}:\n" + self.console_tail())
             if time.monotonic() > deadline:
-                raise GuestError(f"guest command timed out after {timeout}s: {script!r}\n"
+                raise GuestError(f"guest {what} timed out after {timeout}s\n"
                                  + self.console_tail())
-            time.sleep(0.05)
-        with open(rc_path) as f:
+            time.sleep(0.02)
+        with open(os.path.join(self.dir, f"rc.{n}")) as f:
             rc = int(f.read().strip() or "255")
         with open(os.path.join(self.dir, f"out.{n}"), errors="replace") as f:
-            out = f.read()
+            return rc, f.read()
+
+    def wait_file(self, path, n, timeout=120):
+        """Wait until the guest created `path`, or command `n` ended (then fails with its
+        output)."""
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if self.cmd_done(n):
+                rc, out = self.finish_cmd(n)
+                raise AssertionError(f"the guest script ended (rc {rc}) before "
+                                     f"{os.path.basename(path)}:\n{out}")
+            if self.proc.poll() is not None:
+                raise GuestError("guest died:\n" + self.console_tail())
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {os.path.basename(path)} after {timeout}s")
+            time.sleep(0.02)
+
+    def run(self, script, timeout=120, check=True):
+        """Run a shell script in the guest; return (rc, output)."""
+        n = self.start_cmd(script)
+        rc, out = self.finish_cmd(n, timeout=timeout, what=f"command {script!r}")
         if check and rc != 0:
             raise GuestError(f"guest command failed (rc {rc}): {script!r}\n{out}")
         return rc, out
@@ -190,9 +252,28 @@ class Guest:
         return new
 
     def kernel_problems(self, lines=None):
+        """The problem lines among `lines` (default: the new kernel log)."""
         if lines is None:
             lines = self.new_kernel_log()
         return [l for l in lines if KERNEL_PROBLEMS.search(l)]
+
+    def take_log(self):
+        """New kernel log lines; fails on any kernel problem among them (the autouse check
+        only sees the lines nobody took)."""
+        lines = self.new_kernel_log()
+        assert_no_problems(lines)
+        return lines
+
+    def alive(self):
+        """The guest still runs commands."""
+        assert self.sh("echo alive", timeout=60).strip() == "alive"
+
+    def kmemleak_report(self):
+        """kmemleak reports objects older than 5 s: wait, scan twice (a transient false
+        positive does not survive two scans), and read the report."""
+        self.sh(f"sleep 6; echo scan > {KMEMLEAK}; sleep 2; echo scan > {KMEMLEAK}",
+                timeout=900)
+        return self.sh(f"cat {KMEMLEAK}")
 
     # --- the QEMU process on the host -------------------------------------------------------
     def qemu_pid(self):

@@ -23,9 +23,9 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-sys.path.insert(0, HERE)
-import stress_lib as s  # noqa: E402
+import balloon as b  # noqa: E402
 import vm  # noqa: E402
+from fixtures import no_kernel_problems, sort_by_file  # noqa: E402,F401
 
 # Boots of the debug kernel under TCG on a shared 2-core machine are slow (5-10 min seen).
 BOOT_TIMEOUT = int(os.environ.get("VIRTIO_RS_STRESS_BOOT_TIMEOUT", "900"))
@@ -46,10 +46,7 @@ def env_dir(var, what):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    def rank(item):
-        name = item.module.__name__.split(".")[-1]
-        return ORDER.index(name) if name in ORDER else len(ORDER)
-    items.sort(key=rank)  # stable: the order inside a file is kept
+    sort_by_file(items, ORDER)
 
 
 def pytest_configure(config):
@@ -69,7 +66,7 @@ def pytest_runtest_setup(item):
 
 
 def boot(moddir):
-    g = vm.Guest("stress", memory="1G", devices=(s.ROOT_PORT, s.BALLOON), moddir=moddir,
+    g = vm.Guest("stress", memory="1G", devices=(b.ROOT_PORT, b.BALLOON), moddir=moddir,
                  boot_timeout=BOOT_TIMEOUT, append=("lockdep.prove_locking=0",))
     t0 = time.monotonic()
     try:
@@ -102,22 +99,7 @@ def guest():
              "[ $(cat /sys/module/lockdep/parameters/prove_locking) = 1 ]")
         g.sh(f"echo {HUNG_TASK_SECS} > /proc/sys/kernel/hung_task_timeout_secs; "
              f"[ $(cat /proc/sys/kernel/hung_task_timeout_secs) = {HUNG_TASK_SECS} ]")
-        g.sh(f"echo scan > {s.KMEMLEAK} && echo clear > {s.KMEMLEAK}", timeout=900)
+        g.sh(f"echo scan > {vm.KMEMLEAK} && echo clear > {vm.KMEMLEAK}", timeout=900)
         yield g
     finally:
         g.cleanup()
-
-
-@pytest.fixture(autouse=True)
-def no_kernel_problems(request):
-    """Fail the test if the kernel complained while it ran."""
-    g = request.getfixturevalue("guest") if "guest" in request.fixturenames else None
-    if g is not None:
-        g.new_kernel_log()
-    yield
-    if g is not None:
-        lines = g.new_kernel_log()
-        problems = g.kernel_problems(lines)
-        if problems:
-            pytest.fail("kernel problems during the test:\n" + "\n".join(problems)
-                        + "\n\nthe kernel log from the first one:\n" + s.excerpt(lines))

@@ -22,10 +22,9 @@ import time
 import pytest
 
 import balloon as b
-import stress_lib as s
 import vm
 
-RAM = s.RAM
+RAM = b.RAM
 CYCLES = int(os.environ.get("VIRTIO_RS_STRESS_CYCLES", "100"))
 INFLATE = 4 * b.MiB
 
@@ -83,7 +82,7 @@ exit 0
 def test_baseline(guest):
     """The balloon function is given to the Rust transport for all cycles."""
     g = guest
-    s.rmmod_all(g)
+    b.rmmod_all(g)
     base["bdf"] = bdf = g.balloon_bdf()
     g.sh(f"d=/sys/bus/pci/devices/{bdf}; echo virtio_pci_rs > $d/driver_override; "
          f"if [ -e $d/driver ]; then echo {bdf} > $d/driver/unbind; fi; ! [ -e $d/driver ]")
@@ -101,7 +100,7 @@ def one_cycle(g, n, log_mark):
     """Runs cycle `n`; returns the number of kernel log lines seen so far."""
     variant = n % 3
     # The cycle copies only the kernel log lines after the first `log_mark` ones.
-    k = s.start(g, CYCLE.format(dir=g.dir, n=n, bdf=base["bdf"], status=s.STATUS,
+    k = g.start_cmd(CYCLE.format(dir=g.dir, n=n, bdf=base["bdf"], status=b.STATUS,
                                 rmmod=RMMOD[variant], first=log_mark + 1))
     try:
         return check_cycle(g, n, k, variant, log_mark)
@@ -110,23 +109,23 @@ def one_cycle(g, n, log_mark):
         touch(g, f"inflated.{n}")
         touch(g, f"go.{n}")
         if not os.path.exists(os.path.join(g.dir, f"rc.{k}")):
-            s.finish(g, k, timeout=300)
+            g.finish_cmd(k, timeout=300)
         raise
 
 
 def check_cycle(g, n, k, variant, log_mark):
-    s.wait_file(g, os.path.join(g.dir, f"up.{n}"), k)
+    g.wait_file(os.path.join(g.dir, f"up.{n}"), k)
     b.set_target(g, RAM - INFLATE)
-    s.wait_actual(g, RAM - INFLATE, timeout=60)
+    b.wait_actual(g, RAM - INFLATE, timeout=60)
     touch(g, f"inflated.{n}")
-    s.wait_file(g, os.path.join(g.dir, f"measured.{n}"), k)
+    g.wait_file(os.path.join(g.dir, f"measured.{n}"), k)
     with open(os.path.join(g.dir, f"info.{n}")) as f:
         info = dict(l.replace(":", " ").split()[:2] for l in f if l.strip())
     if variant != 2:
         b.set_target(g, RAM)
-        s.wait_actual(g, RAM, timeout=60)
+        b.wait_actual(g, RAM, timeout=60)
     touch(g, f"go.{n}")
-    rc, out = s.finish(g, k, timeout=120)
+    rc, out = g.finish_cmd(k, timeout=120)
     assert rc == 0, out
     if variant == 2:
         # The device's target is still the old one; the driver's `actual` went to 0.
@@ -141,7 +140,7 @@ def check_cycle(g, n, k, variant, log_mark):
     with open(os.path.join(g.dir, f"dmesg.{n}"), errors="replace") as f:
         new = f.read().splitlines()
     problems = g.kernel_problems(new)
-    assert not problems, "kernel problems:\n" + s.excerpt(new)
+    assert not problems, "kernel problems:\n" + vm.excerpt(new)
     with open(os.path.join(g.dir, f"times.{n}")) as f:
         marks = [l.split() for l in f if l.strip()]
     for (_, t0), (step, t1) in zip(marks, marks[1:]):
@@ -170,7 +169,7 @@ def test_run_cycles(guest):
         except AssertionError as e:
             results[n] = str(e)
             print(f"\ncycle {n} failed: {e}")
-            s.rmmod_all(g)
+            b.rmmod_all(g)
             b.set_target(g, RAM)
             mark = len(g.kernel_log().splitlines())
         except vm.GuestError as e:
@@ -196,7 +195,7 @@ def test_no_memory_lost(guest):
     exactly, `MemAvailable` within 32 MiB (KASAN's quarantine of freed slab objects and
     kmemleak's metadata move it; a balloon leaked every cycle would show as 400 MiB)."""
     assert base, "test_baseline did not run"
-    assert not s.loaded_rs_modules(guest)
+    assert not b.loaded_rs_modules(guest)
     mem = b.meminfo(guest)
     assert mem["MemTotal"] == base["MemTotal"]
     assert mem["MemAvailable"] > base["MemAvailable"] - 32 * 1024, (base, mem)
@@ -205,5 +204,5 @@ def test_no_memory_lost(guest):
 def test_kmemleak_after_cycles(guest):
     """No unreferenced object (since boot: this covers the KUnit and fault tests too)."""
     assert base, "test_baseline did not run"
-    report = s.kmemleak_report(guest)
+    report = guest.kmemleak_report()
     assert report.strip() == "", "kmemleak found leaks:\n" + report

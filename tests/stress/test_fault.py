@@ -24,18 +24,16 @@ import re
 import time
 
 import balloon as b
-import stress_lib as s
+import vm
 
-RAM = s.RAM
+RAM = b.RAM
 
 VIOLATION = "device violated the ring protocol"
 
 
 def fault_state(g):
-    return dict(l.split() for l in g.sh(f"cat {s.FAULT}").splitlines())
+    return dict(l.split() for l in g.sh(f"cat {b.RING_FAULT}").splitlines())
 
-
-take_log = s.take_log
 
 
 def setup_balloon(g, inflate_mib):
@@ -44,13 +42,13 @@ def setup_balloon(g, inflate_mib):
     before = b.meminfo(g)
     target = RAM - inflate_mib * b.MiB
     b.set_target(g, target)
-    s.wait_actual(g, target)
+    b.wait_actual(g, target, timeout=b.SLOW_WAIT)
     return before
 
 
 def consistent(g):
     """The driver's books agree with themselves and with QEMU's `actual`."""
-    st = s.status(g)
+    st = b.status(g)
     moved = st["inflated_pages"] - st["deflated_pages"] - st["oom_deflated_pages"] \
         - st["shrinker_deflated_pages"]
     assert moved == st["actual_pages"] == st["pages_held"], st
@@ -60,11 +58,11 @@ def consistent(g):
 
 def teardown(g, before):
     """Unbind and unload everything; the guest gets all its memory back."""
-    s.rmmod_all(g)
+    b.rmmod_all(g)
     for line in g.kernel_log().splitlines()[g.log_mark:]:
         if "_rs" in line:
             print(f"  {line.strip()}")
-    s.alive(g)
+    g.alive()
     after = b.meminfo(g)
     assert after["MemTotal"] == before["MemTotal"], (before, after)
     assert after["MemFree"] > before["MemFree"] - 16 * 1024, (before, after)
@@ -75,7 +73,7 @@ def teardown(g, before):
 
 def expect_one_violation(lines, queue, what):
     hits = [l for l in lines if VIOLATION in l]
-    assert len(hits) == 1, f"expected one violation report, got:\n" + "\n".join(hits)
+    assert len(hits) == 1, "expected one violation report, got:\n" + "\n".join(hits)
     assert f"queue {queue}:" in hits[0] and what in hits[0], hits[0]
     fired = [l for l in lines if re.search(rf"fault: queue {queue}: ", l)]
     assert len(fired) == 1, lines
@@ -84,23 +82,23 @@ def expect_one_violation(lines, queue, what):
 
 def test_fault_switch_is_there(guest):
     g = guest
-    s.rmmod_all(g)
+    b.rmmod_all(g)
     g.sh("modprobe virtio_ring_rs")
     st = fault_state(g)
     assert st == {"armed": "off", "injected": "0"}, st
     # Bad commands are refused and change nothing.
     for bad in ("bogus", "id 70000", "id 1 2"):
-        rc, _ = g.run(f"echo '{bad}' > {s.FAULT}", check=False)
+        rc, _ = g.run(f"echo '{bad}' > {b.RING_FAULT}", check=False)
         assert rc != 0, bad
     assert fault_state(g)["armed"] == "off"
-    take_log(g)
+    g.take_log()
 
 
 def test_bad_id_on_inflate_queue(guest):
     g = guest
     before = setup_balloon(g, 32)
-    take_log(g)
-    g.sh(f"echo 'id 0' > {s.FAULT}")
+    g.take_log()
+    g.sh(f"echo 'id 0' > {b.RING_FAULT}")
     assert fault_state(g)["armed"] == "id"
     b.set_target(g, RAM - 64 * b.MiB)
     # The balloon reads the corrupted completion of its first inflate message.
@@ -112,7 +110,7 @@ def test_bad_id_on_inflate_queue(guest):
     # Make the driver use the broken queue again: still one report.
     b.set_target(g, RAM - 80 * b.MiB)
     time.sleep(3)
-    lines = take_log(g)
+    lines = g.take_log()
     expect_one_violation(lines, 0, "UsedIdOutOfRange { id: 3735928559 }")
     assert fault_state(g) == {"armed": "off", "injected": "1"}
     st = consistent(g)
@@ -121,20 +119,20 @@ def test_bad_id_on_inflate_queue(guest):
     # the lost message(s) are set aside.
     assert st["actual_pages"] == 32 * 256, st
     assert st["set_aside_pages"] > 0, st
-    assert s.count(lines, "inflate queue broken") == 1, lines
+    assert vm.count(lines, "inflate queue broken") == 1, lines
     # The deflate queue still works: the balloon should follow the device down to nothing.
     # (Checked after the teardown, so that a balloon stuck here still gets its unload and
     # leak checks.)
     b.set_target(g, RAM)
     try:
-        s.wait_actual(g, RAM, timeout=60)
+        b.wait_actual(g, RAM, timeout=60)
         stuck = None
     except AssertionError as e:
-        stuck = f"{e}; driver status: {s.status(g)}"
+        stuck = f"{e}; driver status: {b.status(g)}"
     consistent(g)
-    take_log(g)
+    g.take_log()
     teardown(g, before)
-    take_log(g)
+    g.take_log()
     assert stuck is None, ("with its inflate queue broken, the balloon no longer deflates "
                            "when the device asks: " + stuck)
 
@@ -142,31 +140,31 @@ def test_bad_id_on_inflate_queue(guest):
 def test_bad_len_on_deflate_queue(guest):
     g = guest
     before = setup_balloon(g, 32)
-    take_log(g)
-    g.sh(f"echo 'len 1' > {s.FAULT}")
+    g.take_log()
+    g.sh(f"echo 'len 1' > {b.RING_FAULT}")
     b.set_target(g, RAM)
     # The first deflate message's completion claims 0xffffffff bytes written into a
     # device-readable buffer: clamped to 0, the message completes as usual.
-    s.wait_actual(g, RAM)
-    lines = take_log(g)
-    assert s.count(lines, VIOLATION) == 0, lines
+    b.wait_actual(g, RAM, timeout=b.SLOW_WAIT)
+    lines = g.take_log()
+    assert vm.count(lines, VIOLATION) == 0, lines
     clamped = [l for l in lines if "clamped" in l]
     assert len(clamped) == 1 and "queue 1:" in clamped[0], lines
     assert "len 4294967295 exceeds writable length 0" in clamped[0], clamped
     st = consistent(g)
     assert st["pages_held"] == 0 and st["device_errors"] == 0, st
-    assert s.count(lines, "queue broken") == 0, lines
+    assert vm.count(lines, "queue broken") == 0, lines
     # Inflating and deflating still work, with no new report.
     b.set_target(g, RAM - 8 * b.MiB)
-    s.wait_actual(g, RAM - 8 * b.MiB)
+    b.wait_actual(g, RAM - 8 * b.MiB, timeout=b.SLOW_WAIT)
     b.set_target(g, RAM)
-    s.wait_actual(g, RAM)
-    lines = take_log(g)
-    assert s.count(lines, VIOLATION) == 0, lines
-    assert s.count(lines, "queue broken") == 0, lines
+    b.wait_actual(g, RAM, timeout=b.SLOW_WAIT)
+    lines = g.take_log()
+    assert vm.count(lines, VIOLATION) == 0, lines
+    assert vm.count(lines, "queue broken") == 0, lines
     consistent(g)
     teardown(g, before)
-    take_log(g)
+    g.take_log()
 
 
 def test_used_idx_jump_on_stats_queue(guest):
@@ -176,34 +174,34 @@ def test_used_idx_jump_on_stats_queue(guest):
     g.qmp_cmd("qom-set", path="/machine/peripheral/balloon0",
               property="guest-stats-polling-interval", value=1)
     deadline = time.monotonic() + 60
-    while s.status(g)["stats_sent"] < 3:
+    while b.status(g)["stats_sent"] < 3:
         assert time.monotonic() < deadline, "the device does not poll statistics"
         time.sleep(0.5)
-    take_log(g)
-    g.sh(f"echo 'jump 2' > {s.FAULT}")
+    g.take_log()
+    g.sh(f"echo 'jump 2' > {b.RING_FAULT}")
     deadline = time.monotonic() + 60
     while fault_state(g)["armed"] != "off":
         assert time.monotonic() < deadline, "the fault never fired"
         time.sleep(0.5)
-    sent = s.status(g)["stats_sent"]
+    sent = b.status(g)["stats_sent"]
     time.sleep(4)
-    lines = take_log(g)
+    lines = g.take_log()
     expect_one_violation(lines, 2, "UsedIdxJump")
     # The broken stats queue is left alone, the balloon still follows the device.
-    assert s.status(g)["stats_sent"] == sent
+    assert b.status(g)["stats_sent"] == sent
     b.set_target(g, RAM - 48 * b.MiB)
-    s.wait_actual(g, RAM - 48 * b.MiB)
+    b.wait_actual(g, RAM - 48 * b.MiB, timeout=b.SLOW_WAIT)
     b.set_target(g, RAM)
-    s.wait_actual(g, RAM)
+    b.wait_actual(g, RAM, timeout=b.SLOW_WAIT)
     consistent(g)
     g.qmp_cmd("qom-set", path="/machine/peripheral/balloon0",
               property="guest-stats-polling-interval", value=0)
     teardown(g, before)
-    take_log(g)
+    g.take_log()
 
 
 def test_modules_unload_after_faults(guest):
     g = guest
-    s.rmmod_all(g)
+    b.rmmod_all(g)
     assert not g.sh("ls /sys/kernel/debug/ | grep virtio_ || true").strip()
-    s.alive(g)
+    g.alive()

@@ -10,17 +10,16 @@ again.
 import time
 
 import balloon as b
-import stress_lib as s
+import vm
 
-RAM = s.RAM
-take_log = s.take_log
-plug = s.plug
-unplug = s.unplug
+RAM = b.RAM
+plug = b.plug
+unplug = b.unplug
 
 
 def released_everything(g, before, inflated):
     """After the unplug: the guest answers, and has its memory back."""
-    s.alive(g)
+    g.alive()
     assert not g.sh("ls /sys/bus/auxiliary/devices/").split()
     assert g.run("ls /sys/kernel/debug/virtio_balloon_rs/balloon.*", check=False)[0] != 0
     after = b.meminfo(g)
@@ -28,8 +27,8 @@ def released_everything(g, before, inflated):
     assert after["MemFree"] > inflated["MemFree"] + 0.85 * (before["MemFree"] -
                                                             inflated["MemFree"]), \
         (before, inflated, after)
-    lines = take_log(g)
-    assert s.count(lines, "balloon removed, all pages returned") == 1, lines
+    lines = g.take_log()
+    assert vm.count(lines, "balloon removed, all pages returned") == 1, lines
     return lines
 
 
@@ -44,15 +43,15 @@ def test_unplug_while_inflated(guest):
     b.bind_rust(g)
     before = b.meminfo(g)
     b.set_target(g, RAM - 128 * b.MiB)
-    s.wait_actual(g, RAM - 128 * b.MiB)
+    b.wait_actual(g, RAM - 128 * b.MiB, timeout=b.SLOW_WAIT)
     inflated = b.meminfo(g)
     assert before["MemTotal"] - inflated["MemTotal"] == 128 * 1024
-    take_log(g)
+    g.take_log()
     secs = unplug(g)
     print(f"unplugged in {secs:.1f}s")
     released_everything(g, before, inflated)
-    s.rmmod_all(g)
-    s.alive(g)
+    b.rmmod_all(g)
+    g.alive()
 
 
 def test_unplug_while_inflating(guest):
@@ -67,20 +66,20 @@ def test_unplug_while_inflating(guest):
     b.set_target(g, RAM - 512 * b.MiB)
     # Unplug as soon as the balloon is on its way, well before it gets there.
     deadline = time.monotonic() + 120
-    while s.status(g)["pages_held"] < 16 * 256:
+    while b.status(g)["pages_held"] < 16 * 256:
         assert time.monotonic() < deadline, "the balloon does not inflate"
         time.sleep(0.1)
     inflated = b.meminfo(g)
     # Read before the unplug: ACPI ejects the function within a second, and the driver's
     # debugfs files go with it.
-    held = s.status(g)["pages_held"]
+    held = b.status(g)["pages_held"]
     g.qmp_cmd("device_del", id="balloon0")
     assert held < target_pages, "the balloon was already inflated: not a mid-inflation unplug"
-    secs = s.wait_device_gone(g)
+    secs = b.wait_device_gone(g)
     print(f"unplugged at {held} of {target_pages} pages, in {secs:.1f}s")
     lines = released_everything(g, before, inflated)
-    assert s.count(lines, "not told about") == 0, lines
-    s.rmmod_all(g)
+    assert vm.count(lines, "not told about") == 0, lines
+    b.rmmod_all(g)
 
 
 def test_replugged_device_works(guest):
@@ -89,9 +88,9 @@ def test_replugged_device_works(guest):
     b.bind_rust(g)
     before = b.meminfo(g)
     b.set_target(g, RAM - 64 * b.MiB)
-    s.wait_actual(g, RAM - 64 * b.MiB)
+    b.wait_actual(g, RAM - 64 * b.MiB, timeout=b.SLOW_WAIT)
     b.set_target(g, RAM)
-    s.wait_actual(g, RAM)
-    s.rmmod_all(g)
+    b.wait_actual(g, RAM, timeout=b.SLOW_WAIT)
+    b.rmmod_all(g)
     assert b.meminfo(g)["MemTotal"] == before["MemTotal"]
-    take_log(g)
+    g.take_log()

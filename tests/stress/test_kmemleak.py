@@ -2,10 +2,10 @@
 """The last stress test: after everything else ran in the guest (KUnit, fault injection,
 module churn, hot-unplug, memory storms), kmemleak finds no unreferenced object."""
 
-import stress_lib as s
+import balloon as b
 
 
 def test_no_leak_at_the_end(guest):
-    s.rmmod_all(guest)
-    report = s.kmemleak_report(guest)
+    b.rmmod_all(guest)
+    report = guest.kmemleak_report()
     assert report.strip() == "", "kmemleak found leaks:\n" + report

@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-import stress_lib as s
-
-import ktap  # noqa: E402  (tests/lib: the suite declarations and the kernel's KTAP parser)
+import balloon as b
+import ktap  # (tests/lib: the suite declarations and the kernel's KTAP parser)
 
 SUITES = ktap.declared_suites()
 KUNIT_DIR = os.environ.get("VIRTIO_RS_STRESS_KUNIT_DIR", "")
@@ -19,7 +18,7 @@ KUNIT_DIR = os.environ.get("VIRTIO_RS_STRESS_KUNIT_DIR", "")
 def test_load_the_test_flavour(guest):
     assert os.path.exists(os.path.join(KUNIT_DIR, "virtio_ring_rs.ko")), \
         "VIRTIO_RS_STRESS_KUNIT_DIR must name the KUnit-flavour .ko files"
-    s.rmmod_all(guest)
+    b.rmmod_all(guest)
     # Dependency order by hand: insmod takes paths, not names.
     guest.sh(" && ".join(f"insmod {KUNIT_DIR}/{m}.ko"
                          for m in ("virtio_ring_rs", "virtio_pci_rs", "virtio_balloon_rs")),
@@ -37,4 +36,4 @@ def test_suite(guest, suite):
 
 
 def test_unload_the_test_flavour(guest):
-    s.rmmod_all(guest)
+    b.rmmod_all(guest)

@@ -15,9 +15,8 @@ is allowed; a deadlock or a kernel warning is not.
 import pytest
 
 import balloon as b
-import stress_lib as s
 
-RAM = s.RAM
+RAM = b.RAM
 F_DEFLATE_ON_OOM = 1 << 2
 ROUNDS = 1
 HOG_MIB = 160
@@ -54,7 +53,7 @@ def hogs(g, n=2, mib=HOG_MIB):
 
 
 def test_plug_a_deflate_on_oom_balloon(guest):
-    s.replug(guest, **{"deflate-on-oom": True})
+    b.replug(guest, **{"deflate-on-oom": True})
 
 
 @pytest.mark.parametrize("policy,name", POLICIES, ids=[p[1] for p in POLICIES])
@@ -63,7 +62,7 @@ def test_storm(guest, policy, name):
     before = b.meminfo(g)
     g.sh(f"modprobe virtio_balloon_rs deflate_policy={policy}")
     b.bind_rust(g)
-    st = s.status(g)
+    st = b.status(g)
     assert st["features"] & F_DEFLATE_ON_OOM, st
     kills0 = vmstat(g, "oom_kill")
     finished = 0
@@ -71,11 +70,11 @@ def test_storm(guest, policy, name):
         target = squeeze_target(g)
         b.set_target(g, target)
         if r < ROUNDS:
-            s.wait_actual(g, target, timeout=400)
+            b.wait_actual(g, target, timeout=400)
         # else: the hogs race the inflation.
         finished += hogs(g)
-        s.alive(g)
-    st = s.status(g)
+        g.alive()
+    st = b.status(g)
     kills = vmstat(g, "oom_kill") - kills0
     print(f"policy {name}: {finished} of {2 * (ROUNDS + 1)} hogs finished, {kills} OOM kills, "
           f"oom_deflated {st['oom_deflated_pages']}, shrinker_deflated "
@@ -90,9 +89,9 @@ def test_storm(guest, policy, name):
         assert st["oom_deflated_pages"] + st["shrinker_deflated_pages"] > 0, st
     # The balloon still follows the device after the storm.
     b.set_target(g, RAM)
-    s.wait_actual(g, RAM, timeout=400)
-    assert s.status(g)["pages_held"] == 0
-    s.rmmod_all(g)
+    b.wait_actual(g, RAM, timeout=400)
+    assert b.status(g)["pages_held"] == 0
+    b.rmmod_all(g)
     after = b.meminfo(g)
     assert after["MemTotal"] == before["MemTotal"], (before, after)
-    s.alive(g)
+    g.alive()
