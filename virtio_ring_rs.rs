@@ -28,6 +28,8 @@ pub mod split;
 #[path = "virtio_ring_rs/queue.rs"]
 mod queue;
 
+// Test-only: the ring micro-benchmark (`make bench` builds the bench flavour).
+#[cfg(virtio_rs_bench)]
 #[path = "virtio_ring_rs/bench.rs"]
 mod bench;
 
@@ -331,9 +333,12 @@ struct VirtioRingModule {
 
 impl kernel::Module for VirtioRingModule {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let cycles = *module_parameters::bench_cycles.value();
-        if cycles != 0 {
-            bench::run(cycles)?;
+        #[cfg(virtio_rs_bench)]
+        {
+            let cycles = *module_parameters::bench_cycles.value();
+            if cycles != 0 {
+                bench::run(cycles)?;
+            }
         }
         Ok(Self {
             #[cfg(any(virtio_rs_kunit, virtio_rs_fault))]
@@ -342,12 +347,26 @@ impl kernel::Module for VirtioRingModule {
     }
 }
 
-module! {
-    type: VirtioRingModule,
-    name: "virtio_ring_rs",
-    authors: ["The virtio-rs developers"],
-    description: "Split virtqueue helpers for legacy virtio devices (Rust)",
-    license: "GPL",
+/// The `module!` declaration of the crate, with the extra fields of a flavour (`params`).
+macro_rules! ring_module {
+    ($($extra:tt)*) => {
+        module! {
+            type: VirtioRingModule,
+            name: "virtio_ring_rs",
+            authors: ["The virtio-rs developers"],
+            description: "Split virtqueue helpers for legacy virtio devices (Rust)",
+            license: "GPL",
+            $($extra)*
+        }
+    };
+}
+
+#[cfg(not(virtio_rs_bench))]
+ring_module! {}
+
+// The bench flavour's parameter; the production module has none.
+#[cfg(virtio_rs_bench)]
+ring_module! {
     params: {
         bench_cycles: u32 {
             default: 0,

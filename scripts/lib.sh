@@ -58,6 +58,25 @@ count() {
 	log "$kind: $p passed, $f failed"
 }
 
+# copy_sources OUT: copy what Kbuild needs of the work tree (Kbuild and the .rs files, not
+# tests/ or tools/) to OUT, so that a flavour's objects never mix with the production build.
+# The copy keeps its objects between runs (incremental builds).
+copy_sources() {
+	local out=$1
+	mkdir -p "$out"
+	(cd "$VIRTIO_RS_TOP" && find . -path ./tests -prune -o -path ./tools -prune -o \
+		-path ./.git -prune -o \( -name '*.rs' -o -name Kbuild \) -print |
+		cpio -pdmu --quiet "$out")
+}
+
+# build_modules DIR [VAR=VALUE...]: the out-of-tree build of the modules whose sources are in
+# DIR, with the given Kbuild variables (a flavour's switch).  Inside the environment.
+build_modules() {
+	local dir=$1
+	shift
+	make -s -C "${KDIR:?run through scripts/env}" M="$dir" LLVM=1 "$@" modules
+}
+
 ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
 # host_toolchain_ok: does this host already have what Linux 7.2 needs?

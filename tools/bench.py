@@ -7,8 +7,8 @@ One guest boot.  The legacy balloon function is bound alternately to the C drive
 inflates the balloon by 1 GiB and deflates it again, timed from the QMP command to
 query-balloon's `actual` reaching the target.  Also: guest CPU time spent (from /proc/stat),
 the ring micro-benchmark (ns per add/kick-prepare/complete/get_buf cycle, module parameter
-`bench_cycles`) against the same cycle on the kernel's C virtio_ring
-(tests/bench/vring_bench_c.ko), and the size of each .ko.  Prints a table with medians, min and
+`bench_cycles` of the bench flavour in BENCH_RING_DIR) against the same cycle on the kernel's
+C virtio_ring (tests/bench/vring_bench_c.ko), and the size of each .ko.  Prints a table with medians, min and
 max and the Rust/C ratios, and writes a PNG (balloon size over time, both drivers, same axes).
 
 The ring micro-benchmark runs twice: in the balloon guest (TCG wall clock, which a busy host
@@ -102,12 +102,16 @@ def run_one(g, driver, trace, profile):
 # loaded in turn in the same guest, RING_REPS times, interleaved.  Each load logs
 # "<module>: bench: N cycles, X ns/cycle (fastest of 20 batches: Y ns/cycle)": X is the mean
 # over the N cycles, Y the mean of the fastest twentieth, the figure a busy host disturbs least.
+# The Rust side is the bench flavour of virtio_ring_rs (scripts/build-flavour bench): the
+# production module has no benchmark.
+RING_DIR = os.environ.get("BENCH_RING_DIR", "")
 RING_VARIANTS = (
-    # name, .ko path relative to the module dir, module name, parameters
-    ("Rust", "virtio_ring_rs.ko", "virtio_ring_rs", ""),
-    ("C", "tests/bench/vring_bench_c.ko", "vring_bench_c", ""),
+    # name, .ko path, module name, parameters
+    ("Rust", os.path.join(RING_DIR, "virtio_ring_rs.ko"), "virtio_ring_rs", ""),
+    ("C", os.path.join(vm.TOP, "tests/bench/vring_bench_c.ko"), "vring_bench_c", ""),
     # The C add that takes DMA addresses, as the Rust API does: shows what sg_phys() costs C.
-    ("C premapped", "tests/bench/vring_bench_c.ko", "vring_bench_c", "premapped=1"),
+    ("C premapped", os.path.join(vm.TOP, "tests/bench/vring_bench_c.ko"), "vring_bench_c",
+     "premapped=1"),
 )
 RING_LINE = re.compile(r"bench: \d+ cycles, ([\d.]+) ns/cycle \(fastest of \d+ batches: ([\d.]+) ns")
 
@@ -122,15 +126,17 @@ def ring_once(g, path, module, params):
     return float(m.group(1)), float(m.group(2))
 
 
-def ring_bench(g, moddir):
+def ring_bench(g):
     """(mean, fastest) ns/cycle of each variant, RING_REPS loads each, the order rotating."""
+    assert os.path.exists(RING_VARIANTS[0][1]), \
+        "BENCH_RING_DIR must name the bench flavour's .ko files (scripts/bench builds them)"
     g.run("rmmod virtio_balloon_rs virtio_pci_rs virtio_ring_rs vring_bench_c 2>/dev/null",
           check=False)
     res = {name: [] for name, *_ in RING_VARIANTS}
     for rep in range(RING_REPS):
         k = rep % len(RING_VARIANTS)
         for name, ko, module, params in RING_VARIANTS[k:] + RING_VARIANTS[:k]:
-            mean, best = ring_once(g, os.path.join(moddir, ko), module, params)
+            mean, best = ring_once(g, ko, module, params)
             res[name].append((mean, best))
             print(f"ring rep {rep} {name:11s}: {mean:8.1f} ns/cycle (fastest batch {best:8.1f})",
                   flush=True)
@@ -168,14 +174,14 @@ def ring_icount():
     # One vCPU: -icount runs the vCPUs in one thread anyway.
     with vm.Guest("bench-icount", memory="1024M", cpus=1, devices=(),
                   qemu_opts=["-icount", "shift=0"], boot_timeout=600) as g:
-        res = ring_bench(g, vm.TOP)
+        res = ring_bench(g)
         return res, g.kernel_problems()
 
 
 def ring_main():
     """BENCH_ONLY=ring: the ring micro-benchmark only, wall clock then instruction count."""
     with vm.Guest("bench-ring", memory="1024M", cpus=2, devices=()) as g:
-        res = ring_bench(g, vm.TOP)
+        res = ring_bench(g)
         problems = g.kernel_problems()
     icount, more = ring_icount()
     print()
@@ -228,7 +234,7 @@ def main():
     traces = {}
     profile = {}  # Rust configurations: inflate, deflate, inflate, deflate...
     with vm.Guest("bench", memory=f"{RAM_MIB}M", cpus=2) as g:
-        ring = ring_bench(g, vm.TOP)
+        ring = ring_bench(g)
         for rep in range(REPS):
             for driver in DRIVERS if rep % 2 == 0 else DRIVERS[::-1]:
                 trace = []
