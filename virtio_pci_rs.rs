@@ -43,6 +43,15 @@ mod iobar;
 #[path = "virtio_pci_rs/kunit.rs"]
 mod kunit;
 
+// Test-only: the ring's layout and its device model, which the KUnit suite plays.
+#[cfg(virtio_rs_kunit)]
+#[path = "virtio_ring_rs/core.rs"]
+pub mod split;
+
+#[cfg(virtio_rs_kunit)]
+#[path = "virtio_ring_rs/device.rs"]
+pub mod device;
+
 #[cfg(virtio_rs_kunit)]
 #[path = "virtio_pci_rs/testing.rs"]
 mod testing;

@@ -28,6 +28,12 @@ pub mod split;
 #[path = "virtio_ring_rs/queue.rs"]
 mod queue;
 
+// Test-only: the model of the device side that the KUnit suites and the benchmark play (the
+// benchmark needs only the part of a device that completes buffers).
+#[cfg(any(virtio_rs_kunit, virtio_rs_bench))]
+#[path = "virtio_ring_rs/device.rs"]
+pub mod device;
+
 // Test-only: the ring micro-benchmark (`make bench` builds the bench flavour).
 #[cfg(virtio_rs_bench)]
 #[path = "virtio_ring_rs/bench.rs"]
@@ -85,21 +91,21 @@ fn errno(r: Result) -> i32 {
 pub(crate) extern "C" fn virtio_rs_abi_version() -> u32 {
     abi::ABI_VERSION
 }
-export_symbol_ns_gpl!(virtio_rs_abi_version: abi_fn::AbiVersion, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_abi_version: abi_fn::AbiVersion);
 
 /// Size in bytes of a legacy split ring, or 0 for an invalid `num` or `align`.
 #[no_mangle]
 pub(crate) extern "C" fn virtio_rs_vring_size(num: u32, align: u32) -> usize {
     legacy_ring_size(num, align).unwrap_or(0)
 }
-export_symbol_ns_gpl!(virtio_rs_vring_size: abi_fn::VringSize, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vring_size: abi_fn::VringSize);
 
 /// The transport feature bits this ring implements: indirect descriptors and event index.
 #[no_mangle]
 pub(crate) extern "C" fn virtio_rs_ring_features() -> u64 {
     (1u64 << split::VIRTIO_RING_F_INDIRECT_DESC) | (1u64 << split::VIRTIO_RING_F_EVENT_IDX)
 }
-export_symbol_ns_gpl!(virtio_rs_ring_features: abi_fn::RingFeatures, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_ring_features: abi_fn::RingFeatures);
 
 /// Creates a queue; see [`abi_fn::VqNew`].
 ///
@@ -125,7 +131,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_new(
     unsafe { vq.write(KBox::into_raw(q).cast()) };
     0
 }
-export_symbol_ns_gpl!(virtio_rs_vq_new: abi_fn::VqNew, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_new: abi_fn::VqNew);
 
 /// Destroys a queue; see [`abi_fn::VqDel`].
 ///
@@ -140,7 +146,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_del(vq: *mut RawVq) {
         drop(unsafe { KBox::from_raw(vq.cast::<Queue>()) });
     }
 }
-export_symbol_ns_gpl!(virtio_rs_vq_del: abi_fn::VqDel, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_del: abi_fn::VqDel);
 
 /// Adds a buffer; see [`abi_fn::VqAdd`].
 ///
@@ -173,7 +179,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_add(
     // SAFETY: `vq` is live and the call serialized (caller's guarantee).
     errno(unsafe { queue(vq).add(sg, out, token, atomic) })
 }
-export_symbol_ns_gpl!(virtio_rs_vq_add: abi_fn::VqAdd, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_add: abi_fn::VqAdd);
 
 /// See [`abi_fn::VqKickPrepare`].
 ///
@@ -185,7 +191,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_kick_prepare(vq: *mut RawVq) -> boo
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq).kick_prepare() }
 }
-export_symbol_ns_gpl!(virtio_rs_vq_kick_prepare: abi_fn::VqKickPrepare, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_kick_prepare: abi_fn::VqKickPrepare);
 
 /// See [`abi_fn::VqNotify`].
 ///
@@ -197,7 +203,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_notify(vq: *mut RawVq) -> bool {
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq) }.notify()
 }
-export_symbol_ns_gpl!(virtio_rs_vq_notify: abi_fn::VqNotify, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_notify: abi_fn::VqNotify);
 
 /// See [`abi_fn::VqGetBuf`].
 ///
@@ -215,7 +221,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_get_buf(vq: *mut RawVq, len: *mut u
     }
     token
 }
-export_symbol_ns_gpl!(virtio_rs_vq_get_buf: abi_fn::VqGetBuf, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_get_buf: abi_fn::VqGetBuf);
 
 /// See [`abi_fn::VqDetachUnused`].
 ///
@@ -227,7 +233,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_detach_unused(vq: *mut RawVq) -> *m
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq).detach_unused() }
 }
-export_symbol_ns_gpl!(virtio_rs_vq_detach_unused: abi_fn::VqDetachUnused, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_detach_unused: abi_fn::VqDetachUnused);
 
 /// See [`abi_fn::VqDisableCb`].
 ///
@@ -239,7 +245,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_disable_cb(vq: *mut RawVq) {
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq).disable_cb() }
 }
-export_symbol_ns_gpl!(virtio_rs_vq_disable_cb: abi_fn::VqDisableCb, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_disable_cb: abi_fn::VqDisableCb);
 
 /// See [`abi_fn::VqEnableCb`].
 ///
@@ -251,7 +257,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb(vq: *mut RawVq) -> bool {
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq).enable_cb(false) }
 }
-export_symbol_ns_gpl!(virtio_rs_vq_enable_cb: abi_fn::VqEnableCb, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_enable_cb: abi_fn::VqEnableCb);
 
 /// See [`abi_fn::VqEnableCb`].
 ///
@@ -263,7 +269,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb_delayed(vq: *mut RawVq) -
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq).enable_cb(true) }
 }
-export_symbol_ns_gpl!(virtio_rs_vq_enable_cb_delayed: abi_fn::VqEnableCb, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_enable_cb_delayed: abi_fn::VqEnableCb);
 
 /// See [`abi_fn::VqInterrupt`].
 ///
@@ -275,7 +281,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_interrupt(vq: *mut RawVq) -> bool {
     // SAFETY: The caller's guarantee; `interrupt` may run concurrently with anything.
     unsafe { queue(vq) }.interrupt()
 }
-export_symbol_ns_gpl!(virtio_rs_vq_interrupt: abi_fn::VqInterrupt, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_interrupt: abi_fn::VqInterrupt);
 
 /// See [`abi_fn::VqIsBroken`].
 ///
@@ -287,7 +293,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_is_broken(vq: *mut RawVq) -> bool {
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq) }.is_broken()
 }
-export_symbol_ns_gpl!(virtio_rs_vq_is_broken: abi_fn::VqIsBroken, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_is_broken: abi_fn::VqIsBroken);
 
 /// See [`abi_fn::VqBreak`].
 ///
@@ -299,7 +305,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_break(vq: *mut RawVq) {
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq) }.mark_broken()
 }
-export_symbol_ns_gpl!(virtio_rs_vq_break: abi_fn::VqBreak, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_break: abi_fn::VqBreak);
 
 /// See [`abi_fn::VqLenClamped`].
 ///
@@ -311,7 +317,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_len_clamped(vq: *mut RawVq) -> u32 
     // SAFETY: The caller's guarantee; the count is an atomic, readable at any time.
     unsafe { queue(vq) }.clamped_lens()
 }
-export_symbol_ns_gpl!(virtio_rs_vq_len_clamped: abi_fn::VqLenClamped, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_len_clamped: abi_fn::VqLenClamped);
 
 /// See [`abi_fn::VqNumFree`].
 ///
@@ -323,7 +329,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32 {
     // SAFETY: The caller's guarantee.
     unsafe { queue(vq).num_free() }
 }
-export_symbol_ns_gpl!(virtio_rs_vq_num_free: abi_fn::VqNumFree, "VIRTIO_RS");
+export_symbol_ns_gpl!(virtio_rs_vq_num_free: abi_fn::VqNumFree);
 
 /// The module: a library with no state of its own (but the test-only fault switch).
 struct VirtioRingModule {

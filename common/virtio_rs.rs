@@ -50,8 +50,18 @@ pub(crate) use legacy_mem::{
     LegacyBuf, //
 };
 
+/// The symbol namespace of everything `virtio_ring_rs` exports, as a literal (for `concat!`
+/// in the exporter); [`NAMESPACE`] is the same string as a constant.
+macro_rules! virtio_rs_namespace {
+    () => {
+        "VIRTIO_RS"
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use virtio_rs_namespace;
+
 /// Symbol namespace of everything `virtio_ring_rs` exports.
-pub(crate) const NAMESPACE: &str = "VIRTIO_RS";
+pub(crate) const NAMESPACE: &str = virtio_rs_namespace!();
 
 /// Magic number at the start of every [`AbiHeader`] ("VIRS" in little-endian byte order).
 pub(crate) const ABI_MAGIC: u32 = u32::from_le_bytes(*b"VIRS");
@@ -625,18 +635,23 @@ pub(crate) mod abi_fn {
 }
 
 /// Declarations of the functions exported by `virtio_ring_rs` (namespace [`NAMESPACE`]).
+///
+/// Each declaration is checked against its type in [`abi_fn`] at build time, as the exporter
+/// checks each definition, so that the importers cannot drift from the contract either.  The
+/// functions without preconditions are declared `safe`.
 mod imports {
     use super::{
+        abi_fn,
         c_void,
         RawVq,
         Sg,
         VqParams, //
     };
 
-    extern "C" {
-        pub(super) fn virtio_rs_abi_version() -> u32;
-        pub(super) fn virtio_rs_vring_size(num: u32, align: u32) -> usize;
-        pub(super) fn virtio_rs_ring_features() -> u64;
+    unsafe extern "C" {
+        pub(super) safe fn virtio_rs_abi_version() -> u32;
+        pub(super) safe fn virtio_rs_vring_size(num: u32, align: u32) -> usize;
+        pub(super) safe fn virtio_rs_ring_features() -> u64;
         pub(super) fn virtio_rs_vq_new(params: *const VqParams, vq: *mut *mut RawVq) -> i32;
         pub(super) fn virtio_rs_vq_del(vq: *mut RawVq);
         pub(super) fn virtio_rs_vq_add(
@@ -660,6 +675,25 @@ mod imports {
         pub(super) fn virtio_rs_vq_len_clamped(vq: *mut RawVq) -> u32;
         pub(super) fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32;
     }
+
+    const _: abi_fn::AbiVersion = virtio_rs_abi_version;
+    const _: abi_fn::VringSize = virtio_rs_vring_size;
+    const _: abi_fn::RingFeatures = virtio_rs_ring_features;
+    const _: abi_fn::VqNew = virtio_rs_vq_new;
+    const _: abi_fn::VqDel = virtio_rs_vq_del;
+    const _: abi_fn::VqAdd = virtio_rs_vq_add;
+    const _: abi_fn::VqKickPrepare = virtio_rs_vq_kick_prepare;
+    const _: abi_fn::VqNotify = virtio_rs_vq_notify;
+    const _: abi_fn::VqGetBuf = virtio_rs_vq_get_buf;
+    const _: abi_fn::VqDetachUnused = virtio_rs_vq_detach_unused;
+    const _: abi_fn::VqDisableCb = virtio_rs_vq_disable_cb;
+    const _: abi_fn::VqEnableCb = virtio_rs_vq_enable_cb;
+    const _: abi_fn::VqEnableCb = virtio_rs_vq_enable_cb_delayed;
+    const _: abi_fn::VqInterrupt = virtio_rs_vq_interrupt;
+    const _: abi_fn::VqIsBroken = virtio_rs_vq_is_broken;
+    const _: abi_fn::VqBreak = virtio_rs_vq_break;
+    const _: abi_fn::VqLenClamped = virtio_rs_vq_len_clamped;
+    const _: abi_fn::VqNumFree = virtio_rs_vq_num_free;
 }
 
 /// Checks that the loaded `virtio_ring_rs` implements the contract this module was built with.
@@ -668,9 +702,7 @@ mod imports {
 ///
 /// `EPROTO` if `virtio_ring_rs` was built from another contract version.
 pub(crate) fn check_ring_abi() -> Result {
-    // SAFETY: `virtio_rs_abi_version` takes no arguments, has no preconditions, and its
-    // signature is checked against `abi_fn::AbiVersion` by the exporter.
-    let version = unsafe { imports::virtio_rs_abi_version() };
+    let version = imports::virtio_rs_abi_version();
     if version == ABI_VERSION {
         Ok(())
     } else {
@@ -690,9 +722,7 @@ pub(crate) fn check_ring_abi() -> Result {
 ///
 /// `EINVAL` if `num` is not a power of two in `1..=32768` or `align` not a power of two.
 pub(crate) fn vring_size(num: u32, align: u32) -> Result<usize> {
-    // SAFETY: `virtio_rs_vring_size` accepts any argument values (invalid ones give 0) and its
-    // signature is checked against `abi_fn::VringSize` by the exporter.
-    match unsafe { imports::virtio_rs_vring_size(num, align) } {
+    match imports::virtio_rs_vring_size(num, align) {
         0 => Err(EINVAL),
         size => Ok(size),
     }
@@ -700,8 +730,7 @@ pub(crate) fn vring_size(num: u32, align: u32) -> Result<usize> {
 
 /// The transport feature bits (28 and up) that `virtio_ring_rs` implements.
 pub(crate) fn ring_features() -> u64 {
-    // SAFETY: No arguments, no preconditions; signature checked by the exporter.
-    unsafe { imports::virtio_rs_ring_features() }
+    imports::virtio_rs_ring_features()
 }
 
 /// A virtqueue, as a transport owns it: created from [`VqParams`], destroyed on drop.

@@ -6,9 +6,10 @@
 //! Memory shared with the device ([`LegacyBuf`]) needs a device that can do coherent DMA; the
 //! suite registers a faux device and gives it a coherent mask (44 bits, as the transport sets
 //! on a legacy function).  The queue is created through the exported ring functions, as
-//! `setup_vq` does, over ring memory of the test, and the test plays the device: it reads the
-//! avail ring and the descriptors, follows the indirect table through the CPU address the
-//! allocator returned for its device address, and completes buffers in the used ring.
+//! `setup_vq` does, over ring memory of the test, and the test plays the device with the
+//! ring's device model ([`DeviceRing`]): it reads the avail ring and the descriptors, follows
+//! the indirect table through the CPU address the allocator returned for its device address,
+//! and completes buffers in the used ring.
 //!
 //! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
 
@@ -23,11 +24,21 @@ use crate::{
         Virtqueue, //
         VqParams,
     },
+    device::{
+        Desc,
+        DeviceRing, //
+    },
     indirect::{
         self,
         IndirectPool, //
     },
     regs,
+    split::{
+        self,
+        Barrier,
+        Layout,
+        RingMem, //
+    },
     transport::negotiate,
 };
 use core::{
@@ -49,15 +60,15 @@ use kernel::{
 /// Feature bit mask of INDIRECT_DESC.
 const INDIRECT: u64 = 1 << regs::F_INDIRECT_DESC;
 /// Feature bit mask of EVENT_IDX.
-const EVENT_IDX: u64 = 1 << 29;
+const EVENT_IDX: u64 = 1 << split::VIRTIO_RING_F_EVENT_IDX;
 /// Feature bit mask of the legacy BAD_FEATURE bit.
 const BAD: u64 = 1 << regs::F_BAD_FEATURE;
-/// Descriptor flags (virtio 1.x 2.7.5).
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
-/// Ring alignment of the legacy interface.
-const ALIGN: usize = 4096;
+use split::{
+    VRING_ALIGN as ALIGN,
+    VRING_DESC_F_INDIRECT as F_INDIRECT,
+    VRING_DESC_F_NEXT as F_NEXT,
+    VRING_DESC_F_WRITE as F_WRITE, //
+};
 
 /// A faux device with a coherent DMA mask, standing for a PCI function.
 struct DmaDevice(faux::Registration);
@@ -154,40 +165,89 @@ unsafe extern "C" fn notify(ctx: *const c_void, _index: u16) -> bool {
     true
 }
 
-/// A descriptor as the device reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
+/// Memory the test plays the device on: the ring, or an indirect table, through raw pointers
+/// (the ring module writes the same memory through its own), with volatile accesses as a
+/// device makes them.
+///
+/// # Invariants
+///
+/// `base` is valid for reads and writes of `len` bytes and 8-byte aligned while the view
+/// lives.
+struct RawMem {
+    base: *mut u8,
+    len: usize,
 }
 
-/// Reads a `T` at byte `off` of the memory at `base` (the device's view).
-///
-/// # Safety
-///
-/// `base + off` must be valid for a read of an aligned `T`.
-unsafe fn rd<T: Copy>(base: *const u8, off: usize) -> T {
-    // SAFETY: The caller's guarantee; volatile, as a device reads.
-    unsafe { base.add(off).cast::<T>().read_volatile() }
-}
+impl RawMem {
+    /// A view of `len` bytes at `base`.
+    ///
+    /// # Safety
+    ///
+    /// - `base` is valid for reads and writes of `len` bytes while the view lives.
+    /// - `base` is 8-byte aligned.
+    unsafe fn new(base: *mut u8, len: usize) -> Self {
+        // INVARIANT: the caller's guarantee.
+        Self { base, len }
+    }
 
-/// Reads the descriptor at index `i` of the table at `base`.
-///
-/// # Safety
-///
-/// The table must hold at least `i + 1` descriptors.
-unsafe fn desc(base: *const u8, i: usize) -> Desc {
-    let off = i * 16;
-    // SAFETY: The caller's guarantee; the fields are naturally aligned.
-    unsafe {
-        Desc {
-            addr: rd(base, off),
-            len: rd(base, off + 8),
-            flags: rd(base, off + 12),
-            next: rd(base, off + 14),
+    /// Whether an access of `size` bytes at `off` is in bounds and naturally aligned.
+    fn fits(&self, off: usize, size: usize) -> bool {
+        off % size == 0 && off.checked_add(size).is_some_and(|end| end <= self.len)
+    }
+
+    /// Reads a `T` at `off`; zero when the access does not fit.
+    fn read<T: Copy + Default>(&self, off: usize) -> T {
+        if !self.fits(off, size_of::<T>()) {
+            return T::default();
         }
+        // SAFETY:
+        // - `off + size_of::<T>() <= len`, checked above, and `base` is valid for `len` bytes
+        //   (type invariant).
+        // - `off` is a multiple of the size of `T` and `base` is 8-byte aligned (type
+        //   invariant), so the address is aligned for the integers this is used with.
+        unsafe { self.base.add(off).cast::<T>().read_volatile() }
+    }
+
+    /// Writes a `T` at `off`; nothing when the access does not fit.
+    fn write<T: Copy>(&self, off: usize, val: T) {
+        if !self.fits(off, size_of::<T>()) {
+            return;
+        }
+        // SAFETY:
+        // - In bounds: `off + size_of::<T>() <= len`, checked above; `base` is valid for
+        //   writes of `len` bytes (type invariant).
+        // - Aligned: `off` is a multiple of the size of `T`, `base` 8-byte aligned.
+        unsafe { self.base.add(off).cast::<T>().write_volatile(val) }
+    }
+}
+
+impl RingMem for RawMem {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read_u16(&self, off: usize) -> u16 {
+        self.read(off)
+    }
+
+    fn read_u32(&self, off: usize) -> u32 {
+        self.read(off)
+    }
+
+    fn write_u16(&self, off: usize, val: u16) {
+        self.write(off, val)
+    }
+
+    fn write_u32(&self, off: usize, val: u32) {
+        self.write(off, val)
+    }
+
+    fn write_u64(&self, off: usize, val: u64) {
+        self.write(off, val)
+    }
+
+    fn barrier(&self, _kind: Barrier) {
+        // The test and the queue run on one thread: program order is enough.
     }
 }
 
@@ -197,10 +257,11 @@ unsafe fn desc(base: *const u8, i: usize) -> Desc {
 struct Rig {
     q: Virtqueue,
     vq: OwnedVq,
-    num: usize,
-    next_avail: u16,
-    used_idx: u16,
-    ring: KVec<u64>,
+    /// The device's state of the ring.
+    dev: DeviceRing,
+    /// The device's view of `_ring` (declared first: dropped before it).
+    mem: RawMem,
+    _ring: KVec<u64>,
     rec: KBox<Recorder>,
     pool: KBox<IndirectPool>,
     kicks: KBox<Atomic<u32>>,
@@ -227,6 +288,8 @@ impl Rig {
             GFP_KERNEL,
         )?;
         let kicks = KBox::new(Atomic::new(0u32), GFP_KERNEL)?;
+        let layout = Layout::new(num, ALIGN).map_err(|_| EINVAL)?;
+        // CAST: `VRING_ALIGN` (4096) fits any integer type.
         let size = abi::vring_size(num, ALIGN as u32)?;
         let mut ring = KVec::from_elem(0u64, size.div_ceil(8), GFP_KERNEL)?;
         let params = VqParams {
@@ -253,13 +316,17 @@ impl Rig {
         let vq = unsafe { OwnedVq::new(&params)? };
         // SAFETY: The only handle; it is dropped before `vq` (field order).
         let q = unsafe { vq.driver_handle() };
+        // SAFETY:
+        // - The vector's buffer is valid for `ring.len() * 8` bytes while `mem` lives: it is
+        //   owned by the same `Rig`, dropped after `mem` (field order), and never resized.
+        // - It is 8-byte aligned (`KVec<u64>`).
+        let mem = unsafe { RawMem::new(ring.as_mut_ptr().cast(), ring.len() * 8) };
         Ok(Self {
             q,
             vq,
-            num: usize::try_from(num)?,
-            next_avail: 0,
-            used_idx: 0,
-            ring,
+            dev: DeviceRing::new(layout, features & EVENT_IDX != 0),
+            mem,
+            _ring: ring,
             rec,
             pool,
             kicks,
@@ -267,58 +334,25 @@ impl Rig {
         })
     }
 
-    fn base(&self) -> *const u8 {
-        self.ring.as_ptr().cast()
-    }
-
-    /// Index mask of the rings (the queue size is a power of two).
-    fn mask(&self) -> usize {
-        self.num.wrapping_sub(1)
-    }
-
-    fn avail_off(&self) -> usize {
-        self.num * 16
-    }
-
-    fn used_off(&self) -> usize {
-        (self.avail_off() + 6 + 2 * self.num).next_multiple_of(ALIGN)
-    }
-
     /// Takes the next head the driver made available.
     fn pop(&mut self) -> Option<u16> {
-        let avail = self.avail_off();
-        // SAFETY: The avail index and ring lie inside the ring memory.
-        let idx: u16 = unsafe { rd(self.base(), avail + 2) };
-        if idx == self.next_avail {
-            return None;
-        }
-        let slot = usize::from(self.next_avail) & self.mask();
-        self.next_avail = self.next_avail.wrapping_add(1);
-        // SAFETY: As above.
-        Some(unsafe { rd(self.base(), avail + 4 + 2 * slot) })
+        self.dev.pop_head(&self.mem)
     }
 
-    /// Ring descriptor `i`.
+    /// Ring descriptor `i` (of the queue size: masked).
     fn desc(&self, i: u16) -> Desc {
-        let i = usize::from(i) & self.mask();
-        // SAFETY: `i` is below the queue size: inside the descriptor table.
-        unsafe { desc(self.base(), i) }
+        let i = i & self.dev.layout().mask();
+        Desc::read(&self.mem, i).unwrap_or(Desc {
+            addr: u64::MAX,
+            len: u32::MAX,
+            flags: u16::MAX,
+            next: u16::MAX,
+        })
     }
 
     /// Publishes a used element for `head` with `len` written bytes.
     fn push_used(&mut self, head: u16, len: u32) {
-        let used = self.used_off();
-        let slot = usize::from(self.used_idx) & self.mask();
-        let p = self.ring.as_mut_ptr().cast::<u8>();
-        self.used_idx = self.used_idx.wrapping_add(1);
-        // SAFETY: The used ring lies inside the ring memory; naturally aligned fields.
-        unsafe {
-            p.add(used + 4 + 8 * slot)
-                .cast::<u32>()
-                .write_volatile(head.into());
-            p.add(used + 8 + 8 * slot).cast::<u32>().write_volatile(len);
-            p.add(used + 2).cast::<u16>().write_volatile(self.used_idx);
-        }
+        self.dev.push(&self.mem, head.into(), len)
     }
 
     /// The descriptors of the indirect table the allocator handed out last, as the device
@@ -330,12 +364,18 @@ impl Rig {
             pr_err!("the descriptor does not point to the last table allocated\n");
             return Err(EINVAL);
         }
-        let cpu = self.rec.last_cpu.load(Relaxed) as *const u8;
-        let n = usize::try_from(len)? / 16;
-        let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
+        let cpu = self.rec.last_cpu.load(Relaxed) as *mut u8;
+        let bytes = usize::try_from(len)?;
+        // SAFETY:
+        // - The table of a buffer in flight is live pool memory of `len` bytes (the recorder
+        //   saw it allocated with that size, and the buffer is not completed yet).
+        // - Pool tables are 16-byte aligned (`indirect.rs`, `TABLE_ALIGN`), so 8-byte aligned.
+        // - Nothing holds a reference to that memory while the view lives.
+        let table = unsafe { RawMem::new(cpu, bytes) };
+        let n = u16::try_from(bytes / split::DESC_SIZE)?;
+        let mut out = KVec::with_capacity(n.into(), GFP_KERNEL)?;
         for i in 0..n {
-            // SAFETY: The table of a buffer in flight is live pool memory of `len` bytes.
-            out.push(unsafe { desc(cpu, i) }, GFP_KERNEL)?;
+            out.push(Desc::read(&table, i).ok_or(EINVAL)?, GFP_KERNEL)?;
         }
         Ok(out)
     }

@@ -16,10 +16,13 @@
 //!
 //! The queue is created through [`Queue::new`] as the transport does, over ordinary kernel
 //! memory whose CPU address stands for the DMA address (nothing does DMA).  The benchmark
-//! plays the device through a second view of that memory: it takes the head from the avail
-//! ring, asks to be notified of the next buffer (`avail_event`, as QEMU does), and writes the
-//! used element, a write barrier ([`device_wmb`]) and the used index.  The time includes the
-//! (empty) notification call, so it is an upper bound of the driver-side cost.
+//! plays the device with the ring's device model ([`DeviceRing`]) through a second view of
+//! that memory: it takes the head from the avail ring, writes the used element, a write
+//! barrier and the used index, and asks to be notified of the next buffer (`avail_event`, as
+//! QEMU does).  The time includes the (empty) notification call and the device's checked
+//! accesses, so it is an upper bound of the driver-side cost.
+//!
+//! Compiled only into the bench flavour of the module (`--cfg virtio_rs_bench`).
 
 use crate::{
     abi::{
@@ -27,14 +30,14 @@ use crate::{
         Sg,
         VqParams, //
     },
+    device::DeviceRing,
     queue::{
         DmaMem,
         Queue, //
     },
     split::{
         self,
-        Layout,
-        RingMem, //
+        Layout, //
     },
 };
 use core::{
@@ -96,24 +99,23 @@ pub(crate) fn run(cycles: u32) -> Result {
         indirect_free: None,
         indirect_ctx: core::ptr::null(),
     };
-    // SAFETY: `ring` outlives `queue` (declared later, so dropped first) and is never
-    // referenced; `notify` needs no context.
+    // SAFETY:
+    // - `params.ring` is `ring`, `len` bytes of memory that outlives `queue` (declared later,
+    //   so dropped first) and is never referenced.
+    // - `notify` needs no context, and there are no callbacks or indirect tables.
     let queue = unsafe { Queue::new(&params)? };
-    // SAFETY: As above, for the device's view; `ptr` is 8-byte aligned (`KVec<u64>`).
+    // SAFETY:
+    // - `ptr` is valid for `len` bytes while `dev` lives: `ring` is declared earlier, so it
+    //   is dropped after `dev`.
+    // - `ptr` is 8-byte aligned (`KVec<u64>`).
+    // - Nothing holds a reference to that memory.
     let dev = unsafe { DmaMem::new(ptr, len)? };
-
-    let mask = NUM - 1;
-    let avail_idx = layout.avail_offset() + 2;
-    let avail_ring = |slot: u16| layout.avail_offset() + 4 + 2 * usize::from(slot);
-    let used_idx = layout.used_offset() + 2;
-    let used_elem = |slot: u16| layout.used_offset() + 4 + 8 * usize::from(slot);
-    let avail_event = used_elem(NUM);
+    let mut device = DeviceRing::new(layout, true);
 
     let sg = [Sg::new(0x10_0000, BUF_LEN)];
     let marker = 0u8;
     // Any non-null value will do: the queue never dereferences tokens.
     let token = NonNull::from(&marker).cast::<c_void>();
-    let mut next: u16 = 0;
     let mut notifies = 0u32;
 
     // One cycle: add, kick_prepare (+ notify), the device's completion, get_buf.
@@ -121,36 +123,23 @@ pub(crate) fn run(cycles: u32) -> Result {
         // SAFETY: This function is the queue's only user, on one thread, so the queue calls
         // are serialized as the locking contract asks.
         unsafe { queue.add(&sg, 0, token, false)? };
-        // SAFETY: As above.
+        // SAFETY: This function is the queue's only user, on one thread: serialized.
         if unsafe { queue.kick_prepare() } {
             queue.notify();
             notifies += 1;
         }
 
-        // The device: one new buffer, completed in full.  It accesses the ring as C's
-        // benchmark does (`READ_ONCE`/`WRITE_ONCE`, no bounds checks), so that both measure
-        // the same device.
-        // SAFETY: Every offset is a field of `layout`, with slots below `NUM`, and `dev`
-        // covers `layout.size()` bytes: in bounds and aligned (the invariants of `Layout`).
-        unsafe {
-            if dev.read_u16_unchecked(avail_idx) != next.wrapping_add(1) {
-                pr_err!("bench: avail index out of step\n");
-                return Err(EIO);
-            }
-            // One buffer per cycle: the avail and used indexes move in step.
-            let slot = next & mask;
-            let head = dev.read_u16_unchecked(avail_ring(slot));
-            dev.write_u32_unchecked(used_elem(slot), head.into());
-            dev.write_u32_unchecked(used_elem(slot) + 4, BUF_LEN);
-            next = next.wrapping_add(1);
-            dev.write_u16_unchecked(avail_event, next);
-            // Orders the used element before the used index that publishes it.
-            device_wmb();
-            dev.write_u16_unchecked(used_idx, next);
-        }
+        // The device: one new buffer, completed in full.  One buffer per cycle: the avail
+        // and used indexes move in step.
+        let Some(head) = device.pop_head(&dev) else {
+            pr_err!("bench: avail index out of step\n");
+            return Err(EIO);
+        };
+        device.push(&dev, head.into(), BUF_LEN);
+        device.set_avail_event(&dev, device.used_idx());
 
         let mut len = 0;
-        // SAFETY: As above.
+        // SAFETY: This function is the queue's only user, on one thread: serialized.
         let got = unsafe { queue.get_buf(&mut len) };
         if got != token.as_ptr() || len != BUF_LEN {
             pr_err!("bench: the queue returned the wrong buffer\n");
@@ -195,17 +184,4 @@ pub(crate) fn run(cycles: u32) -> Result {
         pr_warn!("bench: {} notifications for {} cycles\n", notifies, cycles);
     }
     Ok(())
-}
-
-/// The simulated device's write barrier: `smp_wmb()`, inline as in the C benchmark.
-///
-/// On x86 `smp_wmb()` is a compiler barrier (`arch/x86/include/asm/barrier.h`), which C inlines
-/// while `kernel::sync::barrier::smp_wmb` calls an out-of-line helper.  The device is not the
-/// code under test, so both benchmarks' devices should cost the same.
-#[inline(always)]
-fn device_wmb() {
-    #[cfg(target_arch = "x86_64")]
-    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-    #[cfg(not(target_arch = "x86_64"))]
-    kernel::sync::barrier::smp_wmb();
 }

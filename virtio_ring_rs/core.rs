@@ -260,55 +260,55 @@ impl Layout {
     }
 
     /// Mask that turns a free-running index into a ring slot.
-    const fn mask(&self) -> u16 {
+    pub const fn mask(&self) -> u16 {
         self.num - 1
     }
 
     /// Offset of descriptor `i`; `i < num`.
-    const fn desc(&self, i: u16) -> usize {
+    pub const fn desc(&self, i: u16) -> usize {
         // CAST: lossless, u16 to usize.
         self.desc_offset() + i as usize * DESC_SIZE
     }
 
     /// Offset of `avail->flags`.
-    const fn avail_flags(&self) -> usize {
+    pub const fn avail_flags(&self) -> usize {
         self.avail
     }
 
     /// Offset of `avail->idx`.
-    const fn avail_idx(&self) -> usize {
+    pub const fn avail_idx(&self) -> usize {
         self.avail + U16_SIZE
     }
 
     /// Offset of `avail->ring[slot]`; `slot < num`.
-    const fn avail_ring(&self, slot: u16) -> usize {
+    pub const fn avail_ring(&self, slot: u16) -> usize {
         // CAST: lossless, u16 to usize.
         self.avail + RING_HEADER_SIZE + slot as usize * U16_SIZE
     }
 
     /// Offset of `used_event`, the `u16` after the avail ring entries.
-    const fn used_event(&self) -> usize {
+    pub const fn used_event(&self) -> usize {
         self.avail_ring(self.num)
     }
 
     /// Offset of `used->flags`.
-    const fn used_flags(&self) -> usize {
+    pub const fn used_flags(&self) -> usize {
         self.used
     }
 
     /// Offset of `used->idx`.
-    const fn used_idx(&self) -> usize {
+    pub const fn used_idx(&self) -> usize {
         self.used + U16_SIZE
     }
 
     /// Offset of `used->ring[slot].id`; `slot < num`; `.len` follows at +4.
-    const fn used_elem(&self, slot: u16) -> usize {
+    pub const fn used_elem(&self, slot: u16) -> usize {
         // CAST: lossless, u16 to usize.
         self.used + RING_HEADER_SIZE + slot as usize * USED_ELEM_SIZE
     }
 
     /// Offset of `avail_event`, the `u16` after the used ring entries.
-    const fn avail_event(&self) -> usize {
+    pub const fn avail_event(&self) -> usize {
         self.used_elem(self.num)
     }
 }

@@ -9,12 +9,13 @@
 //! `__ksymtab` entry and records it in `Module.symvers`; `scripts/module.lds.S` discards the
 //! section from the final module.
 
-/// Exports `$sym` (a `#[no_mangle] extern "C"` item) to GPL modules in namespace `$ns`.
+/// Exports `$sym` (a `#[no_mangle] extern "C"` item) to GPL modules in the contract's symbol
+/// namespace (`abi::NAMESPACE`).
 ///
 /// The signature is checked against the contract first: `$ty` is the function pointer type the
 /// shared ABI file declares for it.
 macro_rules! export_symbol_ns_gpl {
-    ($sym:ident: $ty:ty, $ns:literal) => {
+    ($sym:ident: $ty:ty) => {
         const _: $ty = $sym;
 
         #[cfg(target_pointer_width = "64")]
@@ -26,7 +27,7 @@ macro_rules! export_symbol_ns_gpl {
                 ":\n",
                 ".asciz \"GPL\"\n",
                 ".asciz \"",
-                $ns,
+                $crate::abi::virtio_rs_namespace!(),
                 "\"\n",
                 ".balign 8\n",
                 ".quad ",

@@ -24,6 +24,13 @@ use crate::{
         Sg,
         VqParams, //
     },
+    device::{
+        walk_chain,
+        Chain,
+        ChainError,
+        Desc,
+        DeviceRing, //
+    },
     queue::{
         DmaMem,
         Queue, //
@@ -201,116 +208,67 @@ fn exactly_once(got: &[usize], want: &[usize]) -> bool {
             .all(|w| got.iter().filter(|g| *g == w).count() == 1)
 }
 
-/// A descriptor as the device reads it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-}
-
-/// Reads the descriptor at byte offset `off` of `mem` (little-endian, legacy guest order).
-fn read_desc<M: RingMem>(mem: &M, off: usize) -> Desc {
-    Desc {
-        addr: u64::from(mem.read_u32(off)) | (u64::from(mem.read_u32(off + 4)) << 32),
-        len: mem.read_u32(off + 8),
-        flags: mem.read_u16(off + 12),
-        next: mem.read_u16(off + 14),
-    }
-}
-
-/// Calls `f` on each descriptor of the chain starting at `i` in a table of `entries`
-/// descriptors; fails on a link out of the table or a chain longer than the table.
-fn walk_table<M: RingMem>(
-    table: &M,
-    mut i: u16,
-    entries: usize,
-    mut f: impl FnMut(Desc) -> Result,
-) -> Result {
-    for _ in 0..entries {
-        let d = read_desc(table, usize::from(i) * split::DESC_SIZE);
-        f(d)?;
-        if d.flags & split::VRING_DESC_F_NEXT == 0 {
-            return Ok(());
-        }
-        if usize::from(d.next) >= entries {
-            return Err(EINVAL);
-        }
-        i = d.next;
-    }
-    Err(EINVAL)
-}
-
 /// Whether `d` describes `addr`/`len` with `flags` (the chain link is not compared).
 fn desc_is(d: &Desc, addr: u64, len: u32, flags: u16) -> bool {
     d.addr == addr && d.len == len && d.flags == flags
 }
 
-/// The device side of a legacy split ring (virtio 1.x 2.7, legacy layout), over its own view
-/// of the ring memory.
+/// The device side of a legacy split ring: the shared model ([`DeviceRing`]) over the
+/// device's own view of the ring memory.
 struct Device {
     mem: DmaMem,
-    layout: Layout,
-    /// The next avail index the device will take.
-    next_avail: u16,
-    /// The used index the device published last.
-    used_idx: u16,
+    ring: DeviceRing,
 }
 
 impl Device {
-    fn num(&self) -> u16 {
-        self.layout.num()
-    }
-
+    /// Offset of `avail->ring[slot]`.
     fn avail_ring(&self, slot: u16) -> usize {
-        self.layout.avail_offset() + 4 + 2 * usize::from(slot)
+        self.ring.layout().avail_ring(slot)
     }
 
+    /// Offset of `used->ring[slot]`.
     fn used_elem(&self, slot: u16) -> usize {
-        self.layout.used_offset() + 4 + 8 * usize::from(slot)
+        self.ring.layout().used_elem(slot)
     }
 
     /// `avail->flags`.
     fn avail_flags(&self) -> u16 {
-        self.mem.read_u16(self.layout.avail_offset())
+        self.ring.avail_flags(&self.mem)
     }
 
     /// `avail->idx`.
     fn avail_idx(&self) -> u16 {
-        self.mem.read_u16(self.layout.avail_offset() + 2)
+        self.ring.avail_idx(&self.mem)
     }
 
     /// `used_event`, after the avail ring.
     fn used_event(&self) -> u16 {
-        self.mem.read_u16(self.avail_ring(self.num()))
+        self.ring.used_event(&self.mem)
     }
 
     /// Writes `used->flags`.
     fn set_used_flags(&self, flags: u16) {
-        self.mem.write_u16(self.layout.used_offset(), flags)
+        self.ring.set_used_flags(&self.mem, flags)
     }
 
     /// Writes `avail_event`, after the used ring.
     fn set_avail_event(&self, idx: u16) {
-        self.mem.write_u16(self.used_elem(self.num()), idx)
+        self.ring.set_avail_event(&self.mem, idx)
     }
 
-    /// Ring descriptor `i`.
+    /// Ring descriptor `i` (all ones outside the table: never a valid descriptor).
     fn desc(&self, i: u16) -> Desc {
-        read_desc(&self.mem, usize::from(i) * split::DESC_SIZE)
+        Desc::read(&self.mem, i).unwrap_or(Desc {
+            addr: u64::MAX,
+            len: u32::MAX,
+            flags: u16::MAX,
+            next: u16::MAX,
+        })
     }
 
     /// Takes the next head from the avail ring, if the driver made one available.
     fn pop(&mut self) -> Option<u16> {
-        if self.next_avail == self.avail_idx() {
-            return None;
-        }
-        let head = self
-            .mem
-            .read_u16(self.avail_ring(self.next_avail & (self.num() - 1)));
-        self.next_avail = self.next_avail.wrapping_add(1);
-        Some(head)
+        self.ring.pop_head(&self.mem)
     }
 
     /// Takes `n` heads from the avail ring.
@@ -323,22 +281,39 @@ impl Device {
     }
 
     /// Calls `f` on each descriptor of the buffer at `head`, following an indirect table;
-    /// fails on a chain that leaves its table or loops.
+    /// fails on a chain the model refuses ([`walk_chain`]).
     ///
     /// Only for heads the device took and has not completed: their indirect table is live.
-    fn walk(&self, head: u16, f: impl FnMut(Desc) -> Result) -> Result {
-        let first = self.desc(head);
-        if first.flags & split::VRING_DESC_F_INDIRECT == 0 {
-            return walk_table(&self.mem, head, self.num().into(), f);
+    fn walk(&self, head: u16, mut f: impl FnMut(Desc) -> Result) -> Result {
+        let mut err = None;
+        let mut visit = |d: &Desc| {
+            f(*d).map_err(|e| {
+                err = Some(e);
+                ChainError::BadDescriptor
+            })
+        };
+        let walked = match self.ring.find_chain(&self.mem, head) {
+            Ok(Chain::Direct(head)) => self.ring.walk_direct(&self.mem, head, &mut visit),
+            Ok(Chain::Indirect { addr, count }) => {
+                let bytes = usize::from(count) * split::DESC_SIZE;
+                // CAST: the test allocator makes the DMA address the CPU address.
+                let ptr = addr as *mut c_void;
+                // SAFETY:
+                // - The table of a buffer in flight is live memory from `indirect_alloc`, at
+                //   least `bytes` (its descriptor's length) long, checked by the indirect
+                //   tests.
+                // - That memory is 8-byte aligned (`indirect_alloc` allocates `u64`s).
+                // - Nothing holds a reference to it while the view lives.
+                let table = unsafe { DmaMem::new(ptr, bytes)? };
+                walk_chain(&table, 0, count, &mut visit)
+            }
+            Err(e) => Err(e),
+        };
+        match (walked, err) {
+            (_, Some(e)) => Err(e),
+            (Err(_), None) => Err(EINVAL),
+            (Ok(()), None) => Ok(()),
         }
-        let bytes = usize::try_from(first.len)?;
-        // CAST: the test allocator makes the DMA address the CPU address.
-        let ptr = first.addr as *mut c_void;
-        // SAFETY: The table of a buffer in flight is live memory from `indirect_alloc`
-        // (8-byte aligned, `first.len` bytes long, checked by the indirect tests), and
-        // nothing holds a reference to it.
-        let table = unsafe { DmaMem::new(ptr, bytes)? };
-        walk_table(&table, 0, bytes / split::DESC_SIZE, f)
     }
 
     /// The descriptors of the buffer at `head` (see [`Device::walk`]).
@@ -352,7 +327,7 @@ impl Device {
     fn writable(&self, head: u16) -> Result<u32> {
         let mut len = 0u32;
         self.walk(head, |d| {
-            if d.flags & split::VRING_DESC_F_WRITE != 0 {
+            if d.writable() {
                 len = len.saturating_add(d.len);
             }
             Ok(())
@@ -362,21 +337,17 @@ impl Device {
 
     /// Writes used element `idx` (free-running) without publishing it.
     fn write_used(&self, idx: u16, id: u32, len: u32) {
-        let off = self.used_elem(idx & (self.num() - 1));
-        self.mem.write_u32(off, id);
-        self.mem.write_u32(off + 4, len);
+        self.ring.write_used_elem(&self.mem, idx, id, len)
     }
 
     /// Publishes `used->idx`.
     fn set_used_idx(&mut self, idx: u16) {
-        self.used_idx = idx;
-        self.mem.write_u16(self.layout.used_offset() + 2, idx);
+        self.ring.set_used_idx(&self.mem, idx)
     }
 
     /// Appends a used element and publishes it (element, then index, as a device does).
     fn push_used(&mut self, id: u32, len: u32) {
-        self.write_used(self.used_idx, id, len);
-        self.set_used_idx(self.used_idx.wrapping_add(1));
+        self.ring.push(&self.mem, id, len)
     }
 
     /// Completes the buffer at `head` in full (its whole writable length).
@@ -480,9 +451,7 @@ impl Setup {
             vq,
             dev: Device {
                 mem,
-                layout,
-                next_avail: 0,
-                used_idx: 0,
+                ring: DeviceRing::new(layout, self.features & EVENT_IDX != 0),
             },
             num: layout.num().into(),
             _ring: ring,

@@ -26,8 +26,14 @@ use std::{
     vec::Vec, //
 };
 
+pub use crate::device::ChainError;
+use crate::device::{
+    walk_chain,
+    Chain as ChainKind,
+    Desc,
+    DeviceRing, //
+};
 use crate::ring::{
-    vring_need_event,
     Barrier,
     Buf,
     Completed,
@@ -38,12 +44,7 @@ use crate::ring::{
     RingMem,
     SplitRing,
     DESC_SIZE,
-    VRING_ALIGN,
-    VRING_AVAIL_F_NO_INTERRUPT,
-    VRING_DESC_F_INDIRECT,
-    VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE,
-    VRING_USED_F_NO_NOTIFY, //
+    VRING_ALIGN, //
 };
 
 /// A small deterministic PRNG (xorshift64*), so that property tests need no crates.
@@ -342,228 +343,164 @@ impl Chain {
     }
 }
 
-/// Why the device model refused a chain (a driver bug, in an honest run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChainError {
-    /// A descriptor index or table address was out of range.
-    BadDescriptor,
-    /// The chain was longer than allowed or looped.
-    TooLong,
-    /// A readable element followed a writable one.
-    ReadAfterWrite,
-    /// Indirect flag misuse (nested, combined with NEXT, or bad table length).
-    BadIndirect,
+/// A view of [`VecMem`] for the device side: the [`RingMem`] accessors go to the unlogged,
+/// unchecked `dev_` accessors, and barriers are neither counted nor logged (they are the
+/// core's that the tests check).
+#[derive(Debug, Clone, Copy)]
+pub struct DevView<'a>(pub &'a VecMem);
+
+impl RingMem for DevView<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn read_u16(&self, off: usize) -> u16 {
+        self.0.dev_read_u16(off).unwrap_or_default()
+    }
+
+    fn read_u32(&self, off: usize) -> u32 {
+        self.0.dev_read_u32(off).unwrap_or_default()
+    }
+
+    fn write_u16(&self, off: usize, val: u16) {
+        self.0.dev_write_u16(off, val)
+    }
+
+    fn write_u32(&self, off: usize, val: u32) {
+        self.0.dev_write_u32(off, val)
+    }
+
+    fn write_u64(&self, off: usize, val: u64) {
+        self.0.dev_write_u64(off, val)
+    }
+
+    fn barrier(&self, _kind: Barrier) {}
 }
 
-/// Model of the device side of a split ring (what QEMU's virtqueue code does).
+/// Model of the device side of a split ring (what QEMU's virtqueue code does): the shared
+/// model of `virtio_ring_rs/device.rs` over [`DevView`]s of the ring memory and of the
+/// indirect tables of a [`TablePool`].
 #[derive(Debug)]
-pub struct Device {
-    /// The ring layout.
-    layout: Layout,
-    /// `EVENT_IDX` negotiated.
-    event_idx: bool,
-    /// Next avail index to pop.
-    last_avail: u16,
-    /// The device's used index.
-    used_idx: u16,
-    /// Used index at the last interrupt decision (QEMU's `signalled_used`).
-    signalled: Option<u16>,
-}
+pub struct Device(DeviceRing);
 
 impl Device {
     /// A device for `layout`; `event_idx` as negotiated.
     pub fn new(layout: Layout, event_idx: bool) -> Self {
-        Self {
-            layout,
-            event_idx,
-            last_avail: 0,
-            used_idx: 0,
-            signalled: None,
-        }
-    }
-
-    /// Offset of `avail->ring[slot]`.
-    fn avail_ring(&self, slot: u16) -> usize {
-        self.layout.avail_offset() + 4 + 2 * usize::from(slot)
-    }
-
-    /// Offset of `used->ring[slot]`.
-    fn used_elem(&self, slot: u16) -> usize {
-        self.layout.used_offset() + 4 + 8 * usize::from(slot)
+        Self(DeviceRing::new(layout, event_idx))
     }
 
     /// Offset of `used_event`.
     pub fn used_event_off(&self) -> usize {
-        self.avail_ring(self.layout.num())
+        self.0.layout().used_event()
     }
 
     /// Offset of `avail_event`.
     pub fn avail_event_off(&self) -> usize {
-        self.used_elem(self.layout.num())
+        self.0.layout().avail_event()
     }
 
     /// The driver's `avail->idx`.
     pub fn avail_idx(&self, mem: &VecMem) -> u16 {
-        mem.dev_read_u16(self.layout.avail_offset() + 2)
-            .unwrap_or_default()
+        self.0.avail_idx(&DevView(mem))
     }
 
     /// The driver's `avail->flags`.
     pub fn avail_flags(&self, mem: &VecMem) -> u16 {
-        mem.dev_read_u16(self.layout.avail_offset())
-            .unwrap_or_default()
+        self.0.avail_flags(&DevView(mem))
     }
 
     /// The driver's `used_event`.
     pub fn used_event(&self, mem: &VecMem) -> u16 {
-        mem.dev_read_u16(self.used_event_off()).unwrap_or_default()
+        self.0.used_event(&DevView(mem))
     }
 
     /// The device's used index.
     pub fn used_idx(&self) -> u16 {
-        self.used_idx
+        self.0.used_idx()
     }
 
     /// The device's next avail index.
     pub fn last_avail(&self) -> u16 {
-        self.last_avail
+        self.0.last_avail()
     }
 
     /// Number of avail entries the device has not popped (0 if the driver's index went
     /// backwards, as it does on detach).
     pub fn avail_pending(&self, mem: &VecMem) -> u16 {
-        let n = self.avail_idx(mem).wrapping_sub(self.last_avail);
-        if n > self.layout.num() {
-            0
-        } else {
-            n
-        }
+        self.0.avail_pending(&DevView(mem))
     }
 
     /// Pops the next available chain, walking descriptors like QEMU (indirect tables through
     /// `tables`). `None` when nothing is available.
     pub fn pop(&mut self, mem: &VecMem, tables: &TablePool) -> Option<Result<Chain, ChainError>> {
-        if self.avail_pending(mem) == 0 {
-            return None;
-        }
-        let slot = self.last_avail & (self.layout.num() - 1);
-        self.last_avail = self.last_avail.wrapping_add(1);
-        let head = mem.dev_read_u16(self.avail_ring(slot))?;
+        let head = self.0.pop_head(&DevView(mem))?;
         Some(self.walk(mem, tables, head))
-    }
-
-    /// Reads descriptor `i` of `table`.
-    fn desc(table: &VecMem, i: u16) -> Option<(u64, u32, u16, u16)> {
-        let off = usize::from(i) * DESC_SIZE;
-        Some((
-            table.dev_read_u64(off)?,
-            table.dev_read_u32(off + 8)?,
-            table.dev_read_u16(off + 12)?,
-            table.dev_read_u16(off + 14)?,
-        ))
     }
 
     /// Walks the chain at `head`.
     fn walk(&self, mem: &VecMem, tables: &TablePool, head: u16) -> Result<Chain, ChainError> {
-        let num = self.layout.num();
-        if head >= num {
-            return Err(ChainError::BadDescriptor);
-        }
         let mut chain = Chain {
             head,
             readable: Vec::new(),
             writable: Vec::new(),
             indirect: false,
         };
-        let (addr, len, flags, _) = Self::desc(mem, head).ok_or(ChainError::BadDescriptor)?;
-        let (table, max, mut i) = if flags & VRING_DESC_F_INDIRECT != 0 {
-            if flags & VRING_DESC_F_NEXT != 0 || len == 0 || len as usize % DESC_SIZE != 0 {
-                return Err(ChainError::BadIndirect);
-            }
-            let table = tables.by_addr(addr).ok_or(ChainError::BadDescriptor)?;
-            let count = len as usize / DESC_SIZE;
-            if table.len() < len as usize || count > usize::from(num) {
-                return Err(ChainError::BadIndirect);
-            }
-            chain.indirect = true;
-            (table, count as u16, 0)
-        } else {
-            (mem, num, head)
-        };
-        let mut seen = 0u16;
-        loop {
-            if i >= max {
-                return Err(ChainError::BadDescriptor);
-            }
-            seen += 1;
-            if seen > max {
-                return Err(ChainError::TooLong);
-            }
-            let (addr, len, flags, next) = Self::desc(table, i).ok_or(ChainError::BadDescriptor)?;
-            if flags & VRING_DESC_F_INDIRECT != 0 {
-                return Err(ChainError::BadIndirect);
-            }
-            if flags & VRING_DESC_F_WRITE != 0 {
-                chain.writable.push((addr, len));
-            } else if chain.writable.is_empty() {
-                chain.readable.push((addr, len));
+        let mut visit = |d: &Desc| {
+            if d.writable() {
+                chain.writable.push((d.addr, d.len));
             } else {
-                return Err(ChainError::ReadAfterWrite);
+                chain.readable.push((d.addr, d.len));
             }
-            if flags & VRING_DESC_F_NEXT == 0 {
-                return Ok(chain);
+            Ok(())
+        };
+        match self.0.find_chain(&DevView(mem), head)? {
+            ChainKind::Direct(head) => self.0.walk_direct(&DevView(mem), head, &mut visit)?,
+            ChainKind::Indirect { addr, count } => {
+                let table = tables.by_addr(addr).ok_or(ChainError::BadDescriptor)?;
+                if table.len() < usize::from(count) * DESC_SIZE {
+                    return Err(ChainError::BadIndirect);
+                }
+                walk_chain(&DevView(table), 0, count, &mut visit)?;
+                chain.indirect = true;
             }
-            i = next;
         }
+        Ok(chain)
     }
 
     /// Writes used element `{id, len}` at the next used slot and publishes the used index.
     pub fn push(&mut self, mem: &VecMem, id: u32, len: u32) {
-        self.write_used_elem(mem, self.used_idx, id, len);
-        self.set_used_idx(mem, self.used_idx.wrapping_add(1));
+        self.0.push(&DevView(mem), id, len)
     }
 
     /// Writes used element `{id, len}` at the slot of used index `idx` (no publish).
     pub fn write_used_elem(&self, mem: &VecMem, idx: u16, id: u32, len: u32) {
-        let off = self.used_elem(idx & (self.layout.num() - 1));
-        mem.dev_write_u32(off, id);
-        mem.dev_write_u32(off + 4, len);
+        self.0.write_used_elem(&DevView(mem), idx, id, len)
     }
 
     /// Sets and publishes the used index (any value: hostile devices too).
     pub fn set_used_idx(&mut self, mem: &VecMem, idx: u16) {
-        self.used_idx = idx;
-        mem.dev_write_u16(self.layout.used_offset() + 2, idx);
+        self.0.set_used_idx(&DevView(mem), idx)
     }
 
     /// Sets or clears `VRING_USED_F_NO_NOTIFY`.
     pub fn set_no_notify(&self, mem: &VecMem, on: bool) {
-        self.set_used_flags(mem, if on { VRING_USED_F_NO_NOTIFY } else { 0 });
+        self.0.set_no_notify(&DevView(mem), on)
     }
 
     /// Writes `used->flags` (any value).
     pub fn set_used_flags(&self, mem: &VecMem, flags: u16) {
-        mem.dev_write_u16(self.layout.used_offset(), flags);
+        self.0.set_used_flags(&DevView(mem), flags)
     }
 
     /// Writes `avail_event` (any value).
     pub fn set_avail_event(&self, mem: &VecMem, idx: u16) {
-        mem.dev_write_u16(self.avail_event_off(), idx);
+        self.0.set_avail_event(&DevView(mem), idx)
     }
 
     /// Interrupt decision after pushing, as QEMU's `virtio_split_should_notify()` (minus
     /// NOTIFY_ON_EMPTY): the first decision always interrupts.
     pub fn should_interrupt(&mut self, mem: &VecMem) -> bool {
-        let new = self.used_idx;
-        let old = self.signalled.replace(new);
-        if self.event_idx {
-            match old {
-                None => true,
-                Some(old) => vring_need_event(self.used_event(mem), new, old),
-            }
-        } else {
-            self.avail_flags(mem) & VRING_AVAIL_F_NO_INTERRUPT == 0
-        }
+        self.0.should_interrupt(&DevView(mem))
     }
 }
 
