@@ -27,6 +27,7 @@ use crate::{
     queue::DmaMem,
     split::{
         Barrier,
+        Layout,
         RingMem, //
     },
 };
@@ -167,22 +168,13 @@ pub(crate) struct FaultyMem<'a> {
 }
 
 impl<'a> FaultyMem<'a> {
-    /// A view of `mem` for a ring whose used ring starts at `used_off`, with `num` entries,
-    /// whose driver reads used entry `last_used` next.
-    pub(crate) fn new(
-        mem: &'a DmaMem,
-        kind: Kind,
-        used_off: usize,
-        num: u16,
-        last_used: u16,
-    ) -> Self {
-        // The legacy used ring: u16 flags, u16 idx, then 8-byte {u32 id, u32 len} elements.
-        let slot = usize::from(last_used & num.wrapping_sub(1));
+    /// A view of `mem` for a ring of `layout` whose driver reads used entry `last_used` next.
+    pub(crate) fn new(mem: &'a DmaMem, kind: Kind, layout: &Layout, last_used: u16) -> Self {
         Self {
             mem,
             kind,
-            used_idx_off: used_off + 2,
-            elem_off: used_off + 4 + slot * 8,
+            used_idx_off: layout.used_idx(),
+            elem_off: layout.used_elem(last_used & layout.mask()),
         }
     }
 }

@@ -644,8 +644,8 @@ mod queue_tests {
             // SAFETY: As in `Setup::build`; `vq` only uses the memory through its own view.
             let mem = unsafe { DmaMem::new(ptr, len)? };
             let layout = Layout::new(num, split::VRING_ALIGN).map_err(|_| EINVAL)?;
-            assert_eq!(mem.read_u16(layout.avail_offset() + 2), 0);
-            assert_eq!(mem.read_u16(layout.used_offset() + 2), 0);
+            assert_eq!(mem.read_u16(layout.avail_idx()), 0);
+            assert_eq!(mem.read_u16(layout.used_idx()), 0);
             // SAFETY: The only user of `vq`, on one thread.
             assert_eq!(unsafe { vq.num_free() }, num);
         }

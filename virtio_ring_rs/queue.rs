@@ -374,7 +374,7 @@ impl Queue {
             serialized: UnsafeCell::new(Serialized { ring }),
             mem,
             index: params.index,
-            used_idx_off: layout.used_offset() + 2,
+            used_idx_off: layout.used_idx(),
             last_used: Atomic::new(0),
             avail: Atomic::new(0),
             clamped: Atomic::new(0),
@@ -608,14 +608,7 @@ impl Queue {
             let pending = !ring.is_broken() && self.mem.read::<u16>(self.used_idx_off) != last;
             match crate::fault::take(self.index, pending) {
                 Some(kind) => {
-                    let l = ring.layout();
-                    let view = crate::fault::FaultyMem::new(
-                        &self.mem,
-                        kind,
-                        l.used_offset(),
-                        l.num(),
-                        last,
-                    );
+                    let view = crate::fault::FaultyMem::new(&self.mem, kind, ring.layout(), last);
                     ring.get_buf(&view)
                 }
                 None => ring.get_buf(&self.mem),
