@@ -15,7 +15,10 @@
 //! driver: `echo virtio_pci_rs > /sys/bus/pci/devices/<bdf>/driver_override`, unbind it from
 //! `virtio-pci`, and write its address to `/sys/bus/pci/drivers_probe`.
 
-use core::pin::Pin;
+use core::{
+    cell::Cell,
+    pin::Pin, //
+};
 use kernel::{
     auxiliary,
     device::Core,
@@ -43,11 +46,18 @@ mod iobar;
 #[path = "virtio_pci_rs/kunit.rs"]
 mod kunit;
 
-// Test-only: the ring's layout and its device model, which the KUnit suite plays.
+// The ring's protocol constants (descriptor size, flags, feature bits, alignment), defined
+// once, in the ring's `spec.rs`; the test flavour has the whole ring core (its layout) as
+// `split`, which re-exports them.
+#[cfg(not(virtio_rs_kunit))]
+#[path = "virtio_ring_rs/spec.rs"]
+pub mod split;
+
 #[cfg(virtio_rs_kunit)]
 #[path = "virtio_ring_rs/core.rs"]
 pub mod split;
 
+// Test-only: the ring's device model, which the KUnit suite plays.
 #[cfg(virtio_rs_kunit)]
 #[path = "virtio_ring_rs/device.rs"]
 pub mod device;
@@ -56,8 +66,9 @@ pub mod device;
 #[path = "virtio_pci_rs/testing.rs"]
 mod testing;
 
-// The complete register map, documented in one place; not every register is used yet.
-#[allow(dead_code)]
+#[path = "virtio_pci_rs/irq.rs"]
+mod irq;
+
 #[path = "virtio_pci_rs/regs.rs"]
 mod regs;
 
@@ -65,18 +76,14 @@ mod regs;
 mod transport;
 
 use abi::DeviceHandle;
-use iobar::{
-    EnabledDevice,
-    IoBar, //
+use iobar::EnabledDevice;
+use transport::{
+    Bar0,
+    Transport, //
 };
-use regs::status;
-use transport::Transport;
 
 /// Name of this module, the prefix of the auxiliary devices it creates.
 const MODULE_NAME: &CStr = <LocalModule as kernel::ModuleMetadata>::NAME;
-
-/// BAR0 with its fixed registers known at build time.
-pub(crate) type Bar0<'a> = IoBar<'a, { regs::BAR0_MIN_SIZE }>;
 
 /// Transitional virtio devices: the legacy interface (virtio 1.x section 4.1.2.1).
 const TRANSITIONAL_DEVICE_IDS: core::ops::RangeInclusive<u16> = 0x1000..=0x103f;
@@ -84,59 +91,28 @@ const TRANSITIONAL_DEVICE_IDS: core::ops::RangeInclusive<u16> = 0x1000..=0x103f;
 /// `PCI_ANY_ID`: matches any device id.
 const PCI_ANY_ID: u32 = !0;
 
-/// Queues probed at most when counting a device's queues for the log.
-const MAX_QUEUES: u16 = 64;
-
 /// Id of the next auxiliary device (unique among the devices this module creates).
 static NEXT_AUX_ID: Atomic<u32> = Atomic::new(0);
 
+/// The registration of the auxiliary device a device driver binds to.
+type AuxRegistration<'bound> = auxiliary::Registration<'bound, ForLt!(usize)>;
+
 /// Per-function state.
 ///
-/// Drop order (field order): the auxiliary device goes first, which unbinds the device
-/// driver (it deletes its queues); then the handle it used; then the transport resets the
-/// device, frees the interrupts and unmaps the BAR; last, the PCI function is disabled.
+/// Teardown in the C order (`virtio_pci_remove()`): `unbind` removes the auxiliary device
+/// first, which unbinds the device driver (it deletes its queues), then does the transport's
+/// device I/O ([`Transport::shutdown`]: reset, leftover queues, configuration vector).  The
+/// drop then only releases, in field order: the handle the driver used, the transport
+/// (interrupts, BAR mapping), last the enabled PCI function.
 struct VirtioPciDevice<'bound> {
-    /// The auxiliary device the device driver binds to.
-    _aux: auxiliary::Registration<'bound, ForLt!(usize)>,
+    /// The auxiliary device the device driver binds to; taken (removed) by `unbind`.
+    aux: Cell<Option<AuxRegistration<'bound>>>,
     /// What the device driver reads through the registration data.
     _handle: Pin<KBox<DeviceHandle>>,
     /// The transport operations behind the handle.
     transport: Pin<KBox<Transport<'bound>>>,
     /// The enabled PCI function (outlives the BAR mapping).
     _enabled: EnabledDevice<'bound>,
-}
-
-/// Resets the device: write 0 to `STATUS`, then read it back, which flushes the write and
-/// waits for the reset to complete (`vp_legacy_set_status()` / `vp_reset()`); returns what
-/// was read back (0, or all ones from a function that is gone).
-pub(crate) fn reset(bar: &Bar0<'_>) -> u8 {
-    bar.write_reg(regs::STATUS::from_raw(0));
-    bar.read(regs::STATUS).into_raw()
-}
-
-/// Adds `bits` to the device status.
-pub(crate) fn add_status(bar: &Bar0<'_>, bits: u8) {
-    let old = bar.read(regs::STATUS).into_raw();
-    bar.write_reg(regs::STATUS::from_raw(old | bits));
-}
-
-/// Counts the queues the device has (the first index whose size reads 0 ends them), and
-/// checks that each size makes a valid ring.
-fn count_queues(pdev: &pci::Device, bar: &Bar0<'_>) -> u16 {
-    let mut n = 0;
-    while n < MAX_QUEUES {
-        bar.write_reg(regs::QUEUE_SEL::from_raw(n));
-        let num = bar.read(regs::QUEUE_NUM).into_raw();
-        if num == 0 {
-            break;
-        }
-        match abi::vring_size(num.into(), regs::VRING_ALIGN) {
-            Ok(size) => dev_dbg!(pdev, "queue {}: {} entries, {} bytes\n", n, num, size),
-            Err(_) => dev_warn!(pdev, "queue {}: invalid size {}\n", n, num),
-        }
-        n += 1;
-    }
-    n
 }
 
 kernel::pci_device_table!(
@@ -191,25 +167,30 @@ impl pci::Driver for VirtioPciDriver {
         }
         let bar = Bar0::new_ioport(pdev, 0, MODULE_NAME)?;
 
-        let _ = reset(&bar);
-        add_status(&bar, status::ACKNOWLEDGE);
+        let _ = transport::reset(&bar);
+        transport::update_status(&bar, |s| s.with_acknowledge(true));
         let host_features = bar.read(regs::HOST_FEATURES).into_raw();
-        let queues = count_queues(pdev, &bar);
+        let queues = transport::count_queues(pdev, &bar);
         pdev.set_master();
-        add_status(&bar, status::DRIVER);
+        transport::update_status(&bar, |s| s.with_driver(true));
         let bar_len = bar.maxsize();
 
         let transport = KBox::pin(Transport::new(pdev, bar, MODULE_NAME, queues)?, GFP_KERNEL)?;
-        let handle = KBox::pin(transport.as_ref().handle(device_type), GFP_KERNEL)?;
+        // From here on, a failed probe quiesces the function as `unbind` would.
+        let handle = KBox::pin(transport.as_ref().handle(device_type), GFP_KERNEL)
+            .inspect_err(|_| transport.shutdown())?;
         let id = NEXT_AUX_ID.fetch_add(1, Relaxed);
-        let aux = auxiliary::Registration::<ForLt!(usize)>::new(
+        let aux = AuxRegistration::new(
             pdev.as_ref(),
             name,
             id,
             MODULE_NAME,
             handle.as_ref().as_registration_data(),
         )
-        .inspect_err(|_| transport.add_status(status::FAILED))?;
+        .inspect_err(|_| {
+            transport.add_status(abi::STATUS_FAILED);
+            transport.shutdown();
+        })?;
 
         dev_info!(
             pdev,
@@ -223,7 +204,7 @@ impl pci::Driver for VirtioPciDriver {
         );
 
         Ok(VirtioPciDevice {
-            _aux: aux,
+            aux: Cell::new(Some(aux)),
             _handle: handle,
             transport,
             _enabled: enabled,
@@ -231,12 +212,16 @@ impl pci::Driver for VirtioPciDriver {
     }
 
     fn unbind<'bound>(pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
-        // Before the device driver goes (when the data drops): a function that was
-        // surprise-removed gets its queues broken first, so that the driver's teardown waits
-        // for nothing (`virtio_pci_remove()` breaks the device in the same case).
+        // Before the device driver goes: a function that was surprise-removed gets its queues
+        // broken first, so that the driver's teardown waits for nothing (`virtio_pci_remove()`
+        // breaks the device in the same case).
         if !iobar::device_present(pdev) {
             this.transport.check_gone();
         }
+        // The device driver goes (`unregister_virtio_device()`), then the transport quiesces
+        // the function.
+        drop(this.aux.take());
+        this.transport.shutdown();
     }
 }
 

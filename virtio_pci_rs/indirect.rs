@@ -25,10 +25,13 @@
 //! 256)` descriptors (one 4 KiB page, a small allocation that a `GFP_NOWAIT` caller can get);
 //! the ring uses a direct chain for larger buffers.
 
-use crate::abi::{
-    guest_phys,
-    IndirectAllocFn,
-    IndirectFreeFn, //
+use crate::{
+    abi::{
+        guest_phys,
+        IndirectAllocFn,
+        IndirectFreeFn, //
+    },
+    split,
 };
 use core::{
     alloc::Layout,
@@ -52,9 +55,6 @@ use kernel::{
         Relaxed, //
     },
 };
-
-/// Size of one descriptor of a split ring (virtio 1.x 2.7.5).
-const DESC_SIZE: usize = 16;
 
 /// Largest table the pool hands out: one page.
 pub(crate) const MAX_TABLE_BYTES: usize = 4096;
@@ -86,7 +86,9 @@ impl IndirectPool {
         }
         // INVARIANT: `entries >= 1`, so the block is in `16..=MAX_TABLE_BYTES`.
         Ok(Self {
-            block: entries.saturating_mul(DESC_SIZE).min(MAX_TABLE_BYTES),
+            block: entries
+                .saturating_mul(split::DESC_SIZE)
+                .min(MAX_TABLE_BYTES),
             in_use: Atomic::new(0),
         })
     }

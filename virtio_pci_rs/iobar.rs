@@ -19,6 +19,7 @@ use kernel::{
         Core, //
     },
     io::{
+        register::Register,
         Io,
         IoCapable,
         IoKnownSize, //
@@ -26,6 +27,8 @@ use kernel::{
     pci,
     prelude::*,
 };
+
+use crate::regs;
 
 /// Returns the C `struct pci_dev` behind `pdev`.
 fn raw<Ctx: device::DeviceContext>(pdev: &pci::Device<Ctx>) -> *mut bindings::pci_dev {
@@ -250,7 +253,7 @@ pub(crate) struct IsrPort {
 
 impl IsrPort {
     /// Offset of the ISR register in the legacy register block.
-    const OFFSET: usize = 0x13;
+    const OFFSET: usize = <regs::ISR as Register>::OFFSET;
 
     /// The ISR register of `bar`.
     ///
@@ -267,16 +270,16 @@ impl IsrPort {
     }
 
     /// Reads (and so acknowledges) the interrupt status.
-    pub(crate) fn read(&self) -> u8 {
+    pub(crate) fn read(&self) -> regs::ISR {
         // Test flavour: a surprise-removed function reads all ones.
         #[cfg(virtio_rs_kunit)]
         if crate::testing::gone() {
-            return u8::MAX;
+            return regs::ISR::from_raw(u8::MAX);
         }
         // SAFETY: `addr` is a register inside a live mapping (type invariant).
         let val = unsafe { bindings::ioread8(self.addr as *const c_void) };
         // CAST: `ioread8()` returns the byte zero-extended.
-        val as u8
+        regs::ISR::from_raw(val as u8)
     }
 }
 

@@ -58,7 +58,7 @@ use kernel::{
 };
 
 /// Feature bit mask of INDIRECT_DESC.
-const INDIRECT: u64 = 1 << regs::F_INDIRECT_DESC;
+const INDIRECT: u64 = 1 << split::VIRTIO_RING_F_INDIRECT_DESC;
 /// Feature bit mask of EVENT_IDX.
 const EVENT_IDX: u64 = 1 << split::VIRTIO_RING_F_EVENT_IDX;
 /// Feature bit mask of the legacy BAD_FEATURE bit.
@@ -422,7 +422,7 @@ mod tests {
         // Asked for and offered: negotiated.
         assert_eq!(
             negotiate(host, 0b111 | INDIRECT, ring),
-            0b110 | (1 << regs::F_INDIRECT_DESC)
+            0b110 | (1 << split::VIRTIO_RING_F_INDIRECT_DESC)
         );
         assert_eq!(
             negotiate(host, INDIRECT | EVENT_IDX, ring),

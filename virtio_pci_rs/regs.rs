@@ -46,18 +46,27 @@ register! {
         15:0 index;
     }
 
-    /// Device status (virtio spec 2.1); writing 0 resets the device.
+    /// Device status (virtio spec 2.1); writing 0 resets the device, and it reads back 0
+    /// once the reset is complete.
     pub(crate) STATUS(u8) @ 0x12 {
-        /// The status bits, see [`status`](super::status).
-        7:0 bits;
+        /// The guest gave up on the device.
+        7:7 failed => bool;
+        /// Feature negotiation is complete (not used by legacy devices).
+        3:3 features_ok => bool;
+        /// The driver is ready.
+        2:2 driver_ok => bool;
+        /// The guest knows how to drive the device.
+        1:1 driver => bool;
+        /// The guest noticed the device.
+        0:0 acknowledge => bool;
     }
 
     /// Interrupt status; reading it acknowledges the interrupt (INTx).
     pub(crate) ISR(u8) @ 0x13 {
         /// A configuration change happened.
-        1:1 config;
+        1:1 config => bool;
         /// A queue has work.
-        0:0 queue;
+        0:0 queue => bool;
     }
 
     /// MSI-X vector for configuration changes (only when MSI-X is enabled).
@@ -85,34 +94,44 @@ pub(crate) const BAR0_MIN_SIZE: usize = CONFIG_OFFSET_MSIX;
 /// Shift from a queue's physical address to the value of `QUEUE_PFN`.
 pub(crate) const QUEUE_ADDR_SHIFT: u32 = 12;
 
-/// Alignment of the used ring in a legacy queue.
-pub(crate) const VRING_ALIGN: u32 = 4096;
-
 /// "No vector" value of the MSI-X vector registers.
 pub(crate) const NO_VECTOR: u16 = 0xffff;
 
-/// Device status bits (virtio spec 2.1).
-pub(crate) mod status {
-    /// The guest noticed the device.
-    pub(crate) const ACKNOWLEDGE: u8 = 1;
-    /// The guest knows how to drive the device.
-    pub(crate) const DRIVER: u8 = 2;
-    /// The driver is ready.
-    pub(crate) const DRIVER_OK: u8 = 4;
-    /// Feature negotiation is complete (not used by legacy devices).
-    pub(crate) const FEATURES_OK: u8 = 8;
-    /// The guest gave up on the device.
-    pub(crate) const FAILED: u8 = 0x80;
+// The status bits drivers add through the contract are this register's.
+const _: () = assert!(STATUS::DRIVER_OK_MASK == crate::abi::STATUS_DRIVER_OK);
+const _: () = assert!(STATUS::FAILED_MASK == crate::abi::STATUS_FAILED);
+
+impl STATUS {
+    /// The value that resets the device.
+    pub(crate) const RESET: Self = Self::from_raw(0);
+
+    /// What a function that is gone reads (all ones): no device status has every bit.
+    pub(crate) fn is_all_ones(self) -> bool {
+        self.into_raw() == u8::MAX
+    }
+
+    /// This status with the bits of `bits` added (the status bits a driver asks for through
+    /// the contract, e.g. `abi::STATUS_DRIVER_OK`).
+    pub(crate) fn with_bits(self, bits: u8) -> Self {
+        Self::from_raw(self.into_raw() | bits)
+    }
 }
 
-/// ISR bit: the device configuration changed.
-pub(crate) const ISR_CONFIG: u8 = 2;
+impl ISR {
+    /// What a function that is gone reads (all ones).
+    pub(crate) fn is_all_ones(self) -> bool {
+        self.into_raw() == u8::MAX
+    }
+
+    /// Whether no bit is set: the interrupt was another device's (C tests the whole byte,
+    /// `vp_interrupt()`).
+    pub(crate) fn is_clear(self) -> bool {
+        self.into_raw() == 0
+    }
+}
 
 /// First transport feature bit (28); bits below are device-specific.
 pub(crate) const F_TRANSPORT_START: u32 = 28;
-
-/// Transport feature: indirect descriptor tables.
-pub(crate) const F_INDIRECT_DESC: u32 = 28;
 
 /// Legacy feature bit 30 (`VIRTIO_F_BAD_FEATURE`): offered by QEMU to catch drivers that
 /// acknowledge features blindly; never acknowledged.

@@ -1,17 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The transport operations of one legacy function: features, configuration, status, queues
-//! and interrupts (`virtio_pci_legacy.c` and `virtio_pci_common.c`).
+//! The transport operations of one legacy function: status, features, configuration and
+//! queues (`virtio_pci_legacy.c` and `virtio_pci_common.c`); its interrupts are in `irq.rs`.
 //!
-//! Interrupts are allocated once, at probe, in the order C tries them: MSI-X with a
-//! configuration vector and one vector per queue (QEMU `vectors=4` and up for the balloon),
-//! else MSI-X with a configuration vector and one vector shared by all queues (QEMU's
-//! default `vectors=2`), else the INTx line, shared.  A mode that fails after its vectors
-//! were allocated frees them before the next is tried (`vp_del_vqs()` in C), and where the
-//! device configuration starts in BAR0 follows whether MSI-X really is enabled.  The handlers
-//! are `'static` and find the current queues and configuration callback through atomics in
-//! [`IrqShared`]: `find_vqs` publishes them after creating the queues, `del_vqs` clears them
-//! and waits for running handlers (`synchronize_irq`) before destroying anything.
+//! Where the device configuration starts in BAR0 follows whether MSI-X really is enabled.
+//! `find_vqs` publishes the queues and the configuration callback to the interrupt handlers
+//! after creating them, `del_vqs` withdraws them and waits for running handlers
+//! (`synchronize_irq`) before destroying anything.
 //!
 //! The device is only ever given guest-physical addresses (`common/legacy_mem.rs`): a legacy
 //! device bypasses any IOMMU.  `find_vqs` allocates everything before it programs a queue
@@ -42,36 +37,24 @@ use crate::{
     indirect::IndirectPool,
     iobar::{
         self,
-        IsrPort,
-        RawIrq,
-        RawIrqHandler, //
+        IoBar, //
     },
-    regs, Bar0,
+    irq::{
+        ConfigCb,
+        IrqShared,
+        Irqs,
+        MSIX_CONFIG_VECTOR, //
+    },
+    regs, split,
 };
-use core::{
-    ffi::c_void,
-    ptr::NonNull, //
-};
+use core::ffi::c_void;
 use kernel::{
     alloc::kvec::PushError,
-    device::{
-        Bound,
-        Device, //
-    },
+    device::Bound,
     io::Io,
-    irq::{
-        self,
-        IrqReturn, //
-    },
-    new_mutex,
-    pci::{
-        self,
-        IrqType,
-        IrqTypes, //
-    },
+    new_mutex, pci,
     prelude::*,
     sync::{
-        aref::ARef,
         atomic::{
             Atomic,
             Relaxed, //
@@ -80,202 +63,50 @@ use kernel::{
     },
 };
 
-/// Vector of the configuration interrupt when MSI-X is enabled.
-const MSIX_CONFIG_VECTOR: u16 = 0;
+/// Alignment of the used ring of a legacy queue (`VIRTIO_PCI_VRING_ALIGN`), as the ring
+/// contract takes it.
+// CAST: 4096 fits in a `u32`; checked at build time by the conversion below.
+const VRING_ALIGN: u32 = {
+    assert!(split::VRING_ALIGN <= u32::MAX as usize);
+    split::VRING_ALIGN as u32
+};
 
-/// Vector shared by all queues when MSI-X is enabled.
-const MSIX_QUEUES_VECTOR: u16 = 1;
+/// BAR0 with its fixed registers known at build time.
+pub(crate) type Bar0<'a> = IoBar<'a, { regs::BAR0_MIN_SIZE }>;
 
-/// A configuration-change callback, boxed so that it can be published through one atomic
-/// pointer.
-struct ConfigCb {
-    f: CallbackFn,
-    ctx: *const c_void,
+/// Queues probed at most when counting a device's queues for the log.
+const MAX_QUEUES: u16 = 64;
+
+/// Resets the device: write 0 to `STATUS`, then read it back, which flushes the write and
+/// waits for the reset to complete (`vp_legacy_set_status()` / `vp_reset()`); returns what
+/// was read back (0, or all ones from a function that is gone).
+pub(crate) fn reset(bar: &Bar0<'_>) -> regs::STATUS {
+    bar.write_reg(regs::STATUS::RESET);
+    bar.read(regs::STATUS)
 }
 
-/// What the interrupt handlers share with the transport.
-///
-/// # Invariants
-///
-/// - A non-null `vqs[i]` is a live queue; it is cleared, and the interrupts synchronized,
-///   before the queue is destroyed.
-/// - A non-null `config` is a `KBox<ConfigCb>` raw pointer whose callback may be called; it is
-///   cleared and the interrupts synchronized before the box is freed.
-/// - `gone` is only ever set, once the function was found surprise-removed.
-pub(crate) struct IrqShared {
-    vqs: [Atomic<*mut RawVq>; MAX_VQS],
-    config: Atomic<*mut ConfigCb>,
-    isr: Option<IsrPort>,
-    pdev: ARef<pci::Device>,
-    gone: Atomic<bool>,
+/// Updates the device status with `f` (read, then write: the bits already set stay).
+pub(crate) fn update_status(bar: &Bar0<'_>, f: impl FnOnce(regs::STATUS) -> regs::STATUS) {
+    bar.update(regs::STATUS, f);
 }
 
-// SAFETY: The raw pointers are only dereferenced under the type invariants; the driver's
-// callbacks are safe to call from any context (contract of `TransportOps::find_vqs`).
-unsafe impl Send for IrqShared {}
-// SAFETY: See `Send`; all fields are atomics or immutable.
-unsafe impl Sync for IrqShared {}
-
-impl IrqShared {
-    fn new(pdev: &pci::Device<Bound>, isr: Option<IsrPort>) -> Self {
-        Self {
-            vqs: [const { Atomic::new(core::ptr::null_mut()) }; MAX_VQS],
-            config: Atomic::new(core::ptr::null_mut()),
-            isr,
-            pdev: pdev.into(),
-            gone: Atomic::new(false),
+/// Counts the queues the device has (the first index whose size reads 0 ends them), and
+/// checks that each size makes a valid ring.
+pub(crate) fn count_queues(pdev: &pci::Device, bar: &Bar0<'_>) -> u16 {
+    let mut n = 0;
+    while n < MAX_QUEUES {
+        bar.write_reg(regs::QUEUE_SEL::from_raw(n));
+        let num = bar.read(regs::QUEUE_NUM).into_raw();
+        if num == 0 {
+            break;
         }
+        match abi::vring_size(num.into(), VRING_ALIGN) {
+            Ok(size) => dev_dbg!(pdev, "queue {}: {} entries, {} bytes\n", n, num, size),
+            Err(_) => dev_warn!(pdev, "queue {}: invalid size {}\n", n, num),
+        }
+        n += 1;
     }
-
-    /// Whether the function was found surprise-removed.
-    fn is_gone(&self) -> bool {
-        self.gone.load(Relaxed)
-    }
-
-    /// Called when a register read returned all ones: true if the function is gone (the PCI
-    /// core confirms it no longer answers), in which case the first call logs it.  The queues
-    /// are the caller's to break.  Any context.
-    fn confirm_gone(&self) -> bool {
-        if self.is_gone() {
-            return true;
-        }
-        if iobar::device_present(&self.pdev) {
-            // All ones was a value, not an absent device.
-            return false;
-        }
-        if !self.gone.xchg(true, Relaxed) {
-            dev_err!(
-                self.pdev,
-                "the device is gone (surprise removal): its queues are broken\n"
-            );
-        }
-        true
-    }
-
-    /// Marks every published queue broken, which also runs its driver's callback once (so that
-    /// a driver waiting for the device sees it).  From the interrupt handlers, whose queues
-    /// are live until cleared and synchronized.
-    fn break_published(&self) {
-        for slot in &self.vqs {
-            if let Some(vq) = NonNull::new(slot.load(Relaxed)) {
-                // SAFETY: A published queue is live until cleared and synchronized (invariant).
-                unsafe { abi::vq_break_raw(vq) };
-            }
-        }
-    }
-
-    /// Runs the interrupt entry of queue `index`, if published; true if it had work.
-    fn queue(&self, index: usize) -> bool {
-        match self
-            .vqs
-            .get(index)
-            .map(|slot| slot.load(Relaxed))
-            .and_then(NonNull::new)
-        {
-            // SAFETY: A published queue is live until cleared and synchronized (invariant).
-            Some(vq) => unsafe { abi::vq_interrupt_raw(vq) },
-            None => false,
-        }
-    }
-
-    /// Runs the interrupt entry of every published queue; true if one had work.
-    fn queues(&self) -> bool {
-        let mut handled = false;
-        for slot in &self.vqs {
-            if let Some(vq) = NonNull::new(slot.load(Relaxed)) {
-                // SAFETY: A published queue is live until cleared and synchronized (invariant).
-                handled |= unsafe { abi::vq_interrupt_raw(vq) };
-            }
-        }
-        handled
-    }
-
-    /// Runs the configuration callback, if one is published.
-    fn config(&self) {
-        let cb = self.config.load(Relaxed);
-        if !cb.is_null() {
-            // SAFETY: A published callback box is live until cleared and synchronized
-            // (invariant); its callback may run in interrupt context.
-            unsafe { ((*cb).f)((*cb).ctx) };
-        }
-    }
-}
-
-/// Handler of the MSI-X configuration vector.
-struct ConfigHandler(Arc<IrqShared>);
-
-impl irq::Handler for ConfigHandler {
-    fn handle(&self, _dev: &Device<Bound>) -> IrqReturn {
-        self.0.config();
-        IrqReturn::Handled
-    }
-}
-
-/// Handler of the MSI-X vector shared by the queues.
-struct QueuesHandler(Arc<IrqShared>);
-
-impl irq::Handler for QueuesHandler {
-    fn handle(&self, _dev: &Device<Bound>) -> IrqReturn {
-        if self.0.queues() {
-            IrqReturn::Handled
-        } else {
-            IrqReturn::None
-        }
-    }
-}
-
-/// Handler of one queue's own MSI-X vector (`vring_interrupt()`).
-struct QueueVector {
-    shared: Arc<IrqShared>,
-    index: usize,
-}
-
-impl RawIrqHandler for QueueVector {
-    fn handle(&self) -> bool {
-        self.shared.queue(self.index)
-    }
-}
-
-/// Handler of the shared INTx line (`vp_interrupt()`).
-struct IntxHandler(Arc<IrqShared>);
-
-impl irq::Handler for IntxHandler {
-    fn handle(&self, _dev: &Device<Bound>) -> IrqReturn {
-        // Reading ISR acknowledges the interrupt; 0 means it was another device's.
-        let isr = self.0.isr.as_ref().map_or(0, |p| p.read());
-        if isr == 0 {
-            return IrqReturn::None;
-        }
-        // A function that is gone reads all ones (and raises nothing: another device on the
-        // line did).
-        if isr == u8::MAX && self.0.confirm_gone() {
-            self.0.break_published();
-            return IrqReturn::None;
-        }
-        if isr & regs::ISR_CONFIG != 0 {
-            self.0.config();
-        }
-        self.0.queues();
-        IrqReturn::Handled
-    }
-}
-
-/// The interrupt registrations of a function.
-enum Irqs {
-    /// MSI-X: a configuration vector and one vector per queue (vector `1 + index`).
-    PerQueue {
-        config: Pin<KBox<irq::Registration<ConfigHandler>>>,
-        queues: KVec<RawIrq<QueueVector>>,
-    },
-    /// MSI-X: a configuration vector and a vector for all queues.
-    MsiX {
-        config: Pin<KBox<irq::Registration<ConfigHandler>>>,
-        queues: Pin<KBox<irq::Registration<QueuesHandler>>>,
-    },
-    /// The INTx line, shared with other devices.
-    Intx {
-        line: Pin<KBox<irq::Registration<IntxHandler>>>,
-    },
+    n
 }
 
 /// One created queue: the indirect tables and the ring memory outlive the queue (field
@@ -290,6 +121,8 @@ struct QueueSlot {
 /// Everything one legacy function needs to serve its device driver.
 ///
 /// Drop order (field order): the interrupt handlers go before the BAR their ISR port reads.
+/// The device I/O of teardown is [`Transport::shutdown`]'s, which the PCI driver's `unbind`
+/// (or a failed probe) runs; dropping only releases.
 ///
 /// # Invariants
 ///
@@ -333,28 +166,11 @@ impl<'bound> Transport<'bound> {
         nqueues: u16,
     ) -> Result<Self> {
         let host_features = bar.read(regs::HOST_FEATURES).into_raw();
-        // Each attempt drops what it requested when it fails; its vectors are freed before the
-        // next one (`vp_del_vqs()` between C's attempts): MSI-X still enabled would make the
-        // next allocation fail with a warning, and INTx get the MSI-X vector 0.
-        let (shared, irqs) = match Self::request_per_queue(pdev, &bar, name, nqueues) {
-            Ok(v) => v,
-            Err(e) => {
-                dev_dbg!(pdev, "no MSI-X vector per queue ({:?})\n", e);
-                iobar::free_irq_vectors(pdev);
-                match Self::request_msix(pdev, &bar, name) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        iobar::free_irq_vectors(pdev);
-                        dev_info!(pdev, "no MSI-X ({:?}), using the INTx line\n", e);
-                        Self::request_intx(pdev, &bar, name)?
-                    }
-                }
-            }
-        };
+        let (shared, irqs) = Irqs::request(pdev, &bar, name, nqueues)?;
         // The device moves its configuration from 0x14 to 0x18 when MSI-X is enabled in its
         // PCI capability, whatever the driver meant to use: follow the PCI core's state.
         let msix = iobar::msix_enabled(pdev);
-        if msix == matches!(irqs, Irqs::Intx { .. }) {
+        if msix != irqs.is_msix() {
             dev_err!(
                 pdev,
                 "MSI-X is {}abled against the interrupt mode\n",
@@ -379,111 +195,6 @@ impl<'bound> Transport<'bound> {
         })
     }
 
-    /// Requests the MSI-X configuration vector and routes configuration changes to it; a
-    /// read-back of NO_VECTOR means the device could not (`vp_legacy_config_vector()`).
-    fn request_config<'a>(
-        pdev: &'a pci::Device<Bound>,
-        bar: &Bar0<'_>,
-        name: &'static CStr,
-        vector: pci::IrqVector<'a>,
-        shared: &Arc<IrqShared>,
-    ) -> Result<Pin<KBox<irq::Registration<ConfigHandler>>>> {
-        let config = KBox::pin_init(
-            pdev.request_irq(
-                vector,
-                irq::Flags::TRIGGER_NONE,
-                name,
-                Ok::<_, Error>(ConfigHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
-        )?;
-        bar.write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
-        if bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
-            return Err(EBUSY);
-        }
-        Ok(config)
-    }
-
-    fn request_per_queue(
-        pdev: &'bound pci::Device<Bound>,
-        bar: &Bar0<'_>,
-        name: &'static CStr,
-        nqueues: u16,
-    ) -> Result<(Arc<IrqShared>, Irqs)> {
-        let nqueues = usize::from(nqueues).min(MAX_VQS);
-        if nqueues == 0 {
-            return Err(ENODEV);
-        }
-        // CAST: at most `1 + MAX_VQS` vectors.
-        let n = (1 + nqueues) as u32;
-        let vecs = pdev.alloc_irq_vectors(n, n, IrqTypes::default().with(IrqType::MsiX))?;
-        let shared = Arc::new(IrqShared::new(pdev, None), GFP_KERNEL)?;
-        let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
-        let mut queues = KVec::with_capacity(nqueues, GFP_KERNEL)?;
-        for index in 0..nqueues {
-            // Test flavour: `request_irq()` fails for a queue vector.
-            #[cfg(virtio_rs_kunit)]
-            if crate::testing::fail_per_queue_vectors() {
-                return Err(EBUSY);
-            }
-            // CAST: at most `MAX_VQS`.
-            let vector = 1 + index as u32;
-            let handler = QueueVector {
-                shared: shared.clone(),
-                index,
-            };
-            queues.push(RawIrq::request(pdev, vector, name, handler)?, GFP_KERNEL)?;
-        }
-        Ok((shared, Irqs::PerQueue { config, queues }))
-    }
-
-    fn request_msix(
-        pdev: &'bound pci::Device<Bound>,
-        bar: &Bar0<'_>,
-        name: &'static CStr,
-    ) -> Result<(Arc<IrqShared>, Irqs)> {
-        let vecs = pdev.alloc_irq_vectors(2, 2, IrqTypes::default().with(IrqType::MsiX))?;
-        let shared = Arc::new(IrqShared::new(pdev, None), GFP_KERNEL)?;
-        let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
-        // Test flavour: the device reads back NO_VECTOR for the configuration vector.
-        #[cfg(virtio_rs_kunit)]
-        if crate::testing::fail_shared_vectors() {
-            return Err(EBUSY);
-        }
-        let queues = KBox::pin_init(
-            pdev.request_irq(
-                *vecs.end(),
-                irq::Flags::TRIGGER_NONE,
-                name,
-                Ok::<_, Error>(QueuesHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
-        )?;
-        Ok((shared, Irqs::MsiX { config, queues }))
-    }
-
-    fn request_intx(
-        pdev: &'bound pci::Device<Bound>,
-        bar: &Bar0<'_>,
-        name: &'static CStr,
-    ) -> Result<(Arc<IrqShared>, Irqs)> {
-        let vecs = pdev.alloc_irq_vectors(1, 1, IrqTypes::default().with(IrqType::Intx))?;
-        // SAFETY: The port is only read by the handler registered below, which the transport
-        // drops before the BAR (field order of `Transport`).
-        let isr = unsafe { IsrPort::new(bar) };
-        let shared = Arc::new(IrqShared::new(pdev, Some(isr)), GFP_KERNEL)?;
-        let line = KBox::pin_init(
-            pdev.request_irq(
-                *vecs.start(),
-                irq::Flags::SHARED,
-                name,
-                Ok::<_, Error>(IntxHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
-        )?;
-        Ok((shared, Irqs::Intx { line }))
-    }
-
     /// The handle to publish for this function.
     pub(crate) fn handle(self: Pin<&Self>, device_type: u32) -> DeviceHandle {
         DeviceHandle::new(
@@ -501,35 +212,18 @@ impl<'bound> Transport<'bound> {
 
     /// How interrupts are delivered, for the log.
     pub(crate) fn irq_mode(&self) -> &'static str {
-        match self.irqs {
-            Irqs::PerQueue { .. } => "MSI-X, one vector per queue",
-            Irqs::MsiX { .. } => "MSI-X, one vector for all queues",
-            Irqs::Intx { .. } => "INTx",
-        }
+        self.irqs.mode()
     }
 
     /// Waits for running interrupt handlers.
     fn synchronize(&self) {
-        let dev: &Device<Bound> = self.pdev.as_ref();
-        let res = match &self.irqs {
-            Irqs::PerQueue { config, queues } => {
-                queues.iter().for_each(RawIrq::synchronize);
-                config.synchronize(dev)
-            }
-            Irqs::MsiX { config, queues } => config
-                .synchronize(dev)
-                .and_then(|()| queues.synchronize(dev)),
-            Irqs::Intx { line } => line.synchronize(dev),
-        };
-        if let Err(e) = res {
-            dev_warn!(self.pdev, "could not synchronize interrupts: {:?}\n", e);
-        }
+        self.irqs.synchronize(self.pdev);
     }
 
     /// Resets the device (write 0, read back) and waits for running handlers.
     pub(crate) fn reset(&self) {
         // The status reads back 0 after a reset; all ones, from a function that is gone.
-        if !self.shared.is_gone() && crate::reset(&self.bar) == u8::MAX {
+        if !self.shared.is_gone() && reset(&self.bar).is_all_ones() {
             self.check_gone();
         }
         self.synchronize();
@@ -557,7 +251,7 @@ impl<'bound> Transport<'bound> {
     /// and [`TransportOps::del_vqs`] (QEMU resets the whole device when a queue address is
     /// cleared), so both end here.
     fn reacknowledge(&self) {
-        self.add_status(regs::status::ACKNOWLEDGE | regs::status::DRIVER);
+        update_status(&self.bar, |s| s.with_acknowledge(true).with_driver(true));
     }
 
     /// Routes configuration changes to the MSI-X configuration vector (the device forgets it
@@ -647,7 +341,7 @@ impl<'bound> Transport<'bound> {
             dev_err!(self.pdev, "queue {} is already active\n", index);
             return Err(EBUSY);
         }
-        let size = abi::vring_size(num.into(), regs::VRING_ALIGN)?;
+        let size = abi::vring_size(num.into(), VRING_ALIGN)?;
         let ring = abi::LegacyBuf::<u8>::zeroed_slice(self.pdev.as_ref(), size, GFP_KERNEL)?;
         // A legacy device bypasses any IOMMU: it gets the guest-physical address, never the
         // DMA handle (`common/legacy_mem.rs`).
@@ -662,11 +356,12 @@ impl<'bound> Transport<'bound> {
             E2BIG
         })?;
         // Indirect tables of this queue (see `indirect.rs`).
-        let indirect = if self.negotiated.load(Relaxed) & (1u64 << regs::F_INDIRECT_DESC) != 0 {
-            Some(KBox::new(IndirectPool::new(num.into())?, GFP_KERNEL)?)
-        } else {
-            None
-        };
+        let indirect =
+            if self.negotiated.load(Relaxed) & (1u64 << split::VIRTIO_RING_F_INDIRECT_DESC) != 0 {
+                Some(KBox::new(IndirectPool::new(num.into())?, GFP_KERNEL)?)
+            } else {
+                None
+            };
         let (indirect_alloc, indirect_free, indirect_ctx) = match &indirect {
             Some(pool) => {
                 let (alloc, free, ctx) = pool.callbacks();
@@ -705,12 +400,7 @@ impl<'bound> Transport<'bound> {
             addr,
             u64::from(pfn) << regs::QUEUE_ADDR_SHIFT,
         );
-        let vector = match self.irqs {
-            Irqs::PerQueue { .. } => Some(1 + index),
-            Irqs::MsiX { .. } => Some(MSIX_QUEUES_VECTOR),
-            Irqs::Intx { .. } => None,
-        };
-        if let Some(vector) = vector {
+        if let Some(vector) = self.irqs.queue_vector(index) {
             self.bar.write_reg(regs::MSI_QUEUE_VECTOR::from_raw(vector));
             if self.bar.read(regs::MSI_QUEUE_VECTOR).into_raw() == regs::NO_VECTOR {
                 self.bar.write_reg(regs::QUEUE_PFN::from_raw(0));
@@ -744,7 +434,7 @@ impl<'bound> Transport<'bound> {
         // memory (and the queue active, so that every later `find_vqs` fails with EBUSY).
         let mut slots = KVec::with_capacity(reqs.len(), GFP_KERNEL)?;
         let cb = config
-            .map(|f| KBox::new(ConfigCb { f, ctx: config_ctx }, GFP_KERNEL))
+            .map(|f| KBox::new(ConfigCb::new(f, config_ctx), GFP_KERNEL))
             .transpose()?;
         self.route_config()?;
         for req in reqs {
@@ -782,12 +472,11 @@ impl<'bound> Transport<'bound> {
         // queues by their device index (below `MAX_VQS`, checked by `setup_vq`).
         for (slot, o) in slots.iter().zip(out.iter_mut()) {
             *o = slot.vq.as_raw();
-            if let Some(shared) = self.shared.vqs.get(usize::from(slot.index)) {
-                shared.store(slot.vq.as_raw(), Relaxed);
-            }
+            // The queue lives in `self.queues` until `del_vqs` unpublishes and synchronizes.
+            self.shared.publish_queue(slot.index, slot.vq.as_raw());
         }
-        // INVARIANT: the box is live until `del_vqs` clears it and synchronizes.
-        self.shared.config.store(cb, Relaxed);
+        // The box is live until `del_vqs` unpublishes it and synchronizes.
+        self.shared.publish_config(cb);
         *queues = slots;
         Ok(())
     }
@@ -818,10 +507,7 @@ impl<'bound> Transport<'bound> {
             let mut queues = self.queues.lock();
             core::mem::take(&mut *queues)
         };
-        for shared in &self.shared.vqs {
-            shared.store(core::ptr::null_mut(), Relaxed);
-        }
-        let cb = self.shared.config.xchg(core::ptr::null_mut(), Relaxed);
+        let cb = self.shared.unpublish();
         // No handler uses the queues or the callback once this returns.
         self.synchronize();
         if !cb.is_null() {
@@ -832,14 +518,16 @@ impl<'bound> Transport<'bound> {
         self.teardown(slots);
     }
 
-    /// Adds bits to the device status.
+    /// Adds the status bits `bits` a driver asks for (`abi::STATUS_DRIVER_OK`,
+    /// `abi::STATUS_FAILED`).
     pub(crate) fn add_status(&self, bits: u8) {
-        crate::add_status(&self.bar, bits);
+        update_status(&self.bar, |s| s.with_bits(bits));
     }
 
-    /// Quiesces the function when the transport lets it go: the driver is gone, its queues
-    /// must be too.
-    fn shutdown(&self) {
+    /// Quiesces the function when the transport lets it go (the PCI driver's `unbind`, or a
+    /// probe that fails after creating the transport): the driver is gone, its queues must be
+    /// too.  The device I/O of teardown; dropping the transport afterwards only releases.
+    pub(crate) fn shutdown(&self) {
         self.reset();
         if !self.queues.lock().is_empty() {
             dev_warn!(
@@ -870,12 +558,6 @@ pub(crate) fn negotiate(host: u32, driver: u64, ring: u64) -> u32 {
     let negotiated = u64::from(host) & driver & supported & !(1u64 << regs::F_BAD_FEATURE);
     // CAST: a subset of `host`, which is 32 bits.
     negotiated as u32
-}
-
-impl Drop for Transport<'_> {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
 
 /// Recovers the transport from an operations context.
