@@ -176,7 +176,11 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_add(
     }
     // SAFETY: The caller passes `out + inp` valid elements at `sg`.
     let sg = unsafe { core::slice::from_raw_parts(sg, total) };
-    // SAFETY: `vq` is live and the call serialized (caller's guarantee).
+    // SAFETY:
+    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
+    //   `queue` requires.
+    // - The call is serialized with the queue's other calls (same contract), as `add`
+    //   requires.
     errno(unsafe { queue(vq).add(sg, out, token, atomic) })
 }
 export_symbol_ns_gpl!(virtio_rs_vq_add: abi_fn::VqAdd);
@@ -188,7 +192,11 @@ export_symbol_ns_gpl!(virtio_rs_vq_add: abi_fn::VqAdd);
 /// `vq` is live and the call serialized.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_kick_prepare(vq: *mut RawVq) -> bool {
-    // SAFETY: The caller's guarantee.
+    // SAFETY:
+    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
+    //   `queue` requires.
+    // - The call is serialized with the queue's other calls (same contract), as the queue
+    //   method requires.
     unsafe { queue(vq).kick_prepare() }
 }
 export_symbol_ns_gpl!(virtio_rs_vq_kick_prepare: abi_fn::VqKickPrepare);
@@ -200,7 +208,8 @@ export_symbol_ns_gpl!(virtio_rs_vq_kick_prepare: abi_fn::VqKickPrepare);
 /// `vq` is live and the call serialized.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_notify(vq: *mut RawVq) -> bool {
-    // SAFETY: The caller's guarantee.
+    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
+    // contract), as `queue` requires; the method may run concurrently with the others.
     unsafe { queue(vq) }.notify()
 }
 export_symbol_ns_gpl!(virtio_rs_vq_notify: abi_fn::VqNotify);
@@ -213,7 +222,11 @@ export_symbol_ns_gpl!(virtio_rs_vq_notify: abi_fn::VqNotify);
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_get_buf(vq: *mut RawVq, len: *mut u32) -> *mut c_void {
     let mut l = 0;
-    // SAFETY: The caller's guarantee.
+    // SAFETY:
+    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
+    //   `queue` requires.
+    // - The call is serialized with the queue's other calls (same contract), as the queue
+    //   method requires.
     let token = unsafe { queue(vq).get_buf(&mut l) };
     if !len.is_null() {
         // SAFETY: A non-null `len` is valid for a write (caller's guarantee).
@@ -230,7 +243,11 @@ export_symbol_ns_gpl!(virtio_rs_vq_get_buf: abi_fn::VqGetBuf);
 /// `vq` is live and the call serialized.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_detach_unused(vq: *mut RawVq) -> *mut c_void {
-    // SAFETY: The caller's guarantee.
+    // SAFETY:
+    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
+    //   `queue` requires.
+    // - The call is serialized with the queue's other calls (same contract), as the queue
+    //   method requires.
     unsafe { queue(vq).detach_unused() }
 }
 export_symbol_ns_gpl!(virtio_rs_vq_detach_unused: abi_fn::VqDetachUnused);
@@ -242,7 +259,11 @@ export_symbol_ns_gpl!(virtio_rs_vq_detach_unused: abi_fn::VqDetachUnused);
 /// `vq` is live and the call serialized.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_disable_cb(vq: *mut RawVq) {
-    // SAFETY: The caller's guarantee.
+    // SAFETY:
+    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
+    //   `queue` requires.
+    // - The call is serialized with the queue's other calls (same contract), as the queue
+    //   method requires.
     unsafe { queue(vq).disable_cb() }
 }
 export_symbol_ns_gpl!(virtio_rs_vq_disable_cb: abi_fn::VqDisableCb);
@@ -254,7 +275,11 @@ export_symbol_ns_gpl!(virtio_rs_vq_disable_cb: abi_fn::VqDisableCb);
 /// `vq` is live and the call serialized.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb(vq: *mut RawVq) -> bool {
-    // SAFETY: The caller's guarantee.
+    // SAFETY:
+    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
+    //   `queue` requires.
+    // - The call is serialized with the queue's other calls (same contract), as the queue
+    //   method requires.
     unsafe { queue(vq).enable_cb(false) }
 }
 export_symbol_ns_gpl!(virtio_rs_vq_enable_cb: abi_fn::VqEnableCb);
@@ -266,7 +291,11 @@ export_symbol_ns_gpl!(virtio_rs_vq_enable_cb: abi_fn::VqEnableCb);
 /// `vq` is live and the call serialized.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb_delayed(vq: *mut RawVq) -> bool {
-    // SAFETY: The caller's guarantee.
+    // SAFETY:
+    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
+    //   `queue` requires.
+    // - The call is serialized with the queue's other calls (same contract), as the queue
+    //   method requires.
     unsafe { queue(vq).enable_cb(true) }
 }
 export_symbol_ns_gpl!(virtio_rs_vq_enable_cb_delayed: abi_fn::VqEnableCb);
@@ -278,7 +307,8 @@ export_symbol_ns_gpl!(virtio_rs_vq_enable_cb_delayed: abi_fn::VqEnableCb);
 /// `vq` is live.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_interrupt(vq: *mut RawVq) -> bool {
-    // SAFETY: The caller's guarantee; `interrupt` may run concurrently with anything.
+    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
+    // contract), as `queue` requires; the method may run concurrently with the others.
     unsafe { queue(vq) }.interrupt()
 }
 export_symbol_ns_gpl!(virtio_rs_vq_interrupt: abi_fn::VqInterrupt);
@@ -290,7 +320,8 @@ export_symbol_ns_gpl!(virtio_rs_vq_interrupt: abi_fn::VqInterrupt);
 /// `vq` is live.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_is_broken(vq: *mut RawVq) -> bool {
-    // SAFETY: The caller's guarantee.
+    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
+    // contract), as `queue` requires; the method may run concurrently with the others.
     unsafe { queue(vq) }.is_broken()
 }
 export_symbol_ns_gpl!(virtio_rs_vq_is_broken: abi_fn::VqIsBroken);
@@ -302,7 +333,8 @@ export_symbol_ns_gpl!(virtio_rs_vq_is_broken: abi_fn::VqIsBroken);
 /// `vq` is live.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_break(vq: *mut RawVq) {
-    // SAFETY: The caller's guarantee.
+    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
+    // contract), as `queue` requires; the method may run concurrently with the others.
     unsafe { queue(vq) }.mark_broken()
 }
 export_symbol_ns_gpl!(virtio_rs_vq_break: abi_fn::VqBreak);
@@ -314,7 +346,8 @@ export_symbol_ns_gpl!(virtio_rs_vq_break: abi_fn::VqBreak);
 /// `vq` is live.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_len_clamped(vq: *mut RawVq) -> u32 {
-    // SAFETY: The caller's guarantee; the count is an atomic, readable at any time.
+    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
+    // contract), as `queue` requires; the method may run concurrently with the others.
     unsafe { queue(vq) }.clamped_lens()
 }
 export_symbol_ns_gpl!(virtio_rs_vq_len_clamped: abi_fn::VqLenClamped);
@@ -326,7 +359,11 @@ export_symbol_ns_gpl!(virtio_rs_vq_len_clamped: abi_fn::VqLenClamped);
 /// `vq` is live and the call serialized.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32 {
-    // SAFETY: The caller's guarantee.
+    // SAFETY:
+    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
+    //   `queue` requires.
+    // - The call is serialized with the queue's other calls (same contract), as the queue
+    //   method requires.
     unsafe { queue(vq).num_free() }
 }
 export_symbol_ns_gpl!(virtio_rs_vq_num_free: abi_fn::VqNumFree);

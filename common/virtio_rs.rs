@@ -315,7 +315,10 @@ impl DeviceHandle {
         // - The header is read first and is valid for any bit pattern.
         let header = unsafe { core::ptr::addr_of!((*ptr).header).read() };
         header.check::<Self>()?;
-        // SAFETY: As above; the header check proved that the producer used this layout.
+        // SAFETY:
+        // - `ptr` is the address of a pinned, valid `DeviceHandle` that outlives the borrow of
+        //   `adev` (the first two points above).
+        // - The header check proved that the producer built it with this layout and version.
         let this = unsafe { &*ptr };
         // SAFETY: `ops` is valid as long as the handle (type invariant).
         unsafe { &*this.ops }.header.check::<TransportOps>()?;

@@ -163,7 +163,10 @@ impl<'a, const SIZE: usize> IoBar<'a, SIZE> {
         kernel::error::to_result(unsafe {
             bindings::pci_request_region(pdevp, bar, name.as_char_ptr())
         })?;
-        // SAFETY: As above; the region is ours now.
+        // SAFETY:
+        // - `pdevp` is a valid `struct pci_dev`, bound for `'a` (`pdev`).
+        // - `bar` is an I/O-port BAR of it, checked above, whose region this function just
+        //   requested.
         let cookie = unsafe { bindings::pci_iomap(pdevp, bar, 0) };
         if cookie.is_null() {
             // SAFETY: The region was requested just above.

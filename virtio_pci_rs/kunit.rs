@@ -466,11 +466,11 @@ mod tests {
         let v = KVec::<u64>::from_elem(0, 1024, GFP_KERNEL)?;
         // SAFETY: The vector's 8 KiB, live while `v` is.
         let phys = unsafe { guest_phys(v.as_ptr().cast(), 8192) }?;
-        // SAFETY: As above.
+        // SAFETY: The 8 bytes at offset 4096 lie inside the vector's 8 KiB, live while `v` is.
         let second = unsafe { guest_phys(v.as_ptr().cast::<u8>().wrapping_add(4096), 8) };
         assert_eq!(second, Ok(phys + 4096));
         // Nothing is no address.
-        // SAFETY: As above (no byte is accessed).
+        // SAFETY: No byte is covered (length 0); the address is the live vector's.
         let none = unsafe { guest_phys(v.as_ptr().cast(), 0) };
         assert_eq!(none, Err(EINVAL));
         Ok(())
@@ -596,9 +596,9 @@ mod tests {
         assert_eq!(pool.in_use(), 0);
         // Requests the pool cannot serve fail cleanly, in any context.
         let mut dma = 0u64;
-        // SAFETY: As above.
+        // SAFETY: `ctx` is the live pool's context, `dma` a valid out pointer.
         assert!(unsafe { alloc(ctx, 0, true, &mut dma) }.is_null());
-        // SAFETY: As above.
+        // SAFETY: `ctx` is the live pool's context, `dma` a valid out pointer.
         assert!(unsafe { alloc(ctx, 128 * 16 + 16, false, &mut dma) }.is_null());
         assert_eq!(pool.in_use(), 0);
         Ok(())

@@ -601,7 +601,8 @@ unsafe extern "C" fn op_notify(ctx: *const c_void, index: u16) -> bool {
 /// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
 /// [`TransportOps`].
 unsafe extern "C" fn op_finalize_features(ctx: *const c_void, driver: u64) -> u64 {
-    // SAFETY: `ctx` comes from the handle (contract of `TransportOps`).
+    // SAFETY: `ctx` is the context of a live transport (this function's contract, which
+    // `TransportOps` passes on from the handle).
     unsafe { transport(ctx) }.finalize_features(driver)
 }
 
@@ -617,10 +618,12 @@ unsafe extern "C" fn op_config_read(
     width: u32,
     val: *mut u32,
 ) -> i32 {
-    // SAFETY: As above.
+    // SAFETY: `ctx` is the context of a live transport (this function's contract, which
+    // `TransportOps` passes on from the handle).
     match unsafe { transport(ctx) }.config_read(off, width) {
         Ok(v) => {
-            // SAFETY: The caller passes a valid out pointer.
+            // SAFETY: `val` is valid for a write of a `u32` (this function's contract, as
+            // `TransportOps::config_read` documents it).
             unsafe { val.write(v) };
             0
         }
@@ -635,7 +638,8 @@ unsafe extern "C" fn op_config_read(
 /// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
 /// [`TransportOps`].
 unsafe extern "C" fn op_config_write(ctx: *const c_void, off: u32, width: u32, val: u32) -> i32 {
-    // SAFETY: As above.
+    // SAFETY: `ctx` is the context of a live transport (this function's contract, which
+    // `TransportOps` passes on from the handle).
     match unsafe { transport(ctx) }.config_write(off, width, val) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
@@ -662,14 +666,19 @@ unsafe extern "C" fn op_find_vqs(
     if n > MAX_VQS || reqs.is_null() || vqs.is_null() {
         return EINVAL.to_errno();
     }
-    // SAFETY: The caller passes `n` requests and room for `n` queue pointers.
+    // SAFETY:
+    // - `reqs` points to `n` initialized requests, not written during the call (this
+    //   function's contract; null was refused above).
+    // - `vqs` points to room for `n` queue pointers that nothing else accesses during the
+    //   call (same contract).
     let (reqs, out) = unsafe {
         (
             core::slice::from_raw_parts(reqs, n),
             core::slice::from_raw_parts_mut(vqs, n),
         )
     };
-    // SAFETY: As above.
+    // SAFETY: `ctx` is the context of a live transport (this function's contract, which
+    // `TransportOps` passes on from the handle).
     match unsafe { transport(ctx) }.find_vqs(reqs, out, config, config_ctx) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
@@ -683,7 +692,8 @@ unsafe extern "C" fn op_find_vqs(
 /// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
 /// [`TransportOps`].
 unsafe extern "C" fn op_del_vqs(ctx: *const c_void) {
-    // SAFETY: As above.
+    // SAFETY: `ctx` is the context of a live transport (this function's contract, which
+    // `TransportOps` passes on from the handle).
     let t = unsafe { transport(ctx) };
     t.del_vqs();
     t.reacknowledge();
@@ -696,7 +706,8 @@ unsafe extern "C" fn op_del_vqs(ctx: *const c_void) {
 /// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
 /// [`TransportOps`].
 unsafe extern "C" fn op_add_status(ctx: *const c_void, bits: u8) {
-    // SAFETY: As above.
+    // SAFETY: `ctx` is the context of a live transport (this function's contract, which
+    // `TransportOps` passes on from the handle).
     unsafe { transport(ctx) }.add_status(bits)
 }
 
@@ -707,7 +718,8 @@ unsafe extern "C" fn op_add_status(ctx: *const c_void, bits: u8) {
 /// `ctx` is the context of a live [`Transport`]; pointer arguments are valid as documented in
 /// [`TransportOps`].
 unsafe extern "C" fn op_reset(ctx: *const c_void) {
-    // SAFETY: As above.
+    // SAFETY: `ctx` is the context of a live transport (this function's contract, which
+    // `TransportOps` passes on from the handle).
     let t = unsafe { transport(ctx) };
     t.reset();
     t.reacknowledge();

@@ -473,8 +473,8 @@ struct Rig {
     ctx: KBox<Ctx>,
 }
 
-// The serialized calls of the queue.  SAFETY (for each of them): a test is the only user of
-// its queue and runs on one thread, so its calls are serialized as the locking contract asks.
+// The serialized calls of the queue: a test is the only user of its queue and runs on one
+// thread, so its calls are serialized as the locking contract asks.
 impl Rig {
     /// Adds `out` readable then `inp` writable elements (at most 16) with `token`.
     fn add(&self, out: &[Sg], inp: &[Sg], token: usize) -> Result {
@@ -486,7 +486,7 @@ impl Rig {
         }
         // CAST: tokens are opaque values the queue hands back, never dereferenced.
         let token = NonNull::new(token as *mut c_void).ok_or(EINVAL)?;
-        // SAFETY: Serialized call (see above).
+        // SAFETY: The test is the queue's only user, on one thread: the call is serialized.
         unsafe { self.vq.add(sg, out.len(), token, false) }
     }
 
@@ -496,36 +496,36 @@ impl Rig {
     }
 
     fn kick_prepare(&self) -> bool {
-        // SAFETY: Serialized call (see above).
+        // SAFETY: The test is the queue's only user, on one thread: the call is serialized.
         unsafe { self.vq.kick_prepare() }
     }
 
     /// The next used buffer: token and written length.
     fn get_buf(&self) -> Option<(usize, u32)> {
         let mut len = 0;
-        // SAFETY: Serialized call (see above).
+        // SAFETY: The test is the queue's only user, on one thread: the call is serialized.
         let token = unsafe { self.vq.get_buf(&mut len) };
         // CAST: tokens are the values `add` received.
         (!token.is_null()).then_some((token as usize, len))
     }
 
     fn disable_cb(&self) {
-        // SAFETY: Serialized call (see above).
+        // SAFETY: The test is the queue's only user, on one thread: the call is serialized.
         unsafe { self.vq.disable_cb() }
     }
 
     fn enable_cb(&self) -> bool {
-        // SAFETY: Serialized call (see above).
+        // SAFETY: The test is the queue's only user, on one thread: the call is serialized.
         unsafe { self.vq.enable_cb(false) }
     }
 
     fn enable_cb_delayed(&self) -> bool {
-        // SAFETY: Serialized call (see above).
+        // SAFETY: The test is the queue's only user, on one thread: the call is serialized.
         unsafe { self.vq.enable_cb(true) }
     }
 
     fn num_free(&self) -> u32 {
-        // SAFETY: Serialized call (see above).
+        // SAFETY: The test is the queue's only user, on one thread: the call is serialized.
         unsafe { self.vq.num_free() }
     }
 
@@ -533,7 +533,7 @@ impl Rig {
     fn detach_all(&self) -> Result<KVec<usize>> {
         let mut got = KVec::new();
         loop {
-            // SAFETY: Serialized call (see above).
+            // SAFETY: The test is the queue's only user, on one thread: the call is serialized.
             let token = unsafe { self.vq.detach_unused() };
             if token.is_null() {
                 return Ok(got);
