@@ -77,10 +77,8 @@ mod transport;
 
 use abi::DeviceHandle;
 use iobar::EnabledDevice;
-use transport::{
-    Bar0,
-    Transport, //
-};
+use regs::Bar0;
+use transport::Transport;
 
 /// Name of this module, the prefix of the auxiliary devices it creates.
 const MODULE_NAME: &CStr = <LocalModule as kernel::ModuleMetadata>::NAME;

@@ -27,8 +27,10 @@ use crate::{
         RawIrq,
         RawIrqHandler, //
     },
-    regs,
-    transport::Bar0,
+    regs::{
+        self,
+        Bar0, //
+    },
 };
 use core::{
     ffi::c_void,
@@ -39,7 +41,6 @@ use kernel::{
         Bound,
         Device, //
     },
-    io::Io,
     irq::{
         self,
         IrqReturn, //
@@ -352,8 +353,7 @@ impl Irqs {
             ),
             GFP_KERNEL,
         )?;
-        bar.write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
-        if bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
+        if !regs::set_config_vector(bar, MSIX_CONFIG_VECTOR) {
             return Err(EBUSY);
         }
         Ok(config)

@@ -6,7 +6,12 @@
 //! Glossary: the *host* is the device, the *guest* the driver; a *PFN* is a guest physical
 //! address shifted right by [`QUEUE_ADDR_SHIFT`]; *ISR* is the interrupt status register.
 
-use kernel::io::register;
+use kernel::io::{
+    register,
+    Io, //
+};
+
+use crate::iobar::IoBar;
 
 register! {
     /// Feature bits the device offers (bits 0-31; legacy devices have no more).
@@ -96,6 +101,24 @@ pub(crate) const QUEUE_ADDR_SHIFT: u32 = 12;
 
 /// "No vector" value of the MSI-X vector registers.
 pub(crate) const NO_VECTOR: u16 = 0xffff;
+
+/// BAR0 with its fixed registers known at build time.
+pub(crate) type Bar0<'a> = IoBar<'a, BAR0_MIN_SIZE>;
+
+/// Routes configuration changes to MSI-X vector `vector` (or none, with [`NO_VECTOR`]);
+/// false when the device refused: it reads back [`NO_VECTOR`] (`vp_legacy_config_vector()`).
+pub(crate) fn set_config_vector(bar: &Bar0<'_>, vector: u16) -> bool {
+    bar.write_reg(MSI_CONFIG_VECTOR::from_raw(vector));
+    bar.read(MSI_CONFIG_VECTOR).into_raw() != NO_VECTOR
+}
+
+/// Routes the selected queue's interrupts to MSI-X vector `vector` (or none, with
+/// [`NO_VECTOR`]); false when the device refused: it reads back [`NO_VECTOR`]
+/// (`vp_legacy_queue_vector()`).
+pub(crate) fn set_queue_vector(bar: &Bar0<'_>, vector: u16) -> bool {
+    bar.write_reg(MSI_QUEUE_VECTOR::from_raw(vector));
+    bar.read(MSI_QUEUE_VECTOR).into_raw() != NO_VECTOR
+}
 
 // The status bits drivers add through the contract are this register's.
 const _: () = assert!(STATUS::DRIVER_OK_MASK == crate::abi::STATUS_DRIVER_OK);

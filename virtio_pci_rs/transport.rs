@@ -35,17 +35,18 @@ use crate::{
         MAX_VQS, //
     },
     indirect::IndirectPool,
-    iobar::{
-        self,
-        IoBar, //
-    },
+    iobar,
     irq::{
         ConfigCb,
         IrqShared,
         Irqs,
         MSIX_CONFIG_VECTOR, //
     },
-    regs, split,
+    regs::{
+        self,
+        Bar0, //
+    },
+    split,
 };
 use core::ffi::c_void;
 use kernel::{
@@ -70,9 +71,6 @@ const VRING_ALIGN: u32 = {
     assert!(split::VRING_ALIGN <= u32::MAX as usize);
     split::VRING_ALIGN as u32
 };
-
-/// BAR0 with its fixed registers known at build time.
-pub(crate) type Bar0<'a> = IoBar<'a, { regs::BAR0_MIN_SIZE }>;
 
 /// Queues probed at most when counting a device's queues for the log.
 const MAX_QUEUES: u16 = 64;
@@ -259,9 +257,7 @@ impl<'bound> Transport<'bound> {
     /// (`vp_legacy_config_vector()`).
     fn route_config(&self) -> Result {
         if self.msix() {
-            self.bar
-                .write_reg(regs::MSI_CONFIG_VECTOR::from_raw(MSIX_CONFIG_VECTOR));
-            if self.bar.read(regs::MSI_CONFIG_VECTOR).into_raw() == regs::NO_VECTOR {
+            if !regs::set_config_vector(&self.bar, MSIX_CONFIG_VECTOR) {
                 // NO_VECTOR is also all ones: a function that is gone reads it too.
                 if self.shared.confirm_gone() {
                     return Err(ENODEV);
@@ -401,8 +397,7 @@ impl<'bound> Transport<'bound> {
             u64::from(pfn) << regs::QUEUE_ADDR_SHIFT,
         );
         if let Some(vector) = self.irqs.queue_vector(index) {
-            self.bar.write_reg(regs::MSI_QUEUE_VECTOR::from_raw(vector));
-            if self.bar.read(regs::MSI_QUEUE_VECTOR).into_raw() == regs::NO_VECTOR {
+            if !regs::set_queue_vector(&self.bar, vector) {
                 self.bar.write_reg(regs::QUEUE_PFN::from_raw(0));
                 return Err(EBUSY);
             }
@@ -493,8 +488,8 @@ impl<'bound> Transport<'bound> {
     fn deactivate(&self, slot: QueueSlot) {
         self.bar.write_reg(regs::QUEUE_SEL::from_raw(slot.index));
         if self.msix() {
-            self.bar
-                .write_reg(regs::MSI_QUEUE_VECTOR::from_raw(regs::NO_VECTOR));
+            // No vector: whatever the device reads back.
+            let _ = regs::set_queue_vector(&self.bar, regs::NO_VECTOR);
             // Flush the vector write (and any pending interrupt) with an ISR read.
             let _ = self.bar.read(regs::ISR);
         }
@@ -537,8 +532,8 @@ impl<'bound> Transport<'bound> {
             self.del_vqs();
         }
         if self.msix() {
-            self.bar
-                .write_reg(regs::MSI_CONFIG_VECTOR::from_raw(regs::NO_VECTOR));
+            // No vector: whatever the device reads back.
+            let _ = regs::set_config_vector(&self.bar, regs::NO_VECTOR);
         }
     }
 }

@@ -72,7 +72,7 @@ class Guest:
     """One virtme-ng guest, controlled through a shared directory and QMP."""
 
     def __init__(self, name, memory="1G", cpus=2, devices=(LEGACY_BALLOON,), qemu_opts=(),
-                 append=(), boot_timeout=240, moddir=None):
+                 append=(), boot_timeout=None, moddir=None):
         self.kdir = os.environ["KDIR"]
         self.name = name
         self.memory = memory
@@ -80,7 +80,9 @@ class Guest:
         self.devices = list(devices)
         self.qemu_opts = list(qemu_opts)
         self.append = list(append)
-        self.boot_timeout = boot_timeout
+        # A busy machine boots guests slowly: VIRTIO_RS_BOOT_TIMEOUT raises the default.
+        self.boot_timeout = (boot_timeout if boot_timeout is not None
+                             else int(os.environ.get("VIRTIO_RS_BOOT_TIMEOUT", "240")))
         self.moddir = moddir or TOP
         # Not under /tmp: virtme-ng mounts its own /tmp in the guest.
         rundir = os.path.join(os.environ.get("VIRTIO_RS_CACHE", "/var/tmp"), "guests")
