@@ -8,7 +8,10 @@
 //! interface lives in I/O-port BAR0, so this module provides the two missing pieces:
 //! [`EnabledDevice`] (`pci_enable_device()` / `pci_disable_device()`) and [`IoBar`], an
 //! [`Io`] backend over `pci_iomap()` and `ioread*()`/`iowrite*()`, which handle port I/O
-//! cookies and MMIO alike.  All `unsafe` of the transport lives here.
+//! cookies and MMIO alike.  It holds the transport's raw PCI and I/O `unsafe`; the rest is in
+//! the contract's entry points (`transport.rs`: the operations the ring and the drivers call
+//! through raw pointers), the interrupt handlers' use of published queues (`irq.rs`) and the
+//! indirect-table allocator (`indirect.rs`).
 
 use core::ffi::c_void;
 use kernel::{
