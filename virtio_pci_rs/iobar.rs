@@ -8,10 +8,13 @@
 //! interface lives in I/O-port BAR0, so this module provides the two missing pieces:
 //! [`EnabledDevice`] (`pci_enable_device()` / `pci_disable_device()`) and [`IoBar`], an
 //! [`Io`] backend over `pci_iomap()` and `ioread*()`/`iowrite*()`, which handle port I/O
-//! cookies and MMIO alike.  It holds the transport's raw PCI and I/O `unsafe`; the rest is in
-//! the contract's entry points (`transport.rs`: the operations the ring and the drivers call
-//! through raw pointers), the interrupt handlers' use of published queues (`irq.rs`) and the
-//! indirect-table allocator (`indirect.rs`).
+//! cookies and MMIO alike.
+//!
+//! Holds the `unsafe` of PCI enable/disable and of port and MMIO access.  It is not the crate's
+//! only `unsafe`: `transport.rs` has the C-ABI operations it hands the shared contract and the
+//! ring, `irq.rs` the interrupt handlers' use of published queues, `indirect.rs` the indirect
+//! table allocator the ring calls, the root the DMA mask setup, and `kunit.rs` the test's
+//! device.
 
 use core::ffi::c_void;
 use kernel::{

@@ -23,6 +23,9 @@
 //! accesses, so it is an upper bound of the driver-side cost.
 //!
 //! Compiled only into the bench flavour of the module (`--cfg virtio_rs_bench`).
+//!
+//! Holds `unsafe`: the benchmark creates a queue over ordinary memory and gives the device
+//! model a raw view of it.
 
 use crate::{
     abi::{
