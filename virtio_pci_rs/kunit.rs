@@ -345,12 +345,7 @@ impl Rig {
     /// Ring descriptor `i` (of the queue size: masked).
     fn desc(&self, i: u16) -> Desc {
         let i = i & self.dev.layout().mask();
-        Desc::read(&self.mem, i).unwrap_or(Desc {
-            addr: u64::MAX,
-            len: u32::MAX,
-            flags: u16::MAX,
-            next: u16::MAX,
-        })
+        Desc::read(&self.mem, i).unwrap_or(Desc::INVALID)
     }
 
     /// Publishes a used element for `head` with `len` written bytes.

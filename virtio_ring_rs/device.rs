@@ -42,6 +42,14 @@ pub struct Desc {
 }
 
 impl Desc {
+    /// All ones: what a test reads for a descriptor outside its table (never a valid one).
+    pub const INVALID: Desc = Desc {
+        addr: u64::MAX,
+        len: u32::MAX,
+        flags: u16::MAX,
+        next: u16::MAX,
+    };
+
     /// Reads descriptor `i` of `table` (the ring's descriptor table or an indirect table);
     /// `None` when it lies beyond the memory.
     pub fn read<M: RingMem>(table: &M, i: u16) -> Option<Desc> {

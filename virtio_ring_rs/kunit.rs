@@ -261,12 +261,7 @@ impl Device {
 
     /// Ring descriptor `i` (all ones outside the table: never a valid descriptor).
     fn desc(&self, i: u16) -> Desc {
-        Desc::read(&self.mem, i).unwrap_or(Desc {
-            addr: u64::MAX,
-            len: u32::MAX,
-            flags: u16::MAX,
-            next: u16::MAX,
-        })
+        Desc::read(&self.mem, i).unwrap_or(Desc::INVALID)
     }
 
     /// Takes the next head from the avail ring, if the driver made one available.
