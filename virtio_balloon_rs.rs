@@ -72,6 +72,9 @@ mod abi;
 #[path = "virtio_balloon_rs/engine.rs"]
 mod engine;
 
+#[path = "virtio_balloon_rs/hinting.rs"]
+mod hinting;
+
 #[cfg(virtio_rs_kunit)]
 #[path = "virtio_balloon_rs/kunit.rs"]
 mod kunit;
@@ -104,6 +107,10 @@ use engine::{
     Progress,
     Sent, //
 };
+use hinting::{
+    HintPool,
+    HintQueue, //
+};
 use migrate::{
     BalloonList,
     HasBalloonList,
@@ -133,8 +140,8 @@ const F_MUST_TELL_HOST: u32 = 0;
 const F_STATS_VQ: u32 = 1;
 /// Feature: deflate when the guest runs out of memory.
 const F_DEFLATE_ON_OOM: u32 = 2;
-/// Feature: free page hinting for migration (not implemented; QEMU adds its queue before the
-/// reporting queue when it offers this).
+/// Feature: free page hinting for live migration (`hinting.rs`; QEMU adds its queue before
+/// the reporting queue when it offers this).
 const F_FREE_PAGE_HINT: u32 = 3;
 /// Feature: the device is told what freed guest pages hold (`poison_val`).
 const F_PAGE_POISON: u32 = 4;
@@ -150,6 +157,7 @@ const F_RING_EVENT_IDX: u32 = 29;
 const DRIVER_FEATURES: u64 = (1 << F_MUST_TELL_HOST)
     | (1 << F_STATS_VQ)
     | (1 << F_DEFLATE_ON_OOM)
+    | (1 << F_FREE_PAGE_HINT)
     | (1 << F_REPORTING)
     | (1 << F_RING_EVENT_IDX);
 
@@ -383,6 +391,13 @@ struct BalloonShared {
     ack: Work<BalloonShared, 1>,
     #[pin]
     stats: Work<BalloonShared, 2>,
+    /// Serves the device's free page hinting commands (`hinting.rs`).
+    #[pin]
+    hint_work: Work<BalloonShared, 3>,
+    /// Free page hinting, with VIRTIO_BALLOON_F_FREE_PAGE_HINT.
+    hint: Option<Arc<HintPool>>,
+    /// Request slot of the free page queue, or [`NO_SLOT`].
+    hint_slot: usize,
     /// The OOM notifier and the shrinker, when the policy asks for them.
     #[pin]
     hooks: Mutex<Option<PressureHooks>>,
@@ -421,12 +436,15 @@ impl_has_work! {
     impl HasWork<Self, 0> for BalloonShared { self.update }
     impl HasWork<Self, 1> for BalloonShared { self.ack }
     impl HasWork<Self, 2> for BalloonShared { self.stats }
+    impl HasWork<Self, 3> for BalloonShared { self.hint_work }
 }
 
 /// The pressure hooks of a balloon; dropping them unregisters them.
 struct PressureHooks {
     _oom: Option<OomNotifier<BalloonShared>>,
     _shrinker: Option<Shrinker<BalloonShared>>,
+    /// Gives hinted blocks back to reclaim (with FREE_PAGE_HINT, whatever the policy).
+    _hint: Option<Shrinker<HintPool>>,
 }
 
 /// The transport's device handle, held by work items that cannot borrow it.
@@ -531,6 +549,8 @@ impl DeviceCallbacks for BalloonShared {
             s if s == this.report_slot => {
                 let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
             }
+            // Hinting polls its queue (interrupts are off there).
+            s if s == this.hint_slot => {}
             INFLATE | DEFLATE => {
                 let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
             }
@@ -547,6 +567,10 @@ impl DeviceCallbacks for BalloonShared {
         this.pressure_hold.store(false, Relaxed);
         if !this.stop.load(Relaxed) {
             let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 0>(this.into());
+            // Perhaps a new free page hinting command: look, unless a look is pending.
+            if this.hint.as_ref().is_some_and(|h| h.config_changed()) {
+                this.queue_hint_work();
+            }
         }
     }
 }
@@ -581,6 +605,32 @@ impl WorkItem<2> for BalloonShared {
         if !this.stop.load(Relaxed) {
             this.send_stats(false);
         }
+    }
+}
+
+impl WorkItem<3> for BalloonShared {
+    type Pointer = Arc<Self>;
+
+    fn run(this: Arc<Self>) {
+        if let Some(hint) = &this.hint {
+            hint.work(&*this);
+        }
+    }
+}
+
+impl HintQueue for BalloonShared {
+    fn with_hint_vq<R>(&self, f: impl FnOnce(&mut abi::Virtqueue) -> R) -> Option<R> {
+        let mut state = self.state.lock();
+        let vq = state.engine.host.vqs.as_mut()?.get(self.hint_slot)?;
+        Some(f(vq))
+    }
+
+    fn read_cmd_id(&self) -> Result<u32> {
+        self.handle.get().config_read32(hinting::CONFIG_CMD_ID)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
     }
 }
 
@@ -635,6 +685,12 @@ impl Report for BalloonShared {
 }
 
 impl BalloonShared {
+    /// Queues the hinting work item (unbound: a run takes CPU time in one go, as C's
+    /// `WQ_CPU_INTENSIVE` queue).
+    fn queue_hint_work(self: ArcBorrow<'_, Self>) {
+        let _ = workqueue::system_unbound().enqueue::<Arc<Self>, 3>(self.into());
+    }
+
     /// Hands the free ranges of one report to the device as one buffer it may write (it
     /// discards the memory behind them), and waits until the device returns it, at most
     /// [`REPORT_TIMEOUT_MS`] (`virtballoon_free_page_report()` in C, which waits forever).
@@ -774,6 +830,7 @@ impl BalloonShared {
             kernel::bindings::flush_work(Work::<Self, 0>::raw_get(&self.update));
             kernel::bindings::flush_work(Work::<Self, 1>::raw_get(&self.ack));
             kernel::bindings::flush_work(Work::<Self, 2>::raw_get(&self.stats));
+            kernel::bindings::flush_work(Work::<Self, 3>::raw_get(&self.hint_work));
         }
     }
 
@@ -1362,6 +1419,9 @@ impl BalloonDriver {
         shared.flush_work();
         shared.handle.get().reset();
         shared.release_everything();
+        if let Some(hint) = &shared.hint {
+            hint.release(&**shared);
+        }
         // Not under the state lock: deleting queues takes the transport's lock, which it
         // holds while allocating (and so while reclaim may call our shrinker).
         let vqs = shared.state.lock().engine.host.vqs.take();
@@ -1393,6 +1453,10 @@ impl BalloonDriver {
                 Some(Shrinker::new(shared.clone(), c"virtio_balloon_rs")?)
             } else {
                 None
+            },
+            _hint: match &shared.hint {
+                Some(hint) => Some(Shrinker::new(hint.clone(), c"virtio_balloon_rs_hints")?),
+                None => None,
             },
         })
     }
@@ -1482,6 +1546,16 @@ impl auxiliary::Driver for BalloonDriver {
         if stats_offered && features & (1 << F_STATS_VQ) != 0 {
             indexes.push(2, GFP_KERNEL)?;
         }
+        let hint_setup = if features & (1 << F_FREE_PAGE_HINT) != 0 {
+            let ids = abi::LegacyBuf::<u32>::zeroed_slice(parent, 2, GFP_KERNEL)?;
+            // CAST: `PAGE_SIZE` fits in 64 bits.
+            let total = MemSnapshot::now()?.total / kernel::page::PAGE_SIZE as u64;
+            let pool = HintPool::new(ids, total, counters.clone(), ARef::from(adev.as_ref()))?;
+            indexes.push(hinting::QUEUE_INDEX, GFP_KERNEL)?;
+            Some((pool, indexes.len() - 1))
+        } else {
+            None
+        };
         let report_slot = if features & (1 << F_REPORTING) != 0 {
             indexes.push(reporting_queue_index(handle.host_features), GFP_KERNEL)?;
             indexes.len() - 1
@@ -1504,6 +1578,9 @@ impl auxiliary::Driver for BalloonDriver {
                 update <- new_work!("virtio_balloon_rs::update"),
                 ack <- new_work!("virtio_balloon_rs::ack"),
                 stats <- new_work!("virtio_balloon_rs::stats"),
+                hint_work <- new_work!("virtio_balloon_rs::hint"),
+                hint: hint_setup.as_ref().map(|(pool, _)| pool.clone()),
+                hint_slot: hint_setup.as_ref().map_or(NO_SLOT, |(_, slot)| *slot),
                 hooks <- new_mutex!(None),
                 reporting <- new_mutex!(None),
                 report_slot,
@@ -1533,6 +1610,17 @@ impl auxiliary::Driver for BalloonDriver {
             state.engine.host.list = Some(ListRef::new(&shared));
             state.engine.host.vqs = Some(vqs);
         }
+        // Hinting needs a descriptor for a block besides the one kept for the stop id
+        // (`virtballoon_probe()`); it polls the queue, so no interrupts there.
+        let hint_room = shared.with_hint_vq(|vq| {
+            vq.disable_cb();
+            vq.num_free()
+        });
+        if hint_room.is_some_and(|n| n < 2) {
+            dev_err!(adev, "the free page queue is too small\n");
+            Self::abort_probe(&shared);
+            return Err(ENOSPC);
+        }
         if shared.has(F_PAGE_POISON) {
             if let Err(e) = shared.write_poison(poison.unwrap_or(0)) {
                 dev_err!(adev, "cannot tell the device the poison value: {:?}\n", e);
@@ -1559,8 +1647,12 @@ impl auxiliary::Driver for BalloonDriver {
             handle.host_features,
             features
         );
-        // Move toward the current target right away.
+        // Move toward the current target right away, and serve a hinting command the device
+        // may have asked for before the driver came.
         let _ = workqueue::system_freezable().enqueue::<Arc<BalloonShared>, 0>(shared.clone());
+        if shared.hint.is_some() {
+            shared.as_arc_borrow().queue_hint_work();
+        }
         Ok(Balloon {
             _status: status,
             _stats: stats_file,
@@ -1584,6 +1676,9 @@ impl auxiliary::Driver for BalloonDriver {
         // then nothing the device holds is in use any more: release what it did not return.
         handle.reset();
         shared.release_everything();
+        if let Some(hint) = &shared.hint {
+            hint.release(&**shared);
+        }
         // Dropped outside the state lock (see `abort_probe`).
         let vqs = shared.state.lock().engine.host.vqs.take();
         drop(vqs);
