@@ -17,6 +17,10 @@
 //! the host can reclaim the memory behind them.  VIRTIO_BALLOON_F_PAGE_POISON tells the host
 //! what freed pages hold when the guest zeroes or poisons them (`virtballoon_validate()`).
 //!
+//! With VIRTIO_BALLOON_F_FREE_PAGE_HINT it answers the host's free page hinting commands
+//! during a live migration (`hinting.rs`): it names blocks of free memory on the free page
+//! queue so that the host need not send them, and gives them back when the host is done.
+//!
 //! The pages the device holds sit on the balloon core's list (`migrate.rs`), where compaction
 //! migrates them: the balloon moves to a new page by telling the device about the new page
 //! (inflate), then the old one (deflate), as `virtballoon_migratepage()` does.
