@@ -267,9 +267,10 @@ impl Run {
 #[pin_data]
 pub(crate) struct HintPool {
     /// The blocks hinted and not given back yet; capacity for every block the guest has,
-    /// reserved at probe, so pushing never allocates.
+    /// reserved at probe (`kvmalloc()`: 2 MiB for a 1 TiB guest), so pushing never
+    /// allocates.
     #[pin]
-    blocks: SpinLock<KVec<HintBlock>>,
+    blocks: SpinLock<KVVec<HintBlock>>,
     /// The work item's state (one run at a time: a work item never runs concurrently with
     /// itself).
     #[pin]
@@ -303,7 +304,7 @@ impl HintPool {
             return Err(EINVAL);
         }
         let most = usize::try_from(total_pages >> BLOCK_ORDER)?.saturating_add(1);
-        let blocks = KVec::with_capacity(most, GFP_KERNEL)?;
+        let blocks = KVVec::with_capacity(most, GFP_KERNEL)?;
         Arc::pin_init(
             pin_init!(Self {
                 blocks <- new_spinlock!(blocks),
