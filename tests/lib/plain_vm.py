@@ -127,6 +127,10 @@ class PlainGuest(vm.Guest):
             raise vm.GuestError(f"guest command failed (rc {rc}): {script!r}\n{out}")
         return rc, out
 
+    def kernel_log(self):
+        """The kernel log (dmesg in the guest: this guest streams nothing to the host)."""
+        return self.sh("dmesg")
+
     def stop(self):
         if self.qmp is not None:
             try:
