@@ -25,7 +25,8 @@
 //! Blocks are allocated with `__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC` and no reclaim
 //! at all: hinting only takes memory that is free right now, never what reclaim could make
 //! free.  This file holds that allocation's `unsafe`; the glue to the balloon (its queue, its
-//! configuration, the work item) is [`HintQueue`], implemented by the balloon.
+//! configuration, the work item) is [`HintQueue`], implemented by the balloon at the end of
+//! this file.
 //!
 //! Lock order: the balloon's state lock (inside [`HintQueue::with_hint_vq`]) and
 //! [`HintPool::blocks`] are never held together; [`HintPool::run`] is taken only by the work
@@ -44,6 +45,7 @@ use crate::pressure::{
     Deflate,
     Pressure, //
 };
+use crate::shared::BalloonShared;
 use crate::stats::Counters;
 use core::num::NonZeroUsize;
 use core::ptr::NonNull;
@@ -58,12 +60,17 @@ use kernel::{
             Relaxed, //
         },
         Arc,
+        ArcBorrow,
         Mutex,
         SpinLock, //
     },
     time::{
         delay::fsleep,
         Delta, //
+    },
+    workqueue::{
+        self,
+        WorkItem, //
     },
 };
 
@@ -569,5 +576,39 @@ impl Deflate for HintPool {
         let n = self.give_back(usize::try_from(want).unwrap_or(usize::MAX));
         Counters::add(&self.counters.hint_shrunk, n * BLOCK_BALLOON_PAGES);
         n << BLOCK_ORDER
+    }
+}
+
+impl WorkItem<3> for BalloonShared {
+    type Pointer = Arc<Self>;
+
+    fn run(this: Arc<Self>) {
+        if let Some(hint) = &this.hint {
+            hint.work(&*this);
+        }
+    }
+}
+
+impl HintQueue for BalloonShared {
+    fn with_hint_vq<R>(&self, f: impl FnOnce(&mut Virtqueue) -> R) -> Option<R> {
+        let mut state = self.state.lock();
+        let vq = state.engine.host.vqs.as_mut()?.get(self.hint_slot)?;
+        Some(f(vq))
+    }
+
+    fn read_cmd_id(&self) -> Result<u32> {
+        self.handle.get().config_read32(CONFIG_CMD_ID)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+}
+
+impl BalloonShared {
+    /// Queues the hinting work item (unbound: a run takes CPU time in one go, as on C's
+    /// `WQ_CPU_INTENSIVE` queue).
+    pub(crate) fn queue_hint_work(self: ArcBorrow<'_, Self>) {
+        let _ = workqueue::system_unbound().enqueue::<Arc<Self>, 3>(self.into());
     }
 }

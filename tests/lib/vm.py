@@ -190,36 +190,48 @@ class Guest:
             return ""
 
     # --- guest commands --------------------------------------------------------------------
-    def run(self, script, timeout=120, check=True):
-        """Run a shell script in the guest; return (rc, output)."""
-        self.seq += 1
-        n = self.seq
+    def submit(self, script):
+        """Hand a shell script to the guest agent without waiting; returns its number for
+        `wait_done` (so a test can act on the host while the script runs)."""
+        with self.bell_lock:
+            self.seq += 1
+            n = self.seq
         tmp = os.path.join(self.dir, f".cmd.{n}")
         with open(tmp, "w") as f:
             f.write(script + "\n")
         os.rename(tmp, os.path.join(self.dir, f"cmd.{n}"))
         self.ring(n)
-        rc_path = os.path.join(self.dir, f"rc.{n}")
+        return n
+
+    def done_rc(self, n):
+        """The exit status of command `n` if it has ended, else None."""
+        try:
+            with open(os.path.join(self.dir, f"rc.{n}")) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return None
+        # Empty while the agent is still writing it.
+        return int(text) if text else None
+
+    def wait_done(self, n, timeout=120, what=None):
+        """Wait for command `n`; returns (rc, output)."""
+        what = what or f"command {n}"
         deadline = time.monotonic() + timeout
-        rc = None
-        while rc is None:
+        while (rc := self.done_rc(n)) is None:
             if self.proc.poll() is not None:
-                raise GuestError(f"guest died while running {script!r}:\n" + self.console_tail())
+                raise GuestError(f"guest died while running {what}:\n" + self.console_tail())
             if time.monotonic() > deadline:
-                raise GuestError(f"guest command timed out after {timeout}s: {script!r}\n"
+                raise GuestError(f"guest command timed out after {timeout}s: {what}\n"
                                  + self.console_tail())
             time.sleep(0.02)
-            try:
-                with open(rc_path) as f:
-                    text = f.read().strip()
-            except FileNotFoundError:
-                continue
-            if text:  # else the agent is still writing it
-                rc = int(text)
         with self.bell_lock:
             self.done = max(self.done, n)
         with open(os.path.join(self.dir, f"out.{n}"), errors="replace") as f:
-            out = f.read()
+            return rc, f.read()
+
+    def run(self, script, timeout=120, check=True):
+        """Run a shell script in the guest; return (rc, output)."""
+        rc, out = self.wait_done(self.submit(script), timeout, repr(script))
         if check and rc != 0:
             raise GuestError(f"guest command failed (rc {rc}): {script!r}\n{out}")
         return rc, out
