@@ -17,8 +17,10 @@ balloon behind a PCIe root port.
    hinting, the free memory is not sent: both drivers must send at least half the fill less
    than the guest without a balloon driver; the Rust driver's debugfs must count the hinted
    pages, and give every one back once QEMU says DONE.
-3. Unbinding the Rust driver while it holds hinted blocks (a slow migration in progress) and
-   unloading it gives all the memory back: MemFree returns, MemTotal is unchanged.
+3. While the Rust driver holds hinted blocks (a slow migration in progress), the guest
+   writes NEED_MIB MiB into a tmpfs: reclaim takes hinted blocks back (the shrinker) and
+   nothing is OOM-killed.  Then unbinding and unloading the driver gives all the memory back:
+   MemFree returns, MemTotal is unchanged.
 """
 
 import time
@@ -43,6 +45,8 @@ DONE_S = 30
 # MemFree may differ by this much after an unbind and rmmod (page cache, slab): a leak of the
 # hinted blocks would be hundreds of MiB.
 MEMFREE_SLACK_KB = 16 * 1024
+# What the guest takes while the driver holds hinted blocks (reclaim must give them back).
+NEED_MIB = 256
 
 seen = {}
 
@@ -180,6 +184,16 @@ def test_unbind_while_hinting_leaks_nothing(guest):
         mem_held = b.meminfo(guest)
         print(f"held {st['hint_held_pages'] >> 8} MiB; MemFree {mem0['MemFree']} kB before, "
               f"{mem_held['MemFree']} kB while held")
+        # The guest needs memory: reclaim takes hinted blocks back first, nobody is killed.
+        kills = b.oom_kills(guest)
+        guest.sh(f"mkdir -p /tmp/need && mount -t tmpfs -o size={NEED_MIB + 16}M tmpfs "
+                 f"/tmp/need && dd if=/dev/zero of=/tmp/need/f bs=1M count={NEED_MIB} && "
+                 f"rm /tmp/need/f && umount /tmp/need", timeout=300)
+        st = b.status(guest)
+        print(f"after the guest took {NEED_MIB} MiB: {st['hint_shrunk_pages'] >> 8} MiB of "
+              f"hinted blocks given back to reclaim, {st['hint_held_pages'] >> 8} MiB held")
+        assert st["hint_shrunk_pages"] > 0, st
+        assert b.oom_kills(guest) == kills
         guest.unbind(guest.balloon_bdf())
         b.rmmod_all(guest)
         mem1 = b.meminfo(guest)
