@@ -115,13 +115,13 @@ use crate::{
         DeviceHost,
         ListRef, //
     },
-    hinting::{
-        HintPool,
-        HintQueue, //
-    },
     engine::{
         Engine,
         Host, //
+    },
+    hinting::{
+        HintPool,
+        HintQueue, //
     },
     migrate::BalloonList,
     shared::{

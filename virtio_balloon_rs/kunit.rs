@@ -760,6 +760,12 @@ mod features_tests {
 /// in C).
 #[kunit_tests(virtio_balloon_rs_hinting)]
 mod hinting_tests {
+    use crate::config::{
+        reporting_queue_index,
+        F_FREE_PAGE_HINT,
+        F_REPORTING,
+        F_STATS_VQ, //
+    };
     use crate::hinting::{
         command,
         keep_hinting,
@@ -768,12 +774,6 @@ mod hinting_tests {
         CMD_ID_DONE,
         CMD_ID_STOP,
         QUEUE_INDEX, //
-    };
-    use crate::config::{
-        reporting_queue_index,
-        F_FREE_PAGE_HINT,
-        F_REPORTING,
-        F_STATS_VQ, //
     };
     use kernel::prelude::*;
 

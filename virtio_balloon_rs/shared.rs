@@ -13,11 +13,11 @@ use crate::{
     },
     device::DeviceHost,
     engine::Engine,
+    hinting::HintPool,
     migrate::{
         BalloonList,
         HasBalloonList, //
     },
-    hinting::HintPool,
     pressure::{
         OomNotifier,
         Shrinker, //
