@@ -11,7 +11,7 @@ B=/bin/busybox
 
 if [ "${1:-}" != stage2 ]; then
 	# Stage 1, on the 9p root (read-only).
-	$B mount -t proc proc /proc
+	$B mount -t proc none /proc
 	kver=$($B uname -r)
 	$B mount -t tmpfs -o size=256m tmpfs /mnt
 	N=/mnt
@@ -32,7 +32,7 @@ fi
 # Stage 2, on the tmpfs.
 export PATH=/bin
 $B --install -s /bin
-mount -t proc proc /proc
+mount -t proc none /proc
 mount -t sysfs sys /sys
 mount -t debugfs none /sys/kernel/debug
 # Nothing refers to the 9p root any more: unmounting it clunks its fids, and QEMU lifts the
