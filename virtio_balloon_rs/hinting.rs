@@ -371,6 +371,23 @@ impl HintPool {
                 // Every block the guest had at probe is hinted (memory was added since).
                 break;
             }
+            // No block to take while the queue is full (C allocates and frees one meanwhile).
+            let room = q.with_hint_vq(|vq| {
+                run.reap(vq);
+                vq.num_free() >= 2
+            });
+            if room == Some(false) {
+                if full_ms >= QUEUE_WAIT_MS {
+                    self.run_failed(format_args!(
+                        "the free page queue stayed full for {} ms",
+                        QUEUE_WAIT_MS
+                    ));
+                    break;
+                }
+                fsleep(Delta::from_millis(1));
+                full_ms += 1;
+                continue;
+            }
             // Everything free right now is hinted when this fails.
             let Some(block) = HintBlock::alloc() else {
                 break;
@@ -424,7 +441,8 @@ impl HintPool {
     ///
     /// # Errors
     ///
-    /// `EBUSY` if the device still holds the previous id buffer after [`QUEUE_WAIT_MS`],
+    /// `EBUSY` if the device still holds the previous id buffer, or every descriptor, after
+    /// [`QUEUE_WAIT_MS`],
     /// `EIO` for a broken queue, `ENODEV` without queues, or the error of adding the buffer.
     fn send_id(&self, q: &impl HintQueue, run: &mut Run, id: u32) -> Result {
         let mut waited = 0;
@@ -434,7 +452,9 @@ impl HintPool {
                 if vq.is_broken() {
                     return Err(EIO);
                 }
-                if run.id_held {
+                // The previous id still with the device, or every descriptor taken by blocks
+                // it has not handed back yet: wait (it returns them while it polls).
+                if run.id_held || vq.num_free() == 0 {
                     return Err(EBUSY);
                 }
                 kernel::dma_write!(run.ids, [try: 0], id);
