@@ -17,6 +17,10 @@
 //! the host can reclaim the memory behind them.  VIRTIO_BALLOON_F_PAGE_POISON tells the host
 //! what freed pages hold when the guest zeroes or poisons them (`virtballoon_validate()`).
 //!
+//! With VIRTIO_BALLOON_F_FREE_PAGE_HINT it answers the host's free page hinting commands
+//! during a live migration (`hinting.rs`): it names blocks of free memory on the free page
+//! queue so that the host need not send them, and gives them back when the host is done.
+//!
 //! The pages the device holds sit on the balloon core's list (`migrate.rs`), where compaction
 //! migrates them: the balloon moves to a new page by telling the device about the new page
 //! (inflate), then the old one (deflate), as `virtballoon_migratepage()` does.
@@ -64,6 +68,9 @@ mod device;
 #[path = "virtio_balloon_rs/engine.rs"]
 mod engine;
 
+#[path = "virtio_balloon_rs/hinting.rs"]
+mod hinting;
+
 #[cfg(virtio_rs_kunit)]
 #[path = "virtio_balloon_rs/kunit.rs"]
 mod kunit;
@@ -98,6 +105,7 @@ use crate::{
         driver_features,
         reporting_queue_index,
         F_DEFLATE_ON_OOM,
+        F_FREE_PAGE_HINT,
         F_PAGE_POISON,
         F_REPORTING,
         F_STATS_VQ,
@@ -110,6 +118,10 @@ use crate::{
     engine::{
         Engine,
         Host, //
+    },
+    hinting::{
+        HintPool,
+        HintQueue, //
     },
     migrate::BalloonList,
     shared::{
@@ -227,6 +239,16 @@ impl auxiliary::Driver for BalloonDriver {
         if stats_offered && features & (1 << F_STATS_VQ) != 0 {
             indexes.push(2, GFP_KERNEL)?;
         }
+        let hint_setup = if features & (1 << F_FREE_PAGE_HINT) != 0 {
+            let ids = abi::LegacyBuf::<u32>::zeroed_slice(parent, 2, GFP_KERNEL)?;
+            // CAST: `PAGE_SIZE` fits in 64 bits.
+            let total = mm::MemSnapshot::now()?.total / kernel::page::PAGE_SIZE as u64;
+            let pool = HintPool::new(ids, total, counters.clone(), ARef::from(adev.as_ref()))?;
+            indexes.push(hinting::QUEUE_INDEX, GFP_KERNEL)?;
+            Some((pool, indexes.len() - 1))
+        } else {
+            None
+        };
         let report_slot = if features & (1 << F_REPORTING) != 0 {
             indexes.push(reporting_queue_index(handle.host_features), GFP_KERNEL)?;
             indexes.len() - 1
@@ -249,6 +271,9 @@ impl auxiliary::Driver for BalloonDriver {
                 update <- new_work!("virtio_balloon_rs::update"),
                 ack <- new_work!("virtio_balloon_rs::ack"),
                 stats <- new_work!("virtio_balloon_rs::stats"),
+                hint_work <- new_work!("virtio_balloon_rs::hint"),
+                hint: hint_setup.as_ref().map(|(pool, _)| pool.clone()),
+                hint_slot: hint_setup.as_ref().map_or(NO_SLOT, |(_, slot)| *slot),
                 hooks <- new_mutex!(None),
                 reporting <- new_mutex!(None),
                 report_slot,
@@ -278,6 +303,17 @@ impl auxiliary::Driver for BalloonDriver {
             state.engine.host.list = Some(ListRef::new(&shared));
             state.engine.host.vqs = Some(vqs);
         }
+        // Hinting needs a descriptor for a block besides the one kept for the stop id
+        // (`virtballoon_probe()`); it polls the queue, so no interrupts there.
+        let hint_room = shared.with_hint_vq(|vq| {
+            vq.disable_cb();
+            vq.num_free()
+        });
+        if hint_room.is_some_and(|n| n < 2) {
+            dev_err!(adev, "the free page queue is too small\n");
+            Self::abort_probe(&shared);
+            return Err(ENOSPC);
+        }
         if shared.has(F_PAGE_POISON) {
             if let Err(e) = shared.write_poison(poison.unwrap_or(0)) {
                 dev_err!(adev, "cannot tell the device the poison value: {:?}\n", e);
@@ -304,8 +340,12 @@ impl auxiliary::Driver for BalloonDriver {
             handle.host_features,
             features
         );
-        // Move toward the current target right away.
+        // Move toward the current target right away, and serve a hinting command the device
+        // may have asked for before the driver came.
         let _ = workqueue::system_freezable().enqueue::<Arc<BalloonShared>, 0>(shared.clone());
+        if shared.hint.is_some() {
+            shared.as_arc_borrow().queue_hint_work();
+        }
         Ok(Balloon {
             _status: status,
             _stats: stats_file,
@@ -329,6 +369,9 @@ impl auxiliary::Driver for BalloonDriver {
         // then nothing the device holds is in use any more: release what it did not return.
         handle.reset();
         shared.release_everything();
+        if let Some(hint) = &shared.hint {
+            hint.release(&**shared);
+        }
         // Dropped outside the state lock (see `abort_probe`).
         let vqs = shared.state.lock().engine.host.vqs.take();
         drop(vqs);

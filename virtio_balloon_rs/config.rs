@@ -13,8 +13,8 @@ pub(crate) const F_MUST_TELL_HOST: u32 = 0;
 pub(crate) const F_STATS_VQ: u32 = 1;
 /// Feature: deflate when the guest runs out of memory.
 pub(crate) const F_DEFLATE_ON_OOM: u32 = 2;
-/// Feature: free page hinting for migration (not implemented; QEMU adds its queue before the
-/// reporting queue when it offers this).
+/// Feature: free page hinting for live migration (`hinting.rs`; QEMU adds its queue before
+/// the reporting queue when it offers this).
 pub(crate) const F_FREE_PAGE_HINT: u32 = 3;
 /// Feature: the device is told what freed guest pages hold (`poison_val`).
 pub(crate) const F_PAGE_POISON: u32 = 4;
@@ -30,6 +30,7 @@ const F_RING_EVENT_IDX: u32 = 29;
 const DRIVER_FEATURES: u64 = (1 << F_MUST_TELL_HOST)
     | (1 << F_STATS_VQ)
     | (1 << F_DEFLATE_ON_OOM)
+    | (1 << F_FREE_PAGE_HINT)
     | (1 << F_REPORTING)
     | (1 << F_RING_EVENT_IDX);
 

@@ -709,8 +709,8 @@ mod features_tests {
             let (poison, reporting) = ((f & POISON) != 0, (f & REPORTING) != 0);
             assert_eq!(poison, want_poison);
             assert_eq!(reporting, want_reporting);
-            // Never the features this driver does not implement.
-            assert_eq!(f & (1 << F_FREE_PAGE_HINT), 0);
+            // Free page hinting whatever the guest does to freed pages (as C).
+            assert_ne!(f & (1 << F_FREE_PAGE_HINT), 0);
         }
     }
 
@@ -752,5 +752,104 @@ mod features_tests {
             ..Default::default()
         };
         assert!(sg_range(&none).is_none());
+    }
+}
+
+/// KUnit suite `virtio_balloon_rs_hinting`: how free page hinting reads the host's command
+/// ids (`report_free_page_func()`, `send_free_pages()` and `virtio_balloon_cmd_id_received()`
+/// in C).
+#[kunit_tests(virtio_balloon_rs_hinting)]
+mod hinting_tests {
+    use crate::config::{
+        reporting_queue_index,
+        F_FREE_PAGE_HINT,
+        F_REPORTING,
+        F_STATS_VQ, //
+    };
+    use crate::hinting::{
+        command,
+        keep_hinting,
+        CmdCache,
+        Command,
+        CMD_ID_DONE,
+        CMD_ID_STOP,
+        QUEUE_INDEX, //
+    };
+    use kernel::prelude::*;
+
+    /// QEMU's first command id (`VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN`).
+    const FIRST: u32 = 0x8000_0000;
+
+    #[test]
+    fn commands_follow_the_host() {
+        // (received, last served, step)
+        let cases: [(u32, u32, Command); 8] = [
+            // Nothing asked yet.
+            (CMD_ID_STOP, CMD_ID_STOP, Command::Idle),
+            // A first command, then the same id again: served once.
+            (FIRST, CMD_ID_STOP, Command::Start(FIRST)),
+            (FIRST, FIRST, Command::Idle),
+            // The next bitmap sync asks again with a new id.
+            (FIRST + 1, FIRST, Command::Start(FIRST + 1)),
+            // The id wraps to the first one again: new for the driver.
+            (FIRST, u32::MAX, Command::Start(FIRST)),
+            // STOP ends a run, and starts nothing.
+            (CMD_ID_STOP, FIRST, Command::Idle),
+            // DONE gives the blocks back, whatever was served.
+            (CMD_ID_DONE, FIRST, Command::ReturnAll),
+            (CMD_ID_DONE, CMD_ID_STOP, Command::ReturnAll),
+        ];
+        for (received, active, want) in cases {
+            assert_eq!(command(received, active), want);
+        }
+    }
+
+    #[test]
+    fn a_run_ends_when_the_id_changes() {
+        assert!(keep_hinting(FIRST, FIRST));
+        assert!(!keep_hinting(CMD_ID_STOP, FIRST));
+        assert!(!keep_hinting(CMD_ID_DONE, FIRST));
+        assert!(!keep_hinting(FIRST + 1, FIRST));
+    }
+
+    #[test]
+    fn the_command_id_is_read_only_after_an_interrupt() -> Result {
+        let cache = CmdCache::new();
+        let mut reads = 0;
+        // The first look reads the device (a command may predate the driver).
+        let id = cache.get(|| {
+            reads += 1;
+            Ok(FIRST)
+        });
+        assert_eq!((id, reads), (FIRST, 1));
+        // No interrupt since: the cached id, no device access.
+        let id = cache.get(|| {
+            reads += 1;
+            Ok(CMD_ID_STOP)
+        });
+        assert_eq!((id, reads), (FIRST, 1));
+        // An interrupt asks for the work item once, however many come before the look.
+        assert!(cache.note_change());
+        assert!(!cache.note_change());
+        let id = cache.get(|| {
+            reads += 1;
+            Ok(CMD_ID_DONE)
+        });
+        assert_eq!((id, reads), (CMD_ID_DONE, 2));
+        // A failed read keeps the last id.
+        assert!(cache.note_change());
+        let id = cache.get(|| {
+            reads += 1;
+            Err(EIO)
+        });
+        assert_eq!((id, reads), (CMD_ID_DONE, 3));
+        Ok(())
+    }
+
+    #[test]
+    fn the_free_page_queue_sits_before_the_reporting_queue() {
+        let host = (1 << F_STATS_VQ) | (1 << F_FREE_PAGE_HINT) | (1 << F_REPORTING);
+        assert_eq!(QUEUE_INDEX, 3);
+        assert_eq!(reporting_queue_index(host), QUEUE_INDEX + 1);
     }
 }

@@ -86,6 +86,9 @@ impl BalloonDriver {
         shared.flush_work();
         shared.handle.get().reset();
         shared.release_everything();
+        if let Some(hint) = &shared.hint {
+            hint.release(&**shared);
+        }
         // Not under the state lock: deleting queues takes the transport's lock, which it
         // holds while allocating (and so while reclaim may call our shrinker).
         let vqs = shared.state.lock().engine.host.vqs.take();
@@ -117,6 +120,10 @@ impl BalloonDriver {
                 Some(Shrinker::new(shared.clone(), c"virtio_balloon_rs")?)
             } else {
                 None
+            },
+            _hint: match &shared.hint {
+                Some(hint) => Some(Shrinker::new(hint.clone(), c"virtio_balloon_rs_hints")?),
+                None => None,
             },
         })
     }

@@ -13,6 +13,7 @@ use crate::{
     },
     device::DeviceHost,
     engine::Engine,
+    hinting::HintPool,
     migrate::{
         BalloonList,
         HasBalloonList, //
@@ -75,6 +76,13 @@ pub(crate) struct BalloonShared {
     pub(crate) ack: Work<BalloonShared, 1>,
     #[pin]
     pub(crate) stats: Work<BalloonShared, 2>,
+    /// Serves the device's free page hinting commands (`hinting.rs`).
+    #[pin]
+    pub(crate) hint_work: Work<BalloonShared, 3>,
+    /// Free page hinting, with VIRTIO_BALLOON_F_FREE_PAGE_HINT.
+    pub(crate) hint: Option<Arc<HintPool>>,
+    /// Request slot of the free page queue, or [`NO_SLOT`](crate::config::NO_SLOT).
+    pub(crate) hint_slot: usize,
     /// The OOM notifier and the shrinker, when the policy asks for them.
     #[pin]
     pub(crate) hooks: Mutex<Option<PressureHooks>>,
@@ -113,12 +121,15 @@ impl_has_work! {
     impl HasWork<Self, 0> for BalloonShared { self.update }
     impl HasWork<Self, 1> for BalloonShared { self.ack }
     impl HasWork<Self, 2> for BalloonShared { self.stats }
+    impl HasWork<Self, 3> for BalloonShared { self.hint_work }
 }
 
 /// The pressure hooks of a balloon; dropping them unregisters them.
 pub(crate) struct PressureHooks {
     pub(crate) _oom: Option<OomNotifier<BalloonShared>>,
     pub(crate) _shrinker: Option<Shrinker<BalloonShared>>,
+    /// Gives hinted blocks back to reclaim (with FREE_PAGE_HINT, whatever the policy).
+    pub(crate) _hint: Option<Shrinker<HintPool>>,
 }
 
 /// The transport's device handle, held by work items that cannot borrow it.

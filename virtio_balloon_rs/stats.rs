@@ -140,6 +140,20 @@ pub(crate) struct Counters {
     /// `poison_val` as read back from the device after writing it (0 when PAGE_POISON was
     /// not negotiated and nothing was written).
     pub(crate) poison_val: Atomic<u64>,
+    /// The free page hinting command id last read from the device.
+    pub(crate) hint_cmd_id: Atomic<u64>,
+    /// Free page hinting commands served (runs).
+    pub(crate) hint_runs: Atomic<u64>,
+    /// 4 KiB pages hinted to the device since probe.
+    pub(crate) hinted: Atomic<u64>,
+    /// 4 KiB pages hinted and not given back to the guest yet.
+    pub(crate) hint_held: Atomic<u64>,
+    /// Hinted 4 KiB pages given back when the device said DONE, or at unbind.
+    pub(crate) hint_returned: Atomic<u64>,
+    /// Hinted 4 KiB pages given back early, to reclaim (the shrinker).
+    pub(crate) hint_shrunk: Atomic<u64>,
+    /// Hinting runs that ended early, and free page queue failures.
+    pub(crate) hint_errors: Atomic<u64>,
 }
 
 impl Counters {
@@ -171,6 +185,13 @@ impl Counters {
             report_errors: Atomic::new(0),
             report_ns: Atomic::new(0),
             poison_val: Atomic::new(0),
+            hint_cmd_id: Atomic::new(0),
+            hint_runs: Atomic::new(0),
+            hinted: Atomic::new(0),
+            hint_held: Atomic::new(0),
+            hint_returned: Atomic::new(0),
+            hint_shrunk: Atomic::new(0),
+            hint_errors: Atomic::new(0),
         }
     }
 
@@ -189,7 +210,7 @@ impl Counters {
 
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &Atomic<u64>); 24] = [
+        let rows: [(&str, &Atomic<u64>); 31] = [
             ("target_pages", &self.target),
             ("actual_pages", &self.actual),
             ("pages_held", &self.pages_held),
@@ -214,6 +235,13 @@ impl Counters {
             ("report_errors", &self.report_errors),
             ("report_ns", &self.report_ns),
             ("poison_val", &self.poison_val),
+            ("hint_cmd_id", &self.hint_cmd_id),
+            ("hint_runs", &self.hint_runs),
+            ("hinted_pages", &self.hinted),
+            ("hint_held_pages", &self.hint_held),
+            ("hint_returned_pages", &self.hint_returned),
+            ("hint_shrunk_pages", &self.hint_shrunk),
+            ("hint_errors", &self.hint_errors),
         ];
         for (name, v) in rows {
             writeln!(f, "{} {}", name, v.load(Relaxed))?;

@@ -144,6 +144,8 @@ impl DeviceCallbacks for BalloonShared {
             s if s == this.report_slot => {
                 let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
             }
+            // Hinting polls its queue (interrupts are off there).
+            s if s == this.hint_slot => {}
             INFLATE | DEFLATE => {
                 let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
             }
@@ -160,6 +162,10 @@ impl DeviceCallbacks for BalloonShared {
         this.pressure_hold.store(false, Relaxed);
         if !this.stop.load(Relaxed) {
             let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 0>(this.into());
+            // Perhaps a new free page hinting command: look, unless a look is pending.
+            if this.hint.as_ref().is_some_and(|h| h.config_changed()) {
+                this.queue_hint_work();
+            }
         }
     }
 }
@@ -387,6 +393,7 @@ impl BalloonShared {
             kernel::bindings::flush_work(Work::<Self, 0>::raw_get(&self.update));
             kernel::bindings::flush_work(Work::<Self, 1>::raw_get(&self.ack));
             kernel::bindings::flush_work(Work::<Self, 2>::raw_get(&self.stats));
+            kernel::bindings::flush_work(Work::<Self, 3>::raw_get(&self.hint_work));
         }
     }
 

@@ -11,7 +11,8 @@ known state: the Rust modules unloaded, the balloon function on the C driver wit
 balloon, re-plugged when the file wants other properties than the current device has, and
 the wanted flavour installed for modprobe.  A file that needs a machine of its own (a kernel
 command line, other QEMU options) says so with ``GUEST_OPTIONS`` (``vm.Guest`` arguments) and
-gets a guest for itself.
+gets a guest for itself, of the class ``GUEST_CLASS`` if it sets one (``plain_vm.PlainGuest``
+for a guest QEMU can migrate).
 
 Every test that uses a guest also fails when the kernel logged a warning, BUG, Oops or a
 lockdep report while it ran.
@@ -116,7 +117,9 @@ def guest(request, shared_guest):
     when the file sets GUEST_OPTIONS."""
     own = getattr(request.module, "GUEST_OPTIONS", None)
     if own is not None:
-        g = vm.Guest(request.module.__name__.split(".")[-1], **own)
+        # GUEST_CLASS: another kind of guest (`plain_vm.PlainGuest`, which QEMU can migrate).
+        cls = getattr(request.module, "GUEST_CLASS", vm.Guest)
+        g = cls(request.module.__name__.split(".")[-1], **own)
         try:
             g.start()
             yield g

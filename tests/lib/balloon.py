@@ -162,3 +162,30 @@ def replug(g, **extra):
     if balloon_present(g):
         unplug(g)
     plug(g, **extra)
+
+
+def migrate(g, uri="exec:cat > /dev/null", timeout=600):
+    """Migrate the VM to `uri` (by default a stream QEMU throws away) and wait until the
+    migration ends; returns the last `query-migrate` (its `ram` holds what was sent: bytes
+    `transferred`, `normal` pages sent whole, `duplicate` zero pages sent as a marker).
+
+    After a migration to `exec:` the source VM stays, paused (`postmigrate`); `cont` runs it
+    again."""
+    g.qmp_cmd("migrate", uri=uri)
+    t0 = time.monotonic()
+    while True:
+        info = g.qmp_cmd("query-migrate")
+        if info.get("status") in ("completed", "failed", "cancelled"):
+            return info
+        if time.monotonic() - t0 > timeout:
+            g.qmp_cmd("migrate_cancel")
+            raise AssertionError(f"migration still {info.get('status')} after {timeout}s")
+        time.sleep(0.2)
+
+
+def resume(g):
+    """Run the VM again if a migration left it paused; returns the state it was in."""
+    state = g.qmp_cmd("query-status")["status"]
+    if state != "running":
+        g.qmp_cmd("cont")
+    return state
