@@ -523,6 +523,8 @@ impl Migrate for BalloonShared {
 }
 
 impl DeviceCallbacks for BalloonShared {
+    type Ctx = Self;
+
     fn vq_interrupt(this: ArcBorrow<'_, Self>, slot: usize) {
         match slot {
             // Wake the worker, or the report in flight, from process context (both sleep
