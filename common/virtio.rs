@@ -484,16 +484,21 @@ impl<T: ConfigValue> ConfigField<T> {
 
 /// The auxiliary driver data of a device bound through the façade.
 ///
-/// Drop order (field order): the driver's data first (which drops its queues), then the wait
-/// for queues kept elsewhere, then the link.
+/// Drop order: the driver's data first (which may drop its queues), then the wait for
+/// queues kept elsewhere, then the link.
+///
+/// # Invariants
+///
+/// `data` is `Some` until the drop.
 pub(crate) struct Bound<D: Driver> {
-    data: D::Data,
+    data: Option<D::Data>,
     link: Arc<Link>,
     features: u64,
 }
 
 impl<D: Driver> Drop for Bound<D> {
     fn drop(&mut self) {
+        drop(self.data.take());
         // The handle must outlive the queues: a driver that kept them past its data (in a
         // work item, say) is waited for.
         self.link.wait_released();
@@ -540,8 +545,9 @@ pub(crate) fn probe<D: Driver>(adev: &auxiliary::Device<device::Bound>) -> Resul
         features,
     };
     match D::probe(&dev) {
+        // INVARIANT: `data` is `Some`.
         Ok(data) => Ok(Bound {
-            data,
+            data: Some(data),
             link,
             features,
         }),
@@ -560,7 +566,9 @@ pub(crate) fn unbind<D: Driver>(adev: &auxiliary::Device<device::Bound>, this: &
         link: &this.link,
         features: this.features,
     };
-    D::remove(&dev, &this.data);
+    if let Some(data) = this.data.as_ref() {
+        D::remove(&dev, data);
+    }
 }
 
 /// The name of the transport's auxiliary devices of `device_type`, for messages.
