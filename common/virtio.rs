@@ -13,9 +13,10 @@
 //! rule (valid until the auxiliary device is unbound) into ownership.
 //!
 //! Lifetime: the handle is valid until the driver's auxiliary device is unbound.  Everything
-//! that reaches it from a driver goes through a [`Link`], and unbinding (the drop of the
-//! adapter's [`Bound`]) waits until the driver's [`Virtqueues`] are dropped; a driver drops
-//! them in [`Driver::remove`] (or lets its data drop them).
+//! that reaches it from a driver is a counted [`DeviceRef`] (a [`Virtqueues`] holds one), and
+//! unbinding (the drop of the adapter's [`Bound`]) waits until the driver dropped all of them;
+//! a driver drops them in [`Driver::remove`] (or lets its data drop them).  A `DeviceRef` may
+//! be kept in state that work items share, for configuration access outside `probe`.
 
 use super::{
     device_name,
@@ -28,6 +29,7 @@ use super::{
 };
 use core::{
     marker::PhantomData,
+    ops::Deref,
     ptr::NonNull, //
 };
 use kernel::{
@@ -36,7 +38,7 @@ use kernel::{
     sync::{
         atomic::{
             Atomic,
-            Relaxed, //
+            Full, //
         },
         Arc,
         ArcBorrow,
@@ -172,17 +174,20 @@ impl<D: Driver> DeviceCallbacks for Glue<D> {
     }
 }
 
-/// What the façade shares with the [`Virtqueues`] of a bound device.
+/// What the façade shares between the handles of one bound device.
 ///
 /// # Invariants
 ///
-/// `handle` is valid until `released` is completed or, if `find_vqs` never succeeded
-/// (`vqs_live` false), until the [`Bound`] holding this link is dropped: the drop of
-/// [`Bound`] (at unbind) waits for `released` when `vqs_live` is set.
+/// `handle` is valid until `released` is completed: `holders` counts the [`DeviceRef`]s
+/// (one of them is the adapter's [`Bound`], made first and dropped last), `released` is
+/// completed when the count drops to zero, and the drop of [`Bound`] (at unbind, or a failed
+/// probe) waits for it.  So every `DeviceRef`, and every [`Virtqueues`], which holds one, is
+/// gone before the handle can go.
 #[pin_data]
 pub(crate) struct Link {
     handle: NonNull<DeviceHandle>,
-    vqs_live: Atomic<bool>,
+    holders: Atomic<usize>,
+    vqs_created: Atomic<bool>,
     #[pin]
     released: Completion,
 }
@@ -192,38 +197,51 @@ unsafe impl Send for Link {}
 // SAFETY: See `Send`.
 unsafe impl Sync for Link {}
 
-impl Link {
-    fn handle(&self) -> &DeviceHandle {
-        // SAFETY: Every holder of a `Link` reference is either the `Bound` (the handle is
-        // valid while it exists) or a live `Virtqueues` (valid until it completes
-        // `released`), by the type invariant.
-        unsafe { self.handle.as_ref() }
-    }
-
-    /// Waits until the queues are gone, if they were ever created.
-    fn wait_released(&self) {
-        if self.vqs_live.load(Relaxed) {
-            self.released.wait_for_completion();
-        }
-    }
-}
-
-/// A bound virtio device, as the driver sees it in `probe` and `remove`.
-pub(crate) struct Device<'a> {
-    adev: &'a auxiliary::Device<device::Bound>,
-    link: &'a Arc<Link>,
+/// A counted reference to a bound device: configuration access, status and reset from any
+/// process context (a work item, say).  The unbind waits until every one is dropped: a
+/// driver keeps them in its state and drops them by the end of [`Driver::remove`] (or with
+/// its data).
+pub(crate) struct DeviceRef {
+    link: Arc<Link>,
     features: u64,
 }
 
-impl<'a> Device<'a> {
+impl DeviceRef {
+    /// The first reference of a bound device (the adapter's).
+    fn new(handle: &DeviceHandle, features: u64) -> Result<Self> {
+        let link = Arc::pin_init(
+            pin_init!(Link {
+                handle: NonNull::from(handle),
+                holders: Atomic::new(1),
+                vqs_created: Atomic::new(false),
+                released <- Completion::new(),
+            }),
+            GFP_KERNEL,
+        )?;
+        Ok(Self { link, features })
+    }
+
+    fn handle(&self) -> &DeviceHandle {
+        // SAFETY: `self` is counted in `holders`, so `released` is not completed and the
+        // handle is valid (type invariant of `Link`).
+        unsafe { self.link.handle.as_ref() }
+    }
+
+    /// Drops the adapter's reference and waits until no other is left.
+    fn release_and_wait(self) {
+        let link = self.link.clone();
+        drop(self);
+        link.released.wait_for_completion();
+    }
+
     /// The virtio device type.
     pub(crate) fn device_type(&self) -> u32 {
-        self.link.handle().device_type
+        self.handle().device_type
     }
 
     /// The feature bits the device offers.
     pub(crate) fn offered_features(&self) -> u64 {
-        self.link.handle().host_features
+        self.handle().host_features
     }
 
     /// The negotiated feature bits.
@@ -236,6 +254,94 @@ impl<'a> Device<'a> {
         bit < 64 && self.features & (1 << bit) != 0
     }
 
+    /// Reads a configuration field.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the field is outside the device configuration.
+    pub(crate) fn read<T: ConfigValue>(&self, field: ConfigField<T>) -> Result<T> {
+        T::read(self.handle(), field.offset)
+    }
+
+    /// Writes a configuration field.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the field is outside the device configuration.
+    pub(crate) fn write<T: ConfigValue>(&self, field: ConfigField<T>, val: T) -> Result {
+        T::write(self.handle(), field.offset, val)
+    }
+
+    /// Reads the `T` at byte `offset` of the device configuration.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the field is outside the device configuration.
+    pub(crate) fn config_read<T: ConfigValue>(&self, offset: u32) -> Result<T> {
+        T::read(self.handle(), offset)
+    }
+
+    /// Writes the `T` at byte `offset` of the device configuration.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the field is outside the device configuration.
+    pub(crate) fn config_write<T: ConfigValue>(&self, offset: u32, val: T) -> Result {
+        T::write(self.handle(), offset, val)
+    }
+
+    /// Tells the device the driver is ready (DRIVER_OK): call at the end of `probe`.
+    pub(crate) fn ready(&self) {
+        self.handle().ready()
+    }
+
+    /// Tells the device the driver gave up on it (FAILED).
+    pub(crate) fn fail(&self) {
+        self.handle().fail()
+    }
+
+    /// Resets the device; when it returns, no callback is running and the device uses no
+    /// buffer (its queues stay until [`Virtqueues`] drops).
+    pub(crate) fn reset(&self) {
+        self.handle().reset()
+    }
+}
+
+impl Clone for DeviceRef {
+    fn clone(&self) -> Self {
+        // The count is above zero (`self` is in it), so `released` cannot have completed.
+        self.link.holders.fetch_add(1, Full);
+        Self {
+            link: self.link.clone(),
+            features: self.features,
+        }
+    }
+}
+
+impl Drop for DeviceRef {
+    fn drop(&mut self) {
+        if self.link.holders.fetch_sub(1, Full) == 1 {
+            self.link.released.complete_all();
+        }
+    }
+}
+
+/// A bound virtio device, as the driver sees it in `probe` and `remove`; it dereferences to
+/// a [`DeviceRef`] (configuration, status, features).
+pub(crate) struct Device<'a> {
+    adev: &'a auxiliary::Device<device::Bound>,
+    dref: &'a DeviceRef,
+}
+
+impl Deref for Device<'_> {
+    type Target = DeviceRef;
+
+    fn deref(&self) -> &DeviceRef {
+        self.dref
+    }
+}
+
+impl<'a> Device<'a> {
     /// The id of the auxiliary device (unique among the transport's devices).
     pub(crate) fn id(&self) -> u32 {
         self.adev.id()
@@ -246,50 +352,9 @@ impl<'a> Device<'a> {
         self.adev.parent()
     }
 
-    /// Reads a configuration field.
-    ///
-    /// # Errors
-    ///
-    /// `EINVAL` if the field is outside the device configuration.
-    pub(crate) fn read<T: ConfigValue>(&self, field: ConfigField<T>) -> Result<T> {
-        T::read(self.link.handle(), field.offset)
-    }
-
-    /// Writes a configuration field.
-    ///
-    /// # Errors
-    ///
-    /// `EINVAL` if the field is outside the device configuration.
-    pub(crate) fn write<T: ConfigValue>(&self, field: ConfigField<T>, val: T) -> Result {
-        T::write(self.link.handle(), field.offset, val)
-    }
-
-    /// Reads the `T` at byte `offset` of the device configuration.
-    ///
-    /// # Errors
-    ///
-    /// `EINVAL` if the field is outside the device configuration.
-    pub(crate) fn config_read<T: ConfigValue>(&self, offset: u32) -> Result<T> {
-        T::read(self.link.handle(), offset)
-    }
-
-    /// Writes the `T` at byte `offset` of the device configuration.
-    ///
-    /// # Errors
-    ///
-    /// `EINVAL` if the field is outside the device configuration.
-    pub(crate) fn config_write<T: ConfigValue>(&self, offset: u32, val: T) -> Result {
-        T::write(self.link.handle(), offset, val)
-    }
-
-    /// Tells the device the driver is ready (DRIVER_OK): call at the end of `probe`.
-    pub(crate) fn ready(&self) {
-        self.link.handle().ready()
-    }
-
-    /// Tells the device the driver gave up on it (FAILED).
-    pub(crate) fn fail(&self) {
-        self.link.handle().fail()
+    /// A reference to the device for use outside `probe` and `remove`.
+    pub(crate) fn device_ref(&self) -> DeviceRef {
+        self.dref.clone()
     }
 
     /// Creates the queues of `queues` (in that order: a queue's position is its number in
@@ -309,21 +374,20 @@ impl<'a> Device<'a> {
         if queues.len() > MAX_VQS {
             return Err(EINVAL);
         }
-        if self.link.vqs_live.load(Relaxed) {
+        if self.dref.link.vqs_created.xchg(true, Full) {
             return Err(EBUSY);
         }
         let mut indexes = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
         for q in queues {
             indexes.push(q.index, GFP_KERNEL)?;
         }
-        // SAFETY: The returned `Vqs` goes into a `Virtqueues`, whose drop completes
-        // `released` after deleting the queues; the unbind waits for that (`vqs_live` is set
-        // below before the `Virtqueues` exists), so the queues go before the handle.
-        let vqs = unsafe { self.link.handle().find_vqs::<Glue<D>>(&indexes, shared) }?;
-        self.link.vqs_live.store(true, Relaxed);
+        let dref = self.dref.clone();
+        // SAFETY: The returned `Vqs` goes into a `Virtqueues` with `dref`, which it drops only
+        // after the queues: the handle stays valid until then (invariant of `Link`).
+        let vqs = unsafe { dref.handle().find_vqs::<Glue<D>>(&indexes, shared) }?;
         Ok(Virtqueues {
             vqs: Some(vqs),
-            link: self.link.clone(),
+            dref,
         })
     }
 }
@@ -354,7 +418,7 @@ impl QueueInfo {
 /// and lets the unbind, which waits for this, go on.
 pub(crate) struct Virtqueues<D: Driver> {
     vqs: Option<Vqs<Glue<D>>>,
-    link: Arc<Link>,
+    dref: DeviceRef,
 }
 
 impl<D: Driver> Virtqueues<D> {
@@ -367,20 +431,14 @@ impl<D: Driver> Virtqueues<D> {
     pub(crate) fn len(&self) -> usize {
         self.vqs.as_ref().map_or(0, |v| v.len())
     }
-
-    /// Resets the device now (before taking back what it held); when it returns, no callback
-    /// is running and the device uses no buffer.  The drop resets again, harmlessly.
-    pub(crate) fn reset(&self) {
-        self.link.handle().reset()
-    }
 }
 
 impl<D: Driver> Drop for Virtqueues<D> {
     fn drop(&mut self) {
-        self.link.handle().reset();
-        // Deletes the queues; then no callback runs and the callback state may go.
+        self.dref.reset();
+        // Deletes the queues; then no callback runs and the callback state may go.  The
+        // reference to the device goes after (field drop).
         drop(self.vqs.take());
-        self.link.released.complete_all();
     }
 }
 
@@ -484,24 +542,25 @@ impl<T: ConfigValue> ConfigField<T> {
 
 /// The auxiliary driver data of a device bound through the façade.
 ///
-/// Drop order: the driver's data first (which may drop its queues), then the wait for
-/// queues kept elsewhere, then the link.
+/// Drop order: the driver's data first (which drops its queues and references), then the
+/// adapter's own reference, then the wait for references kept elsewhere.
 ///
 /// # Invariants
 ///
-/// `data` is `Some` until the drop.
+/// `data` and `dref` are `Some` until the drop.
 pub(crate) struct Bound<D: Driver> {
     data: Option<D::Data>,
-    link: Arc<Link>,
-    features: u64,
+    dref: Option<DeviceRef>,
 }
 
 impl<D: Driver> Drop for Bound<D> {
     fn drop(&mut self) {
         drop(self.data.take());
-        // The handle must outlive the queues: a driver that kept them past its data (in a
-        // work item, say) is waited for.
-        self.link.wait_released();
+        // The handle must outlive every reference: one kept past the data (in a work item,
+        // say) is waited for.
+        if let Some(dref) = self.dref.take() {
+            dref.release_and_wait();
+        }
     }
 }
 
@@ -531,29 +590,17 @@ pub(crate) fn probe<D: Driver>(adev: &auxiliary::Device<device::Bound>) -> Resul
         return Err(ENODEV);
     }
     let features = handle.finalize_features(D::features(handle.host_features));
-    let link = Arc::pin_init(
-        pin_init!(Link {
-            handle: NonNull::from(handle),
-            vqs_live: Atomic::new(false),
-            released <- Completion::new(),
-        }),
-        GFP_KERNEL,
-    )?;
-    let dev = Device {
-        adev,
-        link: &link,
-        features,
-    };
+    let dref = DeviceRef::new(handle, features)?;
+    let dev = Device { adev, dref: &dref };
     match D::probe(&dev) {
-        // INVARIANT: `data` is `Some`.
+        // INVARIANT: both are `Some`.
         Ok(data) => Ok(Bound {
             data: Some(data),
-            link,
-            features,
+            dref: Some(dref),
         }),
         Err(e) => {
-            // The queues of a failed probe must be gone before the handle can go.
-            link.wait_released();
+            // What a failed probe made must be gone before the handle can go.
+            dref.release_and_wait();
             Err(e)
         }
     }
@@ -561,13 +608,8 @@ pub(crate) fn probe<D: Driver>(adev: &auxiliary::Device<device::Bound>) -> Resul
 
 /// `auxiliary::Driver::unbind` of a façade driver (called by [`module_virtio_driver!`]).
 pub(crate) fn unbind<D: Driver>(adev: &auxiliary::Device<device::Bound>, this: &Bound<D>) {
-    let dev = Device {
-        adev,
-        link: &this.link,
-        features: this.features,
-    };
-    if let Some(data) = this.data.as_ref() {
-        D::remove(&dev, data);
+    if let (Some(data), Some(dref)) = (this.data.as_ref(), this.dref.as_ref()) {
+        D::remove(&Device { adev, dref }, data);
     }
 }
 
