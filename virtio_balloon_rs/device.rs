@@ -9,8 +9,8 @@
 use crate::{
     abi::{
         self,
-        Sg,
-        Vqs, //
+        virtio::Virtqueues,
+        Sg, //
     },
     config::{
         DEFLATE,
@@ -28,6 +28,7 @@ use crate::{
     },
     shared::BalloonShared,
     stats::Counters,
+    BalloonDriver,
 };
 use core::num::NonZeroUsize;
 use kernel::{
@@ -43,7 +44,7 @@ use kernel::{
 /// queues and the message buffers in DMA memory.
 pub(crate) struct DeviceHost {
     /// The queues, until teardown takes them.
-    pub(crate) vqs: Option<Vqs<BalloonShared>>,
+    pub(crate) vqs: Option<Virtqueues<BalloonDriver>>,
     /// Frame numbers of [`engine::SLOTS`] messages of [`engine::MSG_PFNS`] each, in memory
     /// the device reads at its guest-physical address.
     pub(crate) pfns: abi::LegacyBuf<u32>,

@@ -84,7 +84,7 @@ impl BalloonDriver {
         drop(shared.hooks.lock().take());
         shared.stop.store(true, Relaxed);
         shared.flush_work();
-        shared.handle.get().reset();
+        shared.vdev.reset();
         shared.release_everything();
         // Not under the state lock: deleting queues takes the transport's lock, which it
         // holds while allocating (and so while reclaim may call our shrinker).

@@ -2,14 +2,12 @@
 
 //! A balloon's shared state: what the driver, its work items and its callbacks share.
 //!
-//! Holds `unsafe` for [`HandleRef`] (the transport's handle, held by work items that cannot
-//! borrow it: its `Send`/`Sync` impls and its deref) and for the balloon core's
-//! `HasBalloonList` contract.
+//! Holds `unsafe` for the balloon core's `HasBalloonList` contract.
 
 use crate::{
     abi::{
         self,
-        DeviceHandle, //
+        virtio::DeviceRef, //
     },
     device::DeviceHost,
     engine::Engine,
@@ -100,8 +98,9 @@ pub(crate) struct BalloonShared {
     pub(crate) counters: Arc<Counters>,
     /// The negotiated features.
     pub(crate) features: u64,
-    /// The transport's handle (see the type invariant of [`HandleRef`]).
-    pub(crate) handle: HandleRef,
+    /// The device: configuration and reset for the work items (dropped with the shared
+    /// state, which the driver data holds until the end of `remove`).
+    pub(crate) vdev: DeviceRef,
     /// The pages the device holds, on the balloon core's list.
     #[pin]
     pub(crate) list: BalloonList,
@@ -119,26 +118,6 @@ impl_has_work! {
 pub(crate) struct PressureHooks {
     pub(crate) _oom: Option<OomNotifier<BalloonShared>>,
     pub(crate) _shrinker: Option<Shrinker<BalloonShared>>,
-}
-
-/// The transport's device handle, held by work items that cannot borrow it.
-///
-/// # Invariants
-///
-/// The handle outlives every use: the driver stops and flushes its work and deletes its
-/// queues in `unbind`, before the auxiliary device (and so the handle) can go away.
-pub(crate) struct HandleRef(pub(crate) core::ptr::NonNull<DeviceHandle>);
-
-// SAFETY: `DeviceHandle` is `Sync`; the pointer is only dereferenced under the invariant.
-unsafe impl Send for HandleRef {}
-// SAFETY: See `Send`.
-unsafe impl Sync for HandleRef {}
-
-impl HandleRef {
-    pub(crate) fn get(&self) -> &DeviceHandle {
-        // SAFETY: Valid while the balloon is bound (type invariant).
-        unsafe { self.0.as_ref() }
-    }
 }
 
 // SAFETY:
