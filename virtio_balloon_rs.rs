@@ -31,9 +31,8 @@
 //!
 //! The driver is written on the virtio-rs driver API (`common/virtio.rs`): no `unsafe` here.
 //! The crate's `unsafe` is in the glue over C interfaces that have no Rust abstraction in 7.2
-//! (`mm.rs`, `migrate.rs`, `pressure.rs`, `reporting.rs`), in the pointers into the pinned
-//! shared state (`shared.rs`, `device.rs`), in `worker.rs` (`flush_work()`) and in the KUnit
-//! suites (`kunit.rs`).
+//! (`mm.rs`, `migrate.rs` with the shared state's pointer to its page list, `pressure.rs`,
+//! `reporting.rs`), in `worker.rs` (`flush_work()`) and in the KUnit suites (`kunit.rs`).
 
 use kernel::{
     debugfs, new_condvar, new_mutex, new_work,
@@ -106,15 +105,15 @@ use crate::{
         F_STATS_VQ,
         NO_SLOT, //
     },
-    device::{
-        DeviceHost,
-        ListRef, //
-    },
+    device::DeviceHost,
     engine::{
         Engine,
         Host, //
     },
-    migrate::BalloonList,
+    migrate::{
+        BalloonList,
+        ListRef, //
+    },
     shared::{
         BalloonShared,
         State, //

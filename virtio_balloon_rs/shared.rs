@@ -2,7 +2,7 @@
 
 //! A balloon's shared state: what the driver, its work items and its callbacks share.
 //!
-//! Holds `unsafe` for the balloon core's `HasBalloonList` contract.
+//! No `unsafe` (its `HasBalloonList` contract is kept in `migrate.rs`).
 
 use crate::{
     abi::{
@@ -11,10 +11,7 @@ use crate::{
     },
     device::DeviceHost,
     engine::Engine,
-    migrate::{
-        BalloonList,
-        HasBalloonList, //
-    },
+    migrate::BalloonList,
     pressure::{
         OomNotifier,
         Shrinker, //
@@ -118,16 +115,6 @@ impl_has_work! {
 pub(crate) struct PressureHooks {
     pub(crate) _oom: Option<OomNotifier<BalloonShared>>,
     pub(crate) _shrinker: Option<Shrinker<BalloonShared>>,
-}
-
-// SAFETY:
-// - `OFFSET` is the offset of `list`, a `BalloonList` field that `probe` initializes with
-//   `BalloonList::new::<BalloonShared>`.
-// - The shared state is pinned in an `Arc` that the driver data holds until after `unbind`,
-//   which takes every page off the list and waits for isolated ones
-//   (`BalloonShared::release_everything`).
-unsafe impl HasBalloonList for BalloonShared {
-    const OFFSET: usize = core::mem::offset_of!(BalloonShared, list);
 }
 
 /// The locked balloon state.
