@@ -38,7 +38,8 @@ use kernel::{
     sync::{
         atomic::{
             Atomic,
-            Full, //
+            Full,
+            Release, //
         },
         Arc,
         ArcBorrow,
@@ -377,14 +378,18 @@ impl<'a> Device<'a> {
         if self.dref.link.vqs_created.xchg(true, Full) {
             return Err(EBUSY);
         }
-        let mut indexes = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        let mut indexes = KVec::new();
         for q in queues {
-            indexes.push(q.index, GFP_KERNEL)?;
+            if let Err(e) = indexes.push(q.index, GFP_KERNEL) {
+                self.dref.link.vqs_created.store(false, Release);
+                return Err(e.into());
+            }
         }
         let dref = self.dref.clone();
         // SAFETY: The returned `Vqs` goes into a `Virtqueues` with `dref`, which it drops only
         // after the queues: the handle stays valid until then (invariant of `Link`).
-        let vqs = unsafe { dref.handle().find_vqs::<Glue<D>>(&indexes, shared) }?;
+        let vqs = unsafe { dref.handle().find_vqs::<Glue<D>>(&indexes, shared) }
+            .inspect_err(|_| self.dref.link.vqs_created.store(false, Release))?;
         Ok(Virtqueues {
             vqs: Some(vqs),
             dref,
