@@ -363,24 +363,6 @@ impl DeviceHandle {
         kernel::error::to_result(unsafe { (self.ops().config_write)(self.ctx, off, width, val) })
     }
 
-    /// Reads the little-endian 32-bit configuration field at `off` in one access.
-    ///
-    /// # Errors
-    ///
-    /// `EINVAL` if the field is outside the device configuration.
-    pub(crate) fn config_read32(&self, off: u32) -> Result<u32> {
-        self.config_read(off, 4)
-    }
-
-    /// Writes the little-endian 32-bit configuration field at `off` in one access.
-    ///
-    /// # Errors
-    ///
-    /// `EINVAL` if the field is outside the device configuration.
-    pub(crate) fn config_write32(&self, off: u32, val: u32) -> Result {
-        self.config_write(off, 4, val)
-    }
-
     /// Tells the device the driver is ready (DRIVER_OK).
     pub(crate) fn ready(&self) {
         // SAFETY: `ctx` belongs to `ops`.
