@@ -33,16 +33,13 @@
 //! migration callback only tries the state lock: compaction may run inside an allocation the
 //! worker makes.
 //!
-//! `unsafe` here: one call, `DeviceHandle::find_vqs` (the queues must be deleted before the
-//! handle goes away).  The crate's other `unsafe` is in the glue over C interfaces that have no
-//! Rust abstraction in 7.2 (`mm.rs`, `migrate.rs`, `pressure.rs`, `reporting.rs`), in the
-//! pointers into the pinned shared state (`shared.rs`, `device.rs`), in `worker.rs`
-//! (`flush_work()`) and in the KUnit suites (`kunit.rs`).
+//! The driver is written on the virtio-rs driver API (`common/virtio.rs`): no `unsafe` here.
+//! The crate's `unsafe` is in the glue over C interfaces that have no Rust abstraction in 7.2
+//! (`mm.rs`, `migrate.rs` with the shared state's pointer to its page list, `pressure.rs`,
+//! `reporting.rs`), in `worker.rs` (`flush_work()`) and in the KUnit suites (`kunit.rs`).
 
 use kernel::{
-    auxiliary, debugfs,
-    device::Core,
-    new_condvar, new_mutex, new_work,
+    debugfs, new_condvar, new_mutex, new_work,
     prelude::*,
     str::CString,
     sync::{
@@ -51,7 +48,8 @@ use kernel::{
             Atomic,
             Relaxed, //
         },
-        Arc, //
+        Arc,
+        ArcBorrow, //
     },
     workqueue,
 };
@@ -100,7 +98,11 @@ mod stats;
 mod worker;
 
 use crate::{
-    abi::DeviceHandle,
+    abi::virtio::{
+        self,
+        Device,
+        QueueInfo, //
+    },
     config::{
         driver_features,
         reporting_queue_index,
@@ -111,10 +113,7 @@ use crate::{
         F_STATS_VQ,
         NO_SLOT, //
     },
-    device::{
-        DeviceHost,
-        ListRef, //
-    },
+    device::DeviceHost,
     engine::{
         Engine,
         Host, //
@@ -123,10 +122,12 @@ use crate::{
         HintPool,
         HintQueue, //
     },
-    migrate::BalloonList,
+    migrate::{
+        BalloonList,
+        ListRef, //
+    },
     shared::{
         BalloonShared,
-        HandleRef,
         State, //
     },
     stats::Counters,
@@ -142,43 +143,24 @@ struct Balloon {
     shared: Arc<BalloonShared>,
 }
 
-kernel::auxiliary_device_table!(
-    AUX_TABLE,
-    MODULE_AUX_TABLE,
-    <BalloonDriver as auxiliary::Driver>::IdInfo,
-    [(
-        auxiliary::DeviceId::new(abi::TRANSPORT_MODNAME, c"balloon"),
-        ()
-    )]
-);
-
 /// The balloon driver.
-struct BalloonDriver;
+pub(crate) struct BalloonDriver;
 
-impl auxiliary::Driver for BalloonDriver {
-    type IdInfo = ();
-    type Data<'bound> = Balloon;
+impl virtio::Driver for BalloonDriver {
+    const ID_TABLE: &'static [virtio::DeviceId] = &[virtio::DeviceId::new(abi::VIRTIO_ID_BALLOON)];
 
-    const ID_TABLE: auxiliary::IdTable<Self::IdInfo> = &AUX_TABLE;
+    type Data = Balloon;
+    type Shared = BalloonShared;
 
-    fn probe<'bound>(
-        adev: &'bound auxiliary::Device<Core<'_>>,
-        _info: &'bound Self::IdInfo,
-    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        let handle = DeviceHandle::from_auxiliary(adev).inspect_err(|e| {
-            dev_err!(
-                adev,
-                "no usable device handle from the transport ({:?})\n",
-                e
-            );
-        })?;
-        if handle.device_type != abi::VIRTIO_ID_BALLOON {
-            dev_err!(adev, "not a balloon: device type {}\n", handle.device_type);
-            return Err(ENODEV);
-        }
+    fn features(offered: u64) -> u64 {
+        driver_features(offered, mm::free_page_poison())
+    }
+
+    fn probe(adev: &Device<'_>) -> Result<Balloon> {
         let poison = mm::free_page_poison();
-        let features = handle.finalize_features(driver_features(handle.host_features, poison));
-        let parent = adev.parent();
+        let features = adev.features();
+        let host_features = adev.offered_features();
+        let parent = adev.dma_device();
         // A legacy device gets guest-physical addresses, never DMA handles.
         let pfns = abi::LegacyBuf::<u32>::zeroed_slice(
             parent,
@@ -233,25 +215,28 @@ impl auxiliary::Driver for BalloonDriver {
 
         // Queue indexes follow what the device offers: QEMU has the stats queue at 2 whether
         // or not the driver uses it, and the reporting queue after the free page queue.
-        let stats_offered = handle.host_features & (1 << F_STATS_VQ) != 0;
-        let mut indexes = KVec::with_capacity(4, GFP_KERNEL)?;
-        indexes.extend_from_slice(&[0, 1], GFP_KERNEL)?;
+        let stats_offered = host_features & (1 << F_STATS_VQ) != 0;
+        let mut queues = KVec::with_capacity(4, GFP_KERNEL)?;
+        queues.extend_from_slice(&[QueueInfo::new(0), QueueInfo::new(1)], GFP_KERNEL)?;
         if stats_offered && features & (1 << F_STATS_VQ) != 0 {
-            indexes.push(2, GFP_KERNEL)?;
+            queues.push(QueueInfo::new(2), GFP_KERNEL)?;
         }
         let hint_setup = if features & (1 << F_FREE_PAGE_HINT) != 0 {
             let ids = abi::LegacyBuf::<u32>::zeroed_slice(parent, 2, GFP_KERNEL)?;
             // CAST: `PAGE_SIZE` fits in 64 bits.
             let total = mm::MemSnapshot::now()?.total / kernel::page::PAGE_SIZE as u64;
             let pool = HintPool::new(ids, total, counters.clone(), ARef::from(adev.as_ref()))?;
-            indexes.push(hinting::QUEUE_INDEX, GFP_KERNEL)?;
-            Some((pool, indexes.len() - 1))
+            queues.push(QueueInfo::new(hinting::QUEUE_INDEX), GFP_KERNEL)?;
+            Some((pool, queues.len() - 1))
         } else {
             None
         };
         let report_slot = if features & (1 << F_REPORTING) != 0 {
-            indexes.push(reporting_queue_index(handle.host_features), GFP_KERNEL)?;
-            indexes.len() - 1
+            queues.push(
+                QueueInfo::new(reporting_queue_index(host_features)),
+                GFP_KERNEL,
+            )?;
+            queues.len() - 1
         } else {
             NO_SLOT
         };
@@ -284,7 +269,7 @@ impl auxiliary::Driver for BalloonDriver {
                 oom_pages: (*module_parameters::oom_pages.value()).into(),
                 counters: shared_counters,
                 features,
-                handle: HandleRef(core::ptr::NonNull::from(handle)),
+                vdev: adev.device_ref(),
                 // Balloon pages leave the managed page counts unless the device deflates on
                 // OOM (as C); the core does it, across zones too when a page migrates.
                 list <- BalloonList::new::<BalloonShared>(adjust_managed),
@@ -292,12 +277,12 @@ impl auxiliary::Driver for BalloonDriver {
             }),
             GFP_KERNEL,
         )?;
-        // SAFETY: The queues are deleted in `unbind` (or below on failure), before the handle
-        // can go away.
-        let vqs = unsafe { handle.find_vqs(&indexes, shared.clone()) }.inspect_err(|e| {
-            dev_err!(adev, "cannot set up the queues: {:?}\n", e);
-            handle.fail();
-        })?;
+        let vqs = adev
+            .find_vqs::<Self>(&queues, shared.clone())
+            .inspect_err(|e| {
+                dev_err!(adev, "cannot set up the queues: {:?}\n", e);
+                adev.fail();
+            })?;
         {
             let mut state = shared.state.lock();
             state.engine.host.list = Some(ListRef::new(&shared));
@@ -321,7 +306,7 @@ impl auxiliary::Driver for BalloonDriver {
                 return Err(e);
             }
         }
-        handle.ready();
+        adev.ready();
         if shared.has(F_STATS_VQ) {
             shared.send_stats(true);
         }
@@ -337,7 +322,7 @@ impl auxiliary::Driver for BalloonDriver {
         dev_info!(
             adev,
             "balloon ready (device features {:#010x}, negotiated {:#x})\n",
-            handle.host_features,
+            host_features,
             features
         );
         // Move toward the current target right away, and serve a hinting command the device
@@ -354,7 +339,7 @@ impl auxiliary::Driver for BalloonDriver {
         })
     }
 
-    fn unbind<'bound>(adev: &'bound auxiliary::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+    fn remove(adev: &Device<'_>, this: &Balloon) {
         let shared = &this.shared;
         // Quiesce (as `virtballoon_quiesce()`): no more reports (this waits for one in
         // progress, which is bounded), no more pressure callbacks, no more work.
@@ -362,12 +347,11 @@ impl auxiliary::Driver for BalloonDriver {
         drop(shared.hooks.lock().take());
         shared.stop.store(true, Relaxed);
         shared.flush_work();
-        let handle = shared.handle.get();
         shared.leak_all();
         shared.write_actual(0);
         // Reset before deleting the queues (QEMU resets the device on QUEUE_PFN = 0 anyway);
         // then nothing the device holds is in use any more: release what it did not return.
-        handle.reset();
+        adev.reset();
         shared.release_everything();
         if let Some(hint) = &shared.hint {
             hint.release(&**shared);
@@ -380,31 +364,18 @@ impl auxiliary::Driver for BalloonDriver {
         shared.flush_work();
         dev_info!(adev, "balloon removed, all pages returned\n");
     }
-}
 
-/// The module: the auxiliary driver registration, with the contract check first.
-#[pin_data]
-struct VirtioBalloonModule {
-    #[pin]
-    _driver: kernel::driver::Registration<auxiliary::Adapter<BalloonDriver>>,
-}
+    fn vq_callback(shared: ArcBorrow<'_, BalloonShared>, queue: usize) {
+        BalloonShared::vq_interrupt(shared, queue)
+    }
 
-impl kernel::InPlaceModule for VirtioBalloonModule {
-    fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
-        pin_init::pin_init_scope(move || {
-            abi::check_ring_abi()?;
-            Ok(try_pin_init!(Self {
-                _driver <- kernel::driver::Registration::new(
-                    <LocalModule as kernel::ModuleMetadata>::NAME,
-                    module
-                ),
-            }))
-        })
+    fn config_changed(shared: ArcBorrow<'_, BalloonShared>) {
+        BalloonShared::config_changed(shared)
     }
 }
 
-module! {
-    type: VirtioBalloonModule,
+virtio::module_virtio_driver! {
+    driver: BalloonDriver,
     name: "virtio_balloon_rs",
     authors: ["The virtio-rs developers"],
     description: "Virtio memory balloon driver for the virtio-rs legacy transport (Rust)",

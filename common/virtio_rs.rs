@@ -47,6 +47,9 @@ use kernel::{
 #[path = "legacy_mem.rs"]
 mod legacy_mem;
 
+#[path = "virtio.rs"]
+pub(crate) mod virtio;
+
 // Not every crate uses them.
 #[allow(unused_imports)]
 pub(crate) use legacy_mem::{
@@ -230,32 +233,38 @@ pub(crate) const STATUS_FAILED: u8 = 0x80;
 pub(crate) const MAX_VQS: usize = 8;
 
 /// Callbacks a device driver receives from the transport, in interrupt context.
-pub(crate) trait DeviceCallbacks: Send + Sync + Sized {
+///
+/// The callbacks get the context passed to [`DeviceHandle::find_vqs`], an `Arc<Self::Ctx>`
+/// (often `Ctx = Self`; the [`virtio`] façade implements it for a glue type).
+pub(crate) trait DeviceCallbacks {
+    /// The state the callbacks run on.
+    type Ctx: Send + Sync + 'static;
     /// Queue `slot` (the position in the request list) has used buffers.
-    fn vq_interrupt(this: ArcBorrow<'_, Self>, slot: usize);
+    fn vq_interrupt(this: ArcBorrow<'_, Self::Ctx>, slot: usize);
     /// The device configuration changed.
-    fn config_changed(this: ArcBorrow<'_, Self>);
+    fn config_changed(this: ArcBorrow<'_, Self::Ctx>);
 }
 
 /// C-ABI trampoline for [`DeviceCallbacks::vq_interrupt`] of request slot `S`.
 ///
 /// # Safety
 ///
-/// `ctx` must point to a live `T`.
+/// `ctx` must point to a live `T::Ctx`.
 unsafe extern "C" fn vq_trampoline<T: DeviceCallbacks, const S: usize>(ctx: *const c_void) {
     // SAFETY: The caller passes the context registered by `find_vqs`, `Arc::as_ptr` of an
-    // `Arc<T>` that the `Vqs` holding the queues keeps until the transport stopped calling.
-    T::vq_interrupt(unsafe { ArcBorrow::from_raw(ctx.cast::<T>()) }, S)
+    // `Arc<T::Ctx>` that the `Vqs` holding the queues keeps until the transport stopped
+    // calling.
+    T::vq_interrupt(unsafe { ArcBorrow::from_raw(ctx.cast::<T::Ctx>()) }, S)
 }
 
 /// C-ABI trampoline for [`DeviceCallbacks::config_changed`].
 ///
 /// # Safety
 ///
-/// `ctx` must point to a live `T`.
+/// `ctx` must point to a live `T::Ctx`.
 unsafe extern "C" fn config_trampoline<T: DeviceCallbacks>(ctx: *const c_void) {
     // SAFETY: As in `vq_trampoline`.
-    T::config_changed(unsafe { ArcBorrow::from_raw(ctx.cast::<T>()) })
+    T::config_changed(unsafe { ArcBorrow::from_raw(ctx.cast::<T::Ctx>()) })
 }
 
 /// The trampoline for request slot `slot`.
@@ -340,26 +349,31 @@ impl DeviceHandle {
         unsafe { (self.ops().finalize_features)(self.ctx, driver) }
     }
 
-    /// Reads the little-endian 32-bit configuration field at `off` in one access.
+    /// Reads the little-endian `width`-byte (1, 2 or 4) configuration field at `off` in one
+    /// access.
     ///
     /// # Errors
     ///
-    /// `EINVAL` if the field is outside the device configuration.
-    pub(crate) fn config_read32(&self, off: u32) -> Result<u32> {
+    /// `EINVAL` if the field is outside the device configuration or `width` is not 1, 2, 4.
+    pub(crate) fn config_read(&self, off: u32, width: u32) -> Result<u32> {
         let mut val = 0;
-        // SAFETY: `ctx` belongs to `ops`; `val` is a valid out pointer.
-        kernel::error::to_result(unsafe { (self.ops().config_read)(self.ctx, off, 4, &mut val) })?;
+        // SAFETY:
+        // - `ctx` belongs to `ops` (type invariant).
+        // - `val` is a valid out pointer for the duration of the call.
+        kernel::error::to_result(unsafe {
+            (self.ops().config_read)(self.ctx, off, width, &mut val)
+        })?;
         Ok(val)
     }
 
-    /// Writes the little-endian 32-bit configuration field at `off` in one access.
+    /// Writes the `width`-byte (1, 2 or 4) configuration field at `off` in one access.
     ///
     /// # Errors
     ///
-    /// `EINVAL` if the field is outside the device configuration.
-    pub(crate) fn config_write32(&self, off: u32, val: u32) -> Result {
-        // SAFETY: `ctx` belongs to `ops`.
-        kernel::error::to_result(unsafe { (self.ops().config_write)(self.ctx, off, 4, val) })
+    /// `EINVAL` if the field is outside the device configuration or `width` is not 1, 2, 4.
+    pub(crate) fn config_write(&self, off: u32, width: u32, val: u32) -> Result {
+        // SAFETY: `ctx` belongs to `ops` (type invariant).
+        kernel::error::to_result(unsafe { (self.ops().config_write)(self.ctx, off, width, val) })
     }
 
     /// Tells the device the driver is ready (DRIVER_OK).
@@ -392,10 +406,10 @@ impl DeviceHandle {
     ///
     /// The returned [`Vqs`] must be dropped before the driver is unbound from the auxiliary
     /// device (the handle is only valid until then).
-    pub(crate) unsafe fn find_vqs<T: DeviceCallbacks + 'static>(
+    pub(crate) unsafe fn find_vqs<T: DeviceCallbacks>(
         &self,
         indexes: &[u16],
-        cbs: Arc<T>,
+        cbs: Arc<T::Ctx>,
     ) -> Result<Vqs<T>> {
         if indexes.len() > MAX_VQS {
             return Err(EINVAL);
@@ -459,7 +473,7 @@ impl DeviceHandle {
 pub(crate) struct Vqs<T: DeviceCallbacks> {
     handle: NonNull<DeviceHandle>,
     vqs: KVec<Option<Virtqueue>>,
-    _cbs: Arc<T>,
+    _cbs: Arc<T::Ctx>,
 }
 
 // SAFETY: The handle is `Sync` and the queue handles are `Send`.
@@ -469,6 +483,11 @@ impl<T: DeviceCallbacks> Vqs<T> {
     /// The queue of request slot `slot`.
     pub(crate) fn get(&mut self, slot: usize) -> Option<&mut Virtqueue> {
         self.vqs.get_mut(slot).and_then(|v| v.as_mut())
+    }
+
+    /// The number of request slots.
+    pub(crate) fn len(&self) -> usize {
+        self.vqs.len()
     }
 }
 

@@ -5,6 +5,7 @@
 //!
 //! No `unsafe`.
 
+use crate::abi::virtio::ConfigField;
 use core::num::NonZeroUsize;
 
 /// Feature: the host must be told before a deflated page is used (virtio 0.9.5 appendix G).
@@ -64,12 +65,15 @@ pub(crate) fn reporting_queue_index(host: u64) -> u16 {
     }
 }
 
-/// Configuration offset of `num_pages`, the size the device wants (LE, 4 KiB pages).
-pub(crate) const CONFIG_NUM_PAGES: u32 = 0;
-/// Configuration offset of `actual`, the size the driver reached (LE, 4 KiB pages).
-pub(crate) const CONFIG_ACTUAL: u32 = 4;
-/// Configuration offset of `poison_val`, what freed guest pages hold (LE; with PAGE_POISON).
-pub(crate) const CONFIG_POISON_VAL: u32 = 12;
+/// Configuration field `num_pages`, the size the device wants (LE, 4 KiB pages).
+pub(crate) const CONFIG_NUM_PAGES: ConfigField<u32> = ConfigField::new(0);
+/// Configuration field `actual`, the size the driver reached (LE, 4 KiB pages).
+pub(crate) const CONFIG_ACTUAL: ConfigField<u32> = ConfigField::new(4);
+/// Configuration field `free_page_hint_cmd_id`, the device's hinting command (LE, read-only
+/// for the driver; with FREE_PAGE_HINT, see `hinting.rs`).
+pub(crate) const CONFIG_CMD_ID: ConfigField<u32> = ConfigField::new(8);
+/// Configuration field `poison_val`, what freed guest pages hold (LE; with PAGE_POISON).
+pub(crate) const CONFIG_POISON_VAL: ConfigField<u32> = ConfigField::new(12);
 
 /// Request slot of the inflate queue (queue index 0).
 pub(crate) const INFLATE: usize = 0;

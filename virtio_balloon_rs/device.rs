@@ -1,16 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The balloon's device side, as the engine drives it: the queues, the message buffers in
-//! DMA memory and the balloon's page list.
+//! DMA memory and the balloon's page list (through [`ListRef`], in `migrate.rs`).
 //!
-//! Holds `unsafe` for [`ListRef`], a pointer into the pinned shared state that the engine (a
-//! field of that state) cannot hold as a reference: its `Send`/`Sync` impls and its deref.
+//! No `unsafe`.
 
 use crate::{
     abi::{
         self,
-        Sg,
-        Vqs, //
+        virtio::Virtqueues,
+        Sg, //
     },
     config::{
         DEFLATE,
@@ -21,13 +20,13 @@ use crate::{
         Dir,
         Host, //
     },
-    migrate::BalloonList,
+    migrate::ListRef,
     mm::{
         BalloonPage,
         PAGES_PER_PAGE, //
     },
-    shared::BalloonShared,
     stats::Counters,
+    BalloonDriver,
 };
 use core::num::NonZeroUsize;
 use kernel::{
@@ -43,7 +42,7 @@ use kernel::{
 /// queues and the message buffers in DMA memory.
 pub(crate) struct DeviceHost {
     /// The queues, until teardown takes them.
-    pub(crate) vqs: Option<Vqs<BalloonShared>>,
+    pub(crate) vqs: Option<Virtqueues<BalloonDriver>>,
     /// Frame numbers of [`engine::SLOTS`] messages of [`engine::MSG_PFNS`] each, in memory
     /// the device reads at its guest-physical address.
     pub(crate) pfns: abi::LegacyBuf<u32>,
@@ -145,31 +144,5 @@ impl Host for DeviceHost {
         let t = Instant::<Monotonic>::now();
         BalloonPage::release_all(pages);
         Counters::add_time(&self.counters.release_ns, t);
-    }
-}
-
-/// The balloon's page list, [`BalloonShared::list`], as the engine's host reaches it.
-///
-/// # Invariants
-///
-/// Points to the `list` of the [`BalloonShared`] whose engine holds this value, which is
-/// pinned and outlives its engine.
-pub(crate) struct ListRef(core::ptr::NonNull<BalloonList>);
-
-// SAFETY: `BalloonList` is `Sync`; the pointer is only dereferenced under the invariant.
-unsafe impl Send for ListRef {}
-// SAFETY: See `Send`.
-unsafe impl Sync for ListRef {}
-
-impl ListRef {
-    /// The list of `shared`, for its engine.
-    pub(crate) fn new(shared: &BalloonShared) -> Self {
-        // INVARIANT: `shared` is pinned in its `Arc`; the engine is a field of it.
-        Self(core::ptr::NonNull::from(&shared.list))
-    }
-
-    fn get(&self) -> &BalloonList {
-        // SAFETY: Valid as long as the engine that holds this value (type invariant).
-        unsafe { self.0.as_ref() }
     }
 }

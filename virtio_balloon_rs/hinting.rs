@@ -45,6 +45,7 @@ use crate::pressure::{
     Deflate,
     Pressure, //
 };
+use crate::config::CONFIG_CMD_ID;
 use crate::shared::BalloonShared;
 use crate::stats::Counters;
 use core::num::NonZeroUsize;
@@ -78,9 +79,6 @@ use kernel::{
 pub(crate) const CMD_ID_STOP: u32 = 0;
 /// `VIRTIO_BALLOON_CMD_ID_DONE`: the host is done with the hints; the blocks may go back.
 pub(crate) const CMD_ID_DONE: u32 = 1;
-
-/// Configuration offset of `free_page_hint_cmd_id` (LE, read-only for the driver).
-pub(crate) const CONFIG_CMD_ID: u32 = 8;
 
 /// Order of a hinted block: the largest the buddy allocator has (`MAX_PAGE_ORDER`, 4 MiB on
 /// x86-64), as C's `VIRTIO_BALLOON_HINT_BLOCK_ORDER`.
@@ -617,7 +615,7 @@ impl HintQueue for BalloonShared {
     }
 
     fn read_cmd_id(&self) -> Result<u32> {
-        self.handle.get().config_read32(CONFIG_CMD_ID)
+        self.vdev.read(CONFIG_CMD_ID)
     }
 
     fn stopping(&self) -> bool {

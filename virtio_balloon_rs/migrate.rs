@@ -15,9 +15,13 @@
 //! structure and the exported functions are declared here, exactly as in 7.2; the header's
 //! one inline helper (`balloon_devinfo_init()`) and the list operations it needs
 //! (`INIT_LIST_HEAD()`, `list_add_tail()`) are written out below.  All the `unsafe` of the
-//! page list is in this file.
+//! page list is in this file, with the two places where the balloon's shared state meets it:
+//! its `HasBalloonList` contract and [`ListRef`], the engine's pointer to the list.
 
-use crate::mm::BalloonPage;
+use crate::{
+    mm::BalloonPage,
+    shared::BalloonShared, //
+};
 use core::{marker::PhantomData, ptr::NonNull};
 use kernel::{
     bindings,
@@ -346,4 +350,42 @@ unsafe extern "C" fn migratepage<T: HasBalloonList>(
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
+}
+
+/// The balloon's page list (the `list` of [`BalloonShared`]), as the engine's host reaches
+/// it.
+///
+/// # Invariants
+///
+/// Points to the `list` of the [`BalloonShared`] whose engine holds this value, which is
+/// pinned and outlives its engine.
+pub(crate) struct ListRef(core::ptr::NonNull<BalloonList>);
+
+// SAFETY: `BalloonList` is `Sync`; the pointer is only dereferenced under the invariant.
+unsafe impl Send for ListRef {}
+// SAFETY: See `Send`.
+unsafe impl Sync for ListRef {}
+
+impl ListRef {
+    /// The list of `shared`, for its engine.
+    pub(crate) fn new(shared: &BalloonShared) -> Self {
+        // INVARIANT: `shared` is pinned in its `Arc`; the engine is a field of it.
+        Self(core::ptr::NonNull::from(&shared.list))
+    }
+
+    /// The list.
+    pub(crate) fn get(&self) -> &BalloonList {
+        // SAFETY: Valid as long as the engine that holds this value (type invariant).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+// SAFETY:
+// - `OFFSET` is the offset of `list`, a `BalloonList` field that `probe` initializes with
+//   `BalloonList::new::<BalloonShared>`.
+// - The shared state is pinned in an `Arc` that the driver data holds until after `remove`,
+//   which takes every page off the list and waits for isolated ones
+//   (`BalloonShared::release_everything`).
+unsafe impl HasBalloonList for BalloonShared {
+    const OFFSET: usize = core::mem::offset_of!(BalloonShared, list);
 }

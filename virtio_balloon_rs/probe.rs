@@ -84,7 +84,7 @@ impl BalloonDriver {
         drop(shared.hooks.lock().take());
         shared.stop.store(true, Relaxed);
         shared.flush_work();
-        shared.handle.get().reset();
+        shared.vdev.reset();
         shared.release_everything();
         if let Some(hint) = &shared.hint {
             hint.release(&**shared);

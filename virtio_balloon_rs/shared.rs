@@ -2,22 +2,17 @@
 
 //! A balloon's shared state: what the driver, its work items and its callbacks share.
 //!
-//! Holds `unsafe` for [`HandleRef`] (the transport's handle, held by work items that cannot
-//! borrow it: its `Send`/`Sync` impls and its deref) and for the balloon core's
-//! `HasBalloonList` contract.
+//! No `unsafe` (its `HasBalloonList` contract is kept in `migrate.rs`).
 
 use crate::{
     abi::{
         self,
-        DeviceHandle, //
+        virtio::DeviceRef, //
     },
     device::DeviceHost,
     engine::Engine,
     hinting::HintPool,
-    migrate::{
-        BalloonList,
-        HasBalloonList, //
-    },
+    migrate::BalloonList,
     pressure::{
         OomNotifier,
         Shrinker, //
@@ -108,8 +103,9 @@ pub(crate) struct BalloonShared {
     pub(crate) counters: Arc<Counters>,
     /// The negotiated features.
     pub(crate) features: u64,
-    /// The transport's handle (see the type invariant of [`HandleRef`]).
-    pub(crate) handle: HandleRef,
+    /// The device: configuration and reset for the work items (dropped with the shared
+    /// state, which the driver data holds until the end of `remove`).
+    pub(crate) vdev: DeviceRef,
     /// The pages the device holds, on the balloon core's list.
     #[pin]
     pub(crate) list: BalloonList,
@@ -130,36 +126,6 @@ pub(crate) struct PressureHooks {
     pub(crate) _shrinker: Option<Shrinker<BalloonShared>>,
     /// Gives hinted blocks back to reclaim (with FREE_PAGE_HINT, whatever the policy).
     pub(crate) _hint: Option<Shrinker<HintPool>>,
-}
-
-/// The transport's device handle, held by work items that cannot borrow it.
-///
-/// # Invariants
-///
-/// The handle outlives every use: the driver stops and flushes its work and deletes its
-/// queues in `unbind`, before the auxiliary device (and so the handle) can go away.
-pub(crate) struct HandleRef(pub(crate) core::ptr::NonNull<DeviceHandle>);
-
-// SAFETY: `DeviceHandle` is `Sync`; the pointer is only dereferenced under the invariant.
-unsafe impl Send for HandleRef {}
-// SAFETY: See `Send`.
-unsafe impl Sync for HandleRef {}
-
-impl HandleRef {
-    pub(crate) fn get(&self) -> &DeviceHandle {
-        // SAFETY: Valid while the balloon is bound (type invariant).
-        unsafe { self.0.as_ref() }
-    }
-}
-
-// SAFETY:
-// - `OFFSET` is the offset of `list`, a `BalloonList` field that `probe` initializes with
-//   `BalloonList::new::<BalloonShared>`.
-// - The shared state is pinned in an `Arc` that the driver data holds until after `unbind`,
-//   which takes every page off the list and waits for isolated ones
-//   (`BalloonShared::release_everything`).
-unsafe impl HasBalloonList for BalloonShared {
-    const OFFSET: usize = core::mem::offset_of!(BalloonShared, list);
 }
 
 /// The locked balloon state.

@@ -8,10 +8,7 @@
 //! crate does not wrap in 7.2.
 
 use crate::{
-    abi::{
-        DeviceCallbacks,
-        Sg, //
-    },
+    abi::Sg,
     config::{
         CONFIG_ACTUAL,
         CONFIG_NUM_PAGES,
@@ -135,8 +132,9 @@ impl Migrate for BalloonShared {
     }
 }
 
-impl DeviceCallbacks for BalloonShared {
-    fn vq_interrupt(this: ArcBorrow<'_, Self>, slot: usize) {
+impl BalloonShared {
+    /// Queue `slot` has used buffers (interrupt context).
+    pub(crate) fn vq_interrupt(this: ArcBorrow<'_, Self>, slot: usize) {
         match slot {
             // Wake the worker, or the report in flight, from process context (both sleep
             // under the state mutex).  First: without STATS_VQ, the reporting queue takes the
@@ -157,7 +155,8 @@ impl DeviceCallbacks for BalloonShared {
         }
     }
 
-    fn config_changed(this: ArcBorrow<'_, Self>) {
+    /// The device configuration changed (interrupt context).
+    pub(crate) fn config_changed(this: ArcBorrow<'_, Self>) {
         // A new target: memory pressure no longer holds inflation back.
         this.pressure_hold.store(false, Relaxed);
         if !this.stop.load(Relaxed) {
@@ -444,7 +443,7 @@ impl BalloonShared {
 
     /// The balloon size the device asks for, in 4 KiB pages, rounded to whole guest pages.
     fn target(&self) -> Result<u32> {
-        let num = self.handle.get().config_read32(CONFIG_NUM_PAGES)?;
+        let num = self.vdev.read(CONFIG_NUM_PAGES)?;
         let num = num
             .checked_next_multiple_of(PAGES_PER_PAGE)
             .unwrap_or(u32::MAX);
@@ -459,9 +458,8 @@ impl BalloonShared {
     ///
     /// `EINVAL` if the device's configuration has no `poison_val`.
     pub(crate) fn write_poison(&self, val: u32) -> Result {
-        let handle = self.handle.get();
-        handle.config_write32(CONFIG_POISON_VAL, val)?;
-        let seen = handle.config_read32(CONFIG_POISON_VAL)?;
+        self.vdev.write(CONFIG_POISON_VAL, val)?;
+        let seen = self.vdev.read(CONFIG_POISON_VAL)?;
         self.counters.poison_val.store(seen.into(), Relaxed);
         Ok(())
     }
@@ -469,7 +467,7 @@ impl BalloonShared {
     pub(crate) fn write_actual(&self, num_pages: u32) {
         self.counters.actual.store(num_pages.into(), Relaxed);
         // One 32-bit access: QEMU acts on every configuration write.
-        if let Err(e) = self.handle.get().config_write32(CONFIG_ACTUAL, num_pages) {
+        if let Err(e) = self.vdev.write(CONFIG_ACTUAL, num_pages) {
             dev_warn!(self.dev, "cannot write actual: {:?}\n", e);
         }
     }
