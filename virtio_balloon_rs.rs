@@ -381,6 +381,8 @@ struct State {
     deflate_lost: bool,
     /// Waits for the device in a row that ended in a timeout, with nothing handed back since.
     silent_waits: u32,
+    /// Times the device handed something back (wrapping), whoever looked.
+    answers: u32,
     /// A timeout was logged already (once per device).
     slow_logged: bool,
     /// A report failed on the device's side (broken queue, or no answer in
@@ -925,6 +927,7 @@ impl BalloonShared {
         })?;
         if p != Progress::default() {
             state.silent_waits = 0;
+            state.answers = state.answers.wrapping_add(1);
         }
         self.count(state, p, done);
         Ok(())
@@ -1043,11 +1046,11 @@ impl BalloonShared {
         let timeout = msecs_to_jiffies(ACK_TIMEOUT_MS);
         let poll = msecs_to_jiffies(ACK_POLL_MS).max(1);
         let mut left = timeout;
+        let mut seen = state.answers;
         loop {
             if state.engine.host.vqs.is_none() {
                 return Err(EIO);
             }
-            let before = *done;
             self.reap_locked(state, done)?;
             self.check_queues(state, done);
             if ready(&state.engine) {
@@ -1059,8 +1062,10 @@ impl BalloonShared {
             if who == Waiter::Worker && self.stop.load(Relaxed) {
                 return Err(EINTR);
             }
-            if *done != before {
-                // The device is alive: the timeout counts from its last answer.
+            if state.answers != seen {
+                // The device is alive (whoever took its answer while this waited): the
+                // timeout counts from its last answer.
+                seen = state.answers;
                 left = timeout;
             }
             if state.ack_pending {
@@ -1679,6 +1684,7 @@ impl auxiliary::Driver for BalloonDriver {
                     deflate_lost: false,
                     report_lost: false,
                     silent_waits: 0,
+                    answers: 0,
                     slow_logged: false,
                 }),
                 acked <- new_condvar!(),
