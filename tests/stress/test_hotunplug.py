@@ -7,6 +7,7 @@ the guest must keep running, and a device plugged back in must work with the Rus
 again.
 """
 
+import os
 import time
 
 import balloon as b
@@ -16,6 +17,11 @@ RAM = s.RAM
 take_log = s.take_log
 plug = s.plug
 unplug = s.unplug
+
+AUX = "/sys/bus/auxiliary/devices/virtio_pci_rs.balloon.*"
+# The driver's bounded wait for the device (README, "A misbehaving device"): a removal that
+# paid for even one would take longer than this.
+ACK_TIMEOUT_S = 5
 
 
 def released_everything(g, before, inflated):
@@ -74,12 +80,29 @@ def test_unplug_while_inflating(guest):
     # Read before the unplug: ACPI ejects the function within a second, and the driver's
     # debugfs files go with it.
     held = s.status(g)["pages_held"]
+    # Unplug-to-unbound: a guest script says (a file in the shared directory) when the
+    # balloon's auxiliary device is gone, which is after the driver's unbind returned.
+    ready = os.path.join(g.dir, "unplug-watch.ready")
+    unbound = os.path.join(g.dir, "unplug-watch.unbound")
+    n = s.start(g, f"touch {ready}; while ls -d {AUX} >/dev/null 2>&1; do sleep 0.02; done; "
+                   f"touch {unbound}")
+    s.wait_file(g, ready, n)
+    t0 = time.monotonic()
     g.qmp_cmd("device_del", id="balloon0")
+    s.wait_file(g, unbound, n, timeout=120)
+    to_unbound = time.monotonic() - t0
+    rc, out = s.finish(g, n)
+    assert rc == 0, out
     assert held < target_pages, "the balloon was already inflated: not a mid-inflation unplug"
     secs = s.wait_device_gone(g)
-    print(f"unplugged at {held} of {target_pages} pages, in {secs:.1f}s")
+    print(f"unplugged at {held} of {target_pages} pages: unbound {to_unbound:.2f}s after "
+          f"device_del, gone after {to_unbound + secs:.1f}s")
     lines = released_everything(g, before, inflated)
     assert s.count(lines, "not told about") == 0, lines
+    # No wait for the device timed out on the way (each would cost 5 s), and the whole
+    # removal, deflating every page it held in 64 KiB messages, stays well within one.
+    assert s.count(lines, "handed nothing back") == 0, lines
+    assert to_unbound < ACK_TIMEOUT_S / 2, f"unbound {to_unbound:.2f}s after device_del"
     s.rmmod_all(g)
 
 
