@@ -1603,6 +1603,27 @@ impl auxiliary::Driver for BalloonDriver {
             dev_err!(adev, "not a balloon: device type {}\n", handle.device_type);
             return Err(ENODEV);
         }
+        // Parameters first: nothing has touched the device yet.
+        let policy = *module_parameters::deflate_policy.value();
+        if policy > policy::NONE {
+            dev_err!(adev, "deflate_policy={} is not 0-4\n", policy);
+            return Err(EINVAL);
+        }
+        let msg_pages = *module_parameters::msg_pages.value();
+        let in_flight = *module_parameters::msgs_in_flight.value();
+        if !(1..=engine::MSG_PAGES).contains(&(msg_pages as usize))
+            || !(1..=engine::SLOTS).contains(&(in_flight as usize))
+        {
+            dev_err!(
+                adev,
+                "msg_pages={} msgs_in_flight={}: expected 1-{} and 1-{}\n",
+                msg_pages,
+                in_flight,
+                engine::MSG_PAGES,
+                engine::SLOTS
+            );
+            return Err(EINVAL);
+        }
         let poison = mm::free_page_poison();
         let features = handle.finalize_features(driver_features(handle.host_features, poison));
         let parent = adev.parent();
@@ -1614,8 +1635,6 @@ impl auxiliary::Driver for BalloonDriver {
         )?;
         let stats_buf = abi::LegacyBuf::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
         let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
-        let msg_pages = *module_parameters::msg_pages.value();
-        let in_flight = *module_parameters::msgs_in_flight.value();
         let engine = Engine::with_limits(
             DeviceHost {
                 vqs: None,
@@ -1623,19 +1642,11 @@ impl auxiliary::Driver for BalloonDriver {
                 list: None,
                 counters: counters.clone(),
             },
+            // CAST: checked above to be at most `MSG_PAGES` and `SLOTS`.
             msg_pages as usize,
+            // CAST: as above.
             in_flight as usize,
-        )
-        .inspect_err(|_| {
-            dev_err!(
-                adev,
-                "msg_pages={} msgs_in_flight={}: expected 1-{} and 1-{}\n",
-                msg_pages,
-                in_flight,
-                engine::MSG_PAGES,
-                engine::SLOTS
-            );
-        })?;
+        )?;
         counters.features.store(features, Relaxed);
 
         // The debugfs files first: every later failure must undo what touched the device.
