@@ -14,6 +14,10 @@
 //! `-device virtio-balloon-pci,disable-modern=on`, and move the function from the built-in C
 //! driver: `echo virtio_pci_rs > /sys/bus/pci/devices/<bdf>/driver_override`, unbind it from
 //! `virtio-pci`, and write its address to `/sys/bus/pci/drivers_probe`.
+//!
+//! `unsafe` here: one block, setting the DMA masks at probe.  The rest of the crate's `unsafe`
+//! is in `iobar.rs`, `transport.rs`, `indirect.rs` and the KUnit suite `kunit.rs`; `regs.rs`
+//! and `testing.rs` have none.
 
 use core::pin::Pin;
 use kernel::{

@@ -9,6 +9,11 @@
 //! in `common/virtio_rs.rs`.
 //!
 //! Loading it alone does nothing visible; `modprobe virtio_balloon_rs` loads it first.
+//!
+//! Holds `unsafe` for the exported `extern "C"` functions, which take raw queue handles and
+//! buffers from the importers.  The crate's other `unsafe` is in `queue.rs` (DMA ring memory,
+//! the queue's serialized state), `core.rs` (the unchecked ring accessors of `View`),
+//! `bench.rs` (the benchmark's device) and `kunit.rs`; `export.rs` and `fault.rs` have none.
 
 use core::{
     ffi::c_void,

@@ -23,6 +23,9 @@
 //!   the legacy interface can address (`QUEUE_PFN` is 32 bits).  Its DMA handle stays
 //!   available (through `Deref`), but only for comparison: a legacy device is given
 //!   [`LegacyBuf::device_addr`].
+//!
+//! Holds `unsafe` for `slow_virt_to_phys()`, the guest-physical address of memory the legacy
+//! device reads.
 
 use core::{
     ffi::c_void,

@@ -16,6 +16,10 @@
 //! * a [`DeviceHandle`] that the transport (`virtio_pci_rs`) owns for each function and publishes
 //!   to the device driver through the auxiliary device's registration data, as an address
 //!   (`ForLt!(usize)`: only `core` types have the same `TypeId` in every module).
+//!
+//! Holds `unsafe` for the contract's raw side: the imported `extern "C"` functions and the
+//! transport's operations table (called through `DeviceHandle`), the interrupt trampolines that
+//! rebuild an `Arc` from their context, and `DeviceHandle`'s `Send`/`Sync`.
 
 // Not every crate uses every item of the shared contract.
 #![allow(dead_code)]

@@ -5,7 +5,7 @@
 //! An [`Engine`] counts the pages in the balloon and owns a few message slots; the pages
 //! themselves sit on the [`Host`]'s balloon list (the balloon core's, where compaction can
 //! migrate them).  A message carries
-//! the frame numbers of up to [`MSG_PAGES`] guest pages to the device on the inflate or the
+//! the frame numbers of up to [`Host::MSG_PAGES`] guest pages to the device on the inflate or the
 //! deflate queue; up to [`SLOTS`] messages are in flight at once.  The engine decides what
 //! happens to pages at each step, and the [`Host`] it is given does the device and
 //! page-allocator work:
@@ -34,6 +34,8 @@
 //! it against a simulated device.  Nothing here allocates: the slots' page vectors are
 //! allocated with the engine, and the balloon's list is the host's (an intrusive list in the
 //! driver).
+//!
+//! No `unsafe`.
 
 use kernel::prelude::*;
 
@@ -43,9 +45,6 @@ pub(crate) const SLOTS: usize = 4;
 /// Frame numbers (4 KiB pages) per message: 16 KiB of frame numbers, 16 MiB of memory.  The
 /// legacy device takes messages of any length; the C driver sends 256.
 pub(crate) const MSG_PFNS: usize = 4096;
-
-/// Guest pages per message.
-pub(crate) const MSG_PAGES: usize = MSG_PFNS / super::mm::PAGES_PER_PAGE as usize;
 
 /// Which queue a message goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +59,13 @@ pub(crate) enum Dir {
 pub(crate) trait Host {
     /// A guest page the balloon may hold.
     type Page;
+
+    /// Device (4 KiB) pages per guest page: how many frame numbers [`Host::pfns`] yields for
+    /// each page.
+    const PAGES_PER_PAGE: u32;
+
+    /// Guest pages per message.
+    const MSG_PAGES: usize = MSG_PFNS / Self::PAGES_PER_PAGE as usize;
 
     /// The device (4 KiB) frame numbers of `page`.
     fn pfns(page: &Self::Page) -> impl Iterator<Item = u64>;
@@ -164,17 +170,17 @@ pub(crate) struct Engine<H: Host> {
     /// isolated from it for migration.
     held: usize,
     slots: KVec<Slot<H::Page>>,
-    /// Guest pages per message, at most [`MSG_PAGES`].
+    /// Guest pages per message, at most [`Host::MSG_PAGES`].
     msg_pages: usize,
     /// Guest pages given back at once because the device cannot name them.
     unaddressable: usize,
 }
 
 /// Balloon (4 KiB) pages of `n` guest pages.
-fn balloon_pages(n: usize) -> u32 {
+fn balloon_pages<H: Host>(n: usize) -> u32 {
     u32::try_from(n)
         .unwrap_or(u32::MAX)
-        .saturating_mul(super::mm::PAGES_PER_PAGE)
+        .saturating_mul(H::PAGES_PER_PAGE)
 }
 
 impl<H: Host> Engine<H> {
@@ -186,7 +192,7 @@ impl<H: Host> Engine<H> {
     /// `EINVAL` if `msg_pages` is not in `1..=MSG_PAGES` or `slots` not in `1..=SLOTS`,
     /// `ENOMEM`.
     pub(crate) fn with_limits(host: H, msg_pages: usize, slots: usize) -> Result<Self> {
-        if !(1..=MSG_PAGES).contains(&msg_pages) || !(1..=SLOTS).contains(&slots) {
+        if !(1..=H::MSG_PAGES).contains(&msg_pages) || !(1..=SLOTS).contains(&slots) {
             return Err(EINVAL);
         }
         let mut v = KVec::with_capacity(slots, GFP_KERNEL)?;
@@ -218,7 +224,7 @@ impl<H: Host> Engine<H> {
 
     /// Balloon size in 4 KiB pages: the pages the device took and did not give back.
     pub(crate) fn num_pages(&self) -> u32 {
-        balloon_pages(self.held)
+        balloon_pages::<H>(self.held)
     }
 
     /// Guest pages in the balloon.
@@ -477,7 +483,7 @@ impl<H: Host> Engine<H> {
         }
         s.busy = None;
         let mut pages = core::mem::take(&mut s.pages);
-        let n = balloon_pages(pages.len());
+        let n = balloon_pages::<H>(pages.len());
         match dir {
             Dir::Inflate => {
                 self.held += pages.len();
@@ -525,7 +531,7 @@ impl<H: Host> Engine<H> {
             }
             // INVARIANT: lost while busy; only an inflate message keeps its pages.
             self.slots[i].lost = true;
-            n += balloon_pages(self.slots[i].pages.len());
+            n += balloon_pages::<H>(self.slots[i].pages.len());
             if dir == Dir::Deflate {
                 let mut pages = core::mem::take(&mut self.slots[i].pages);
                 self.host.release(&mut pages);
@@ -576,7 +582,7 @@ impl<H: Host> Engine<H> {
                 // An inflate message's pages never joined the balloon, a deflate message's
                 // left it: nobody holds them but the slot.
                 let mut pages = core::mem::take(&mut self.slots[i].pages);
-                n += balloon_pages(pages.len());
+                n += balloon_pages::<H>(pages.len());
                 self.host.release(&mut pages);
                 // INVARIANT: free, not lost, with an empty vector.
                 self.slots[i].pages = pages;
@@ -599,7 +605,7 @@ impl<H: Host> Engine<H> {
                 break;
             }
             self.held -= got;
-            n += balloon_pages(got);
+            n += balloon_pages::<H>(got);
             self.host.release(&mut batch);
         }
         self.slots[0].pages = batch;

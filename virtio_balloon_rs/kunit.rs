@@ -12,6 +12,9 @@
 //! list is a vector, from which a test can isolate pages as compaction does.
 //!
 //! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
+//!
+//! One `unsafe` read: `vmemmap_base`, to build scatterlist entries naming the `struct page` of
+//! a frame.
 
 use crate::engine::{
     Dir,
@@ -19,11 +22,13 @@ use crate::engine::{
     Host,
     Progress,
     Sent,
-    MSG_PAGES,
     MSG_PFNS,
     SLOTS, //
 };
 use kernel::prelude::*;
+
+/// Guest pages per message of the simulated device.
+const MSG_PAGES: usize = <SimHost as Host>::MSG_PAGES;
 
 /// A fake guest page: its frame number.
 #[derive(Debug, PartialEq, Eq)]
@@ -158,6 +163,8 @@ impl SimHost {
 
 impl Host for SimHost {
     type Page = SimPage;
+
+    const PAGES_PER_PAGE: u32 = crate::mm::PAGES_PER_PAGE;
 
     fn pfns(page: &SimPage) -> impl Iterator<Item = u64> {
         core::iter::once(page.0)
@@ -754,8 +761,7 @@ mod tests {
 /// and how it reads the scatterlists the page reporting core passes.
 #[kunit_tests(virtio_balloon_rs_features)]
 mod features_tests {
-    use crate::reporting::sg_range;
-    use crate::{
+    use crate::config::{
         driver_features,
         reporting_queue_index,
         F_FREE_PAGE_HINT,
@@ -763,6 +769,7 @@ mod features_tests {
         F_REPORTING,
         F_STATS_VQ, //
     };
+    use crate::reporting::sg_range;
     use kernel::bindings;
 
     const POISON: u64 = 1 << F_PAGE_POISON;

@@ -4,7 +4,11 @@
 //! the balloon's GFP flags, freeing them in batches, their page frame numbers, and what the
 //! kernel does to freed pages (zeroing, poisoning).  The page list the balloon core keeps
 //! (and page migration) is in `migrate.rs`, page reporting in `reporting.rs`, the pressure
-//! hooks in `pressure.rs`: those and this file hold the balloon's `unsafe`.
+//! hooks in `pressure.rs`.
+//!
+//! Holds `unsafe` for the page allocator, page frame numbers and the memory counters, which
+//! have no Rust abstraction in 7.2.  It is not the crate's only `unsafe`: see the root's
+//! header.
 
 use core::ptr::NonNull;
 use kernel::{alloc::KVec, bindings, page::PAGE_SIZE};

@@ -2,6 +2,8 @@
 
 //! The balloon's counters (shown in debugfs) and the statistics the device asks for on the
 //! stats queue (virtio 1.x section 5.5.6.3; `docs/interop/virtio-balloon-stats.rst` in QEMU).
+//!
+//! No `unsafe`.
 
 use crate::mm::MemSnapshot;
 use kernel::{

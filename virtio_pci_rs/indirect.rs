@@ -24,6 +24,9 @@
 //! One allocator per queue, sized for that queue: a table holds at most `min(queue size,
 //! 256)` descriptors (one 4 KiB page, a small allocation that a `GFP_NOWAIT` caller can get);
 //! the ring uses a direct chain for larger buffers.
+//!
+//! Holds `unsafe` for the `extern "C"` allocator the ring calls (its context pointer is the
+//! pool), the `kmalloc()` tables it hands out and frees, and their guest-physical addresses.
 
 use crate::abi::{
     guest_phys,

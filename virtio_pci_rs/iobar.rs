@@ -8,7 +8,12 @@
 //! interface lives in I/O-port BAR0, so this module provides the two missing pieces:
 //! [`EnabledDevice`] (`pci_enable_device()` / `pci_disable_device()`) and [`IoBar`], an
 //! [`Io`] backend over `pci_iomap()` and `ioread*()`/`iowrite*()`, which handle port I/O
-//! cookies and MMIO alike.  All `unsafe` of the transport lives here.
+//! cookies and MMIO alike.
+//!
+//! Holds the `unsafe` of PCI enable/disable and of port and MMIO access.  It is not the crate's
+//! only `unsafe`: `transport.rs` has the C-ABI operations and interrupt paths it hands the
+//! shared contract and the ring, `indirect.rs` the indirect table allocator the ring calls, the
+//! root the DMA mask setup, and `kunit.rs` the test's device.
 
 use core::ffi::c_void;
 use kernel::{

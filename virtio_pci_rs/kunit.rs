@@ -11,6 +11,9 @@
 //! allocator returned for its device address, and completes buffers in the used ring.
 //!
 //! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
+//!
+//! Holds `unsafe`: the test plays the device over raw ring memory and implements the ring's
+//! `extern "C"` callbacks.
 
 use crate::{
     abi::{

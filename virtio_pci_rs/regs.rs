@@ -5,6 +5,8 @@
 //!
 //! Glossary: the *host* is the device, the *guest* the driver; a *PFN* is a guest physical
 //! address shifted right by [`QUEUE_ADDR_SHIFT`]; *ISR* is the interrupt status register.
+//!
+//! No `unsafe`.
 
 use kernel::io::register;
 

@@ -12,6 +12,8 @@
 //! | `fail_find_vqs` | `N`: the next `N` `find_vqs` calls fail after every queue was programmed (`QUEUE_PFN` written), as an allocation failure at that point would |
 //! | `ring_addrs` | per queue of the last `find_vqs`: the ring's DMA handle, its guest-physical address, and the address the transport programmed (`QUEUE_PFN << 12`) |
 //! | `gone` | `1`: the function behaves as if surprise-removed: every BAR read returns all ones, writes go nowhere, and `pci_device_is_present()` is taken as false |
+//!
+//! No `unsafe`.
 
 use crate::abi::MAX_VQS;
 use kernel::{

@@ -26,6 +26,10 @@
 //!
 //! Lock order: `Transport::queues` (a mutex) is the only lock; the interrupt handlers take
 //! none.
+//!
+//! Holds `unsafe` for the `extern "C"` transport operations the shared contract calls (their
+//! context pointer is the `Transport`), the queue calls through the ring's raw handles, the
+//! interrupt handlers' shared state (`Send`/`Sync`) and the ISR port.
 
 use crate::{
     abi::{

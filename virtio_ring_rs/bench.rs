@@ -20,6 +20,9 @@
 //! ring, asks to be notified of the next buffer (`avail_event`, as QEMU does), and writes the
 //! used element, a write barrier ([`device_wmb`]) and the used index.  The time includes the
 //! (empty) notification call, so it is an upper bound of the driver-side cost.
+//!
+//! Holds `unsafe`: the benchmark creates a queue over ordinary memory and plays the device over
+//! a raw view of it.
 
 use crate::{
     abi::{

@@ -8,6 +8,8 @@
 //! string, the namespace string and a pointer to the symbol.  modpost turns it into a
 //! `__ksymtab` entry and records it in `Module.symvers`; `scripts/module.lds.S` discards the
 //! section from the final module.
+//!
+//! No `unsafe`.
 
 /// Exports `$sym` (a `#[no_mangle] extern "C"` item) to GPL modules in namespace `$ns`.
 ///

@@ -22,6 +22,8 @@
 //! memory), never in the ring itself, so the device is untouched.  A fault fires exactly once,
 //! at the first [`Queue::get_buf`](crate::queue::Queue::get_buf) of a matching queue that has
 //! a completion to read, and disarms itself.
+//!
+//! No `unsafe`.
 
 use crate::{
     queue::DmaMem,

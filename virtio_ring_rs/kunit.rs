@@ -15,6 +15,9 @@
 //! length beyond the buffer, which is clamped and counted).
 //!
 //! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
+//!
+//! Holds `unsafe`: the tests play the device over raw ring memory, implement the ring's `extern
+//! "C"` callbacks and call the queue's serialized methods.
 
 use crate::{
     abi::{

@@ -12,6 +12,10 @@
 //!
 //! The per-descriptor state of a queue comes from `kvmalloc()` ([`KVVec`]): a queue of 32768
 //! entries needs about 1.3 MiB of it, which a single `kmalloc()` may not find.
+//!
+//! Holds `unsafe` for the ring memory (volatile access to DMA-coherent memory the device
+//! shares), the serialized state behind `UnsafeCell`, the queue's `Send`/`Sync`, and the
+//! methods whose callers must serialize.
 
 use crate::{
     abi::{
