@@ -7,7 +7,8 @@
 //! which the kernel may be unable to create exactly when the balloon is asked to give memory
 //! back (shrinker, OOM notifier).  A queue allocated with `WQ_MEM_RECLAIM` has a rescuer
 //! thread, created with the queue, that runs its work when no kworker can be had; with
-//! `WQ_HIGHPRI` its workers run at high priority, as on `system_highpri`.
+//! `WQ_HIGHPRI` its workers run at high priority, and with `WQ_PERCPU` on the CPU that queued
+//! the work, as on `system_highpri` (7.2 warns unless a queue says per-CPU or unbound).
 //!
 //! Kernel 7.2 has no Rust abstraction to allocate a workqueue (`kernel::workqueue` only
 //! reaches the system ones), so this file wraps `alloc_workqueue()` and `destroy_workqueue()`
@@ -51,8 +52,8 @@ unsafe impl Send for ReclaimQueue {}
 unsafe impl Sync for ReclaimQueue {}
 
 impl ReclaimQueue {
-    /// Allocates the queue, named `name`, with `WQ_MEM_RECLAIM | WQ_HIGHPRI`, and makes it the
-    /// one [`with_queue`] hands out.
+    /// Allocates the queue, named `name`, with `WQ_PERCPU | WQ_MEM_RECLAIM | WQ_HIGHPRI`, and
+    /// makes it the one [`with_queue`] hands out.
     ///
     /// # Errors
     ///
@@ -61,7 +62,9 @@ impl ReclaimQueue {
         if !QUEUE.load(Relaxed).is_null() {
             return Err(EBUSY);
         }
-        let flags = bindings::wq_flags_WQ_MEM_RECLAIM | bindings::wq_flags_WQ_HIGHPRI;
+        let flags = bindings::wq_flags_WQ_PERCPU
+            | bindings::wq_flags_WQ_MEM_RECLAIM
+            | bindings::wq_flags_WQ_HIGHPRI;
         // SAFETY: `"%s"` with one NUL-terminated string argument; `max_active` 0 is the
         // default limit.
         let raw = unsafe {

@@ -50,13 +50,17 @@ def test_slow_completions_under_a_memory_storm(guest):
         b.set_target(g, RAM - 256 * b.MiB)
         took = b.wait_actual(g, RAM - 256 * b.MiB, timeout=300)
         print(f"inflated 256 MiB in {took:.1f}s with completions delayed {ACK_DELAY_MS} ms")
-        # The storm: squeeze the guest, then a hog the balloon must make room for.
+        # The storm: squeeze the guest, then a hog larger than what is available, which only
+        # the balloon can make room for (the guest has no swap).
         target = b.squeeze(g, RAM, timeout=300)
         kills = b.oom_kills(g)
-        rc, out = hog(g, 200)
+        avail_mib = b.meminfo(g)["MemAvailable"] // 1024
+        rc, out = hog(g, avail_mib + 128)
         assert rc == 0, out
         assert b.oom_kills(g) == kills
         st = b.status(g)
+        print(f"hog of {avail_mib + 128} MiB with {avail_mib} MiB available: shrinker gave "
+              f"{st['shrinker_deflated_pages']} pages, OOM notifier {st['oom_deflated_pages']}")
         assert st["shrinker_deflated_pages"] + st["oom_deflated_pages"] > 0, st
         assert b.actual(g) > target
         # Still following: a new target after the storm, then none.

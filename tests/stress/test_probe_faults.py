@@ -85,7 +85,8 @@ def test_ring_module_init(guest):
 
 
 def load_for_binding(g):
-    """Loads the transport (fault flavour) and the balloon driver (test flavour, by path)
+    """Loads the transport (fault flavour) and the balloon driver (test flavour, by path,
+    with both the OOM notifier and the shrinker, so that their registration is failed too)
     with the function unbound, so that udev's autoload finds the balloon driver there;
     returns the function's address."""
     ko = os.path.join(KUNIT_DIR, "virtio_balloon_rs.ko")
@@ -95,7 +96,7 @@ def load_for_binding(g):
     g.unbind(bdf)
     b.set_target(g, s.RAM)
     g.sh(f"echo virtio_pci_rs > /sys/bus/pci/devices/{bdf}/driver_override && "
-         f"modprobe virtio_pci_rs && insmod {ko}", timeout=600)
+         f"modprobe virtio_pci_rs && insmod {ko} deflate_policy=3", timeout=600)
     g.unbind(bdf)
     assert not g.sh(f"ls {AUX_DEVICES}").split()
     return bdf
