@@ -70,29 +70,36 @@ def test_unplug_while_inflating(guest):
     b.bind_rust(g)
     before = b.meminfo(g)
     target_pages = 512 * 256
-    b.set_target(g, RAM - 512 * b.MiB)
-    # Unplug as soon as the balloon is on its way, well before it gets there.
-    deadline = time.monotonic() + 120
-    while s.status(g)["pages_held"] < 16 * 256:
-        assert time.monotonic() < deadline, "the balloon does not inflate"
-        time.sleep(0.1)
-    inflated = b.meminfo(g)
-    # Read before the unplug: ACPI ejects the function within a second, and the driver's
-    # debugfs files go with it.
-    held = s.status(g)["pages_held"]
-    # Unplug-to-unbound: a guest script says (a file in the shared directory) when the
-    # balloon's auxiliary device is gone, which is after the driver's unbind returned.
-    ready = os.path.join(g.dir, "unplug-watch.ready")
+    # The guest watches: as soon as the balloon is on its way (well before it gets there) it
+    # saves the meminfo and the balloon's size (the driver's debugfs files go with the unplug)
+    # and says so (a file in the shared directory); the host unplugs at once.  Then it says
+    # when the balloon's auxiliary device is gone, which is after the driver's unbind
+    # returned: unplug-to-unbound, as the host sees it.
+    meminfo = os.path.join(g.dir, "unplug-watch.meminfo")
+    inflating = os.path.join(g.dir, "unplug-watch.inflating")
     unbound = os.path.join(g.dir, "unplug-watch.unbound")
-    n = s.start(g, f"touch {ready}; while ls -d {AUX} >/dev/null 2>&1; do sleep 0.02; done; "
-                   f"touch {unbound}")
-    s.wait_file(g, ready, n)
+    n = s.start(g, f"""
+i=0
+until [ "$(sed -n 's/^pages_held //p' {s.STATUS})" -ge {16 * 256} ] 2>/dev/null; do
+    i=$((i + 1)); [ $i -gt 2400 ] && {{ echo "the balloon does not inflate"; exit 1; }}
+    sleep 0.05
+done
+cat /proc/meminfo > {meminfo}
+sed -n 's/^pages_held //p' {s.STATUS} > {inflating}.tmp && mv {inflating}.tmp {inflating}
+while ls -d {AUX} >/dev/null 2>&1; do sleep 0.02; done
+touch {unbound}""")
+    b.set_target(g, RAM - 512 * b.MiB)
+    s.wait_file(g, inflating, n, timeout=150)
     t0 = time.monotonic()
     g.qmp_cmd("device_del", id="balloon0")
     s.wait_file(g, unbound, n, timeout=120)
     to_unbound = time.monotonic() - t0
     rc, out = s.finish(g, n)
     assert rc == 0, out
+    with open(inflating) as f:
+        held = int(f.read())
+    with open(meminfo) as f:
+        inflated = {l.split(":")[0]: int(l.split()[1]) for l in f if len(l.split()) > 1}
     assert held < target_pages, "the balloon was already inflated: not a mid-inflation unplug"
     secs = s.wait_device_gone(g)
     print(f"unplugged at {held} of {target_pages} pages: unbound {to_unbound:.2f}s after "
