@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 """Print "RESULT <kind> <passed> <failed>" from a pytest JUnit XML report.
 
-Usage: junit_result.py REPORT KIND [TEST_FILE...]: the test files named are left out.
+Usage: junit_result.py REPORT[,REPORT...] KIND [TEST_FILE...]: the cases of all the reports
+(pytest runs that went in parallel) are counted together; the test files named are left out.
 
 Errors (a fixture that failed, e.g. a guest that did not boot) and skipped tests count as
 failures: a check that did not run did not pass."""
@@ -16,13 +17,15 @@ def main():
     # Test files whose cases are counted elsewhere (make check counts the KUnit cases, not
     # the per-suite tests of test_kunit.py).
     exclude = tuple(sys.argv[3:])
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as e:
-        print(f"no JUnit report: {e}")
-        return 1
+    cases = []
+    for one in path.split(","):
+        try:
+            cases += ET.parse(one).getroot().iter("testcase")
+        except (OSError, ET.ParseError) as e:
+            print(f"no JUnit report: {e}")
+            return 1
     passed = failed = 0
-    for case in root.iter("testcase"):
+    for case in cases:
         bad = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
         name = f"{case.get('classname')}.{case.get('name')}"
         if exclude and case.get("classname", "").split(".")[-1] in exclude:

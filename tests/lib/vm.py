@@ -13,7 +13,9 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import tempfile
 import time
 
@@ -30,6 +32,9 @@ KERNEL_PROBLEMS = re.compile(
     r"INFO: task .* blocked for more than|hung_task|soft lockup|"
     r"sleeping function called from invalid context|list_add corruption|list_del corruption"
 )
+
+# The agent's marker after each command in the kernel log stream.
+AGENT_MARK = re.compile(r"virtio-rs-agent: command (\d+) done")
 
 LEGACY_BALLOON = "virtio-balloon-pci,id=balloon0,disable-modern=on"
 
@@ -57,6 +62,17 @@ class Guest:
         os.makedirs(rundir, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=rundir)
         self.qmp_path = os.path.join(self.dir, "qmp.sock")
+        # The agent's doorbell: a virtio-serial port the agent blocks on between commands, so
+        # that an idle guest costs no CPU (polling the shared directory kept a TCG guest at
+        # two thirds of a host core) and a command starts at once.
+        self.bell_path = os.path.join(self.dir, "agent.sock")
+        self.bell = None
+        self.bell_lock = threading.Lock()
+        self.done = 0  # the last command that returned
+        # The kernel log parsed so far (see kernel_log()).
+        self.kmsg_off = 0
+        self.kmsg_done = 0
+        self.klines = []
         self.console = os.path.join(self.dir, "console.log")
         self.proc = None
         self.qmp = None
@@ -69,6 +85,9 @@ class Guest:
         for dev in self.devices:
             opts += ["-device", dev]
         opts += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        opts += ["-device", "virtio-serial-pci,id=vrs-serial",
+                 "-chardev", f"socket,id=vrs-bell,path={self.bell_path},server=on,wait=off",
+                 "-device", "virtserialport,bus=vrs-serial.0,chardev=vrs-bell,name=virtio-rs.agent"]
         opts += self.qemu_opts
         cmd = [
             "vng", "--disable-kvm", "--run", self.kdir,
@@ -87,6 +106,14 @@ class Guest:
                                          start_new_session=True)
         deadline = time.monotonic() + self.boot_timeout
         while not os.path.exists(os.path.join(self.dir, "ready")):
+            if self.bell is None and os.path.exists(self.bell_path):
+                # Connected before the agent starts, so that it never reads end-of-file.
+                bell = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    bell.connect(self.bell_path)
+                    self.bell = bell
+                except OSError:
+                    bell.close()
             if self.proc.poll() is not None:
                 raise GuestError(f"guest exited during boot (rc {self.proc.returncode}):\n"
                                  + self.console_tail())
@@ -101,8 +128,20 @@ class Guest:
                 f.write(f"{self.name:<28} {self.boot_seconds:6.1f}\n")
         self.qmp = QEMUMonitorProtocol(self.qmp_path)
         self.qmp.connect()
+        # One command, so that the kernel log stream holds the boot (see kernel_log()).
+        self.sh("true")
         self.log_mark = self.kernel_log_lines()
         return self
+
+    def ring(self, what):
+        """Tell the agent about command number ``what`` (or "quit")."""
+        with self.bell_lock:
+            if self.bell is None:
+                return
+            try:
+                self.bell.sendall(f"{what}\n".encode())
+            except OSError:
+                pass
 
     def stop(self):
         if self.qmp is not None:
@@ -114,11 +153,16 @@ class Guest:
         if self.proc is None:
             return
         open(os.path.join(self.dir, "quit"), "w").close()
+        self.ring("quit")
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.kill()
         self.proc = None
+        with self.bell_lock:
+            if self.bell is not None:
+                self.bell.close()
+                self.bell = None
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -146,27 +190,48 @@ class Guest:
             return ""
 
     # --- guest commands --------------------------------------------------------------------
-    def run(self, script, timeout=120, check=True):
-        """Run a shell script in the guest; return (rc, output)."""
-        self.seq += 1
-        n = self.seq
+    def submit(self, script):
+        """Hand a shell script to the guest agent without waiting; returns its number for
+        `wait_done` (so a test can act on the host while the script runs)."""
+        with self.bell_lock:
+            self.seq += 1
+            n = self.seq
         tmp = os.path.join(self.dir, f".cmd.{n}")
         with open(tmp, "w") as f:
             f.write(script + "\n")
         os.rename(tmp, os.path.join(self.dir, f"cmd.{n}"))
-        rc_path = os.path.join(self.dir, f"rc.{n}")
+        self.ring(n)
+        return n
+
+    def done_rc(self, n):
+        """The exit status of command `n` if it has ended, else None."""
+        try:
+            with open(os.path.join(self.dir, f"rc.{n}")) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return None
+        # Empty while the agent is still writing it.
+        return int(text) if text else None
+
+    def wait_done(self, n, timeout=120, what=None):
+        """Wait for command `n`; returns (rc, output)."""
+        what = what or f"command {n}"
         deadline = time.monotonic() + timeout
-        while not os.path.exists(rc_path):
+        while (rc := self.done_rc(n)) is None:
             if self.proc.poll() is not None:
-                raise GuestError(f"guest died while running {script!r}:\n" + self.console_tail())
+                raise GuestError(f"guest died while running {what}:\n" + self.console_tail())
             if time.monotonic() > deadline:
-                raise GuestError(f"guest command timed out after {timeout}s: {script!r}\n"
+                raise GuestError(f"guest command timed out after {timeout}s: {what}\n"
                                  + self.console_tail())
-            time.sleep(0.05)
-        with open(rc_path) as f:
-            rc = int(f.read().strip() or "255")
+            time.sleep(0.02)
+        with self.bell_lock:
+            self.done = max(self.done, n)
         with open(os.path.join(self.dir, f"out.{n}"), errors="replace") as f:
-            out = f.read()
+            return rc, f.read()
+
+    def run(self, script, timeout=120, check=True):
+        """Run a shell script in the guest; return (rc, output)."""
+        rc, out = self.wait_done(self.submit(script), timeout, repr(script))
         if check and rc != 0:
             raise GuestError(f"guest command failed (rc {rc}): {script!r}\n{out}")
         return rc, out
@@ -177,7 +242,43 @@ class Guest:
 
     # --- kernel log ------------------------------------------------------------------------
     def kernel_log(self):
-        return self.sh("dmesg")
+        """The kernel log so far, one message per line as dmesg shows it, up to at least the
+        end of the last guest command that returned."""
+        with self.bell_lock:
+            want = self.done
+        deadline = time.monotonic() + 5
+        while True:
+            self._read_kmsg()
+            if self.kmsg_done >= want:
+                return "".join(line + "\n" for line in self.klines)
+            if time.monotonic() > deadline or self.proc is None or self.proc.poll() is not None:
+                # The stream stopped (the agent's cat died): ask the guest itself.
+                return self.sh("dmesg")
+            time.sleep(0.02)
+
+    def _read_kmsg(self):
+        """Parse what the agent's /dev/kmsg stream has added since the last call."""
+        try:
+            with open(os.path.join(self.dir, "kmsg"), "rb") as f:
+                f.seek(self.kmsg_off)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        self.kmsg_off += end
+        for rec in data[:end].decode(errors="replace").splitlines():
+            # "prio,seq,usec,flags[,...];message"; dictionary lines start with a space.
+            head, sep, msg = rec.partition(";")
+            if not sep or rec.startswith(" "):
+                continue
+            fields = head.split(",")
+            m = AGENT_MARK.fullmatch(msg)
+            if m:
+                self.kmsg_done = max(self.kmsg_done, int(m.group(1)))
+                continue
+            usec = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 0
+            # Non-printable bytes stay escaped (\xNN), as dmesg shows them.
+            self.klines.append(f"[{usec // 1000000:5d}.{usec % 1000000:06d}] {msg}")
 
     def kernel_log_lines(self):
         return len(self.kernel_log().splitlines())

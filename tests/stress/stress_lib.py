@@ -61,29 +61,12 @@ def kmemleak_report(g):
 
 def start(g, script):
     """Hand `script` to the guest agent; returns its number for `finish`."""
-    g.seq += 1
-    n = g.seq
-    tmp = os.path.join(g.dir, f".cmd.{n}")
-    with open(tmp, "w") as f:
-        f.write(script + "\n")
-    os.rename(tmp, os.path.join(g.dir, f"cmd.{n}"))
-    return n
+    return g.submit(script)
 
 
 def finish(g, n, timeout=120):
     """Wait for command `n`; returns (rc, output)."""
-    rc_path = os.path.join(g.dir, f"rc.{n}")
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(rc_path):
-        if g.proc.poll() is not None:
-            raise vm.GuestError("guest died:\n" + g.console_tail())
-        if time.monotonic() > deadline:
-            raise vm.GuestError(f"guest command {n} timed out after {timeout}s")
-        time.sleep(0.02)
-    with open(rc_path) as f:
-        rc = int(f.read().strip() or "255")
-    with open(os.path.join(g.dir, f"out.{n}"), errors="replace") as f:
-        return rc, f.read()
+    return g.wait_done(n, timeout)
 
 
 def wait_file(g, path, n, timeout=120):
@@ -91,7 +74,7 @@ def wait_file(g, path, n, timeout=120):
     output)."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
-        if os.path.exists(os.path.join(g.dir, f"rc.{n}")):
+        if g.done_rc(n) is not None:
             rc, out = finish(g, n)
             raise AssertionError(f"the guest script ended (rc {rc}) before "
                                  f"{os.path.basename(path)}:\n{out}")
