@@ -100,10 +100,10 @@ touch {unbound}""")
         held = int(f.read())
     with open(meminfo) as f:
         inflated = {l.split(":")[0]: int(l.split()[1]) for l in f if len(l.split()) > 1}
-    assert held < target_pages, "the balloon was already inflated: not a mid-inflation unplug"
     secs = s.wait_device_gone(g)
     print(f"unplugged at {held} of {target_pages} pages: unbound {to_unbound:.2f}s after "
           f"device_del, gone after {to_unbound + secs:.1f}s")
+    assert held < target_pages, "the balloon was already inflated: not a mid-inflation unplug"
     lines = released_everything(g, before, inflated)
     assert s.count(lines, "not told about") == 0, lines
     # No wait for the device timed out on the way (each would cost 5 s), and the whole
