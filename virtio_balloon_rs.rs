@@ -94,8 +94,15 @@ mod shared;
 #[path = "virtio_balloon_rs/stats.rs"]
 mod stats;
 
+#[cfg(virtio_rs_kunit)]
+#[path = "virtio_balloon_rs/testing.rs"]
+mod testing;
+
 #[path = "virtio_balloon_rs/worker.rs"]
 mod worker;
+
+#[path = "virtio_balloon_rs/wq.rs"]
+mod wq;
 
 use crate::{
     abi::virtio::{
@@ -152,11 +159,37 @@ impl virtio::Driver for BalloonDriver {
     type Data = Balloon;
     type Shared = BalloonShared;
 
+    fn validate(dev: &kernel::device::Device) -> Result {
+        let policy = *module_parameters::deflate_policy.value();
+        if policy > probe::policy::NONE {
+            dev_err!(dev, "deflate_policy={} is not 0-4\n", policy);
+            return Err(EINVAL);
+        }
+        let msg_pages = *module_parameters::msg_pages.value();
+        let in_flight = *module_parameters::msgs_in_flight.value();
+        if !(1..=<DeviceHost as Host>::MSG_PAGES).contains(&(msg_pages as usize))
+            || !(1..=engine::SLOTS).contains(&(in_flight as usize))
+        {
+            dev_err!(
+                dev,
+                "msg_pages={} msgs_in_flight={}: expected 1-{} and 1-{}\n",
+                msg_pages,
+                in_flight,
+                <DeviceHost as Host>::MSG_PAGES,
+                engine::SLOTS
+            );
+            return Err(EINVAL);
+        }
+        Ok(())
+    }
+
     fn features(offered: u64) -> u64 {
         driver_features(offered, mm::free_page_poison())
     }
 
     fn probe(adev: &Device<'_>) -> Result<Balloon> {
+        let msg_pages = *module_parameters::msg_pages.value();
+        let in_flight = *module_parameters::msgs_in_flight.value();
         let poison = mm::free_page_poison();
         let features = adev.features();
         let host_features = adev.offered_features();
@@ -169,8 +202,6 @@ impl virtio::Driver for BalloonDriver {
         )?;
         let stats_buf = abi::LegacyBuf::<u8>::zeroed_slice(parent, stats::BUF_SIZE, GFP_KERNEL)?;
         let counters = Arc::new(Counters::new(), GFP_KERNEL)?;
-        let msg_pages = *module_parameters::msg_pages.value();
-        let in_flight = *module_parameters::msgs_in_flight.value();
         let engine = Engine::with_limits(
             DeviceHost {
                 vqs: None,
@@ -178,19 +209,11 @@ impl virtio::Driver for BalloonDriver {
                 list: None,
                 counters: counters.clone(),
             },
+            // CAST: `validate` checked them to be at most `MSG_PAGES` and `SLOTS`.
             msg_pages as usize,
+            // CAST: as above.
             in_flight as usize,
-        )
-        .inspect_err(|_| {
-            dev_err!(
-                adev,
-                "msg_pages={} msgs_in_flight={}: expected 1-{} and 1-{}\n",
-                msg_pages,
-                in_flight,
-                <DeviceHost as Host>::MSG_PAGES,
-                engine::SLOTS
-            );
-        })?;
+        )?;
         counters.features.store(features, Relaxed);
 
         // The debugfs files first: every later failure must undo what touched the device.
@@ -251,6 +274,9 @@ impl virtio::Driver for BalloonDriver {
                     inflate_lost: false,
                     deflate_lost: false,
                     report_lost: false,
+                    silent_waits: 0,
+                    answers: 0,
+                    slow_logged: false,
                 }),
                 acked <- new_condvar!(),
                 update <- new_work!("virtio_balloon_rs::update"),
@@ -374,8 +400,28 @@ impl virtio::Driver for BalloonDriver {
     }
 }
 
+/// What the module holds besides the driver.
+struct BalloonModule {
+    /// The queue the balloon's work runs on (it must progress under reclaim).
+    _queue: wq::ReclaimQueue,
+    /// The test flavour's switches.
+    #[cfg(virtio_rs_kunit)]
+    _switches: testing::TestSwitches,
+}
+
+impl virtio::ModuleGlobals for BalloonModule {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            _queue: wq::ReclaimQueue::new(c"virtio_balloon_rs")?,
+            #[cfg(virtio_rs_kunit)]
+            _switches: testing::TestSwitches::new()?,
+        })
+    }
+}
+
 virtio::module_virtio_driver! {
     driver: BalloonDriver,
+    globals: BalloonModule,
     name: "virtio_balloon_rs",
     authors: ["The virtio-rs developers"],
     description: "Virtio memory balloon driver for the virtio-rs legacy transport (Rust)",

@@ -139,6 +139,13 @@ pub(crate) trait Driver: Sized + 'static {
     /// [`Device::find_vqs`]).
     type Shared: Send + Sync + 'static;
 
+    /// Checks what the driver needs before the device is touched (module parameters, say),
+    /// as C's `virtio_driver.validate`; by default nothing.  An error fails the probe with the
+    /// device untouched.
+    fn validate(_dev: &kernel::device::Device) -> Result {
+        Ok(())
+    }
+
     /// The features to ask for, given what the device offers; by default [`Self::FEATURES`].
     fn features(_offered: u64) -> u64 {
         feature_mask(Self::FEATURES)
@@ -594,6 +601,7 @@ pub(crate) fn probe<D: Driver>(adev: &auxiliary::Device<device::Bound>) -> Resul
         );
         return Err(ENODEV);
     }
+    D::validate(adev.as_ref())?;
     let features = handle.finalize_features(D::features(handle.host_features));
     let dref = DeviceRef::new(handle, features)?;
     let dev = Device { adev, dref: &dref };
@@ -623,16 +631,30 @@ pub(crate) fn type_name(device_type: u32) -> &'static CStr {
     device_name(device_type).unwrap_or(c"unknown")
 }
 
+/// Module-wide state of a virtio driver (a workqueue, say): made before the driver registers,
+/// dropped after it is unregistered.  `()` when the driver has none.
+pub(crate) trait ModuleGlobals: Sized + Send + Sync {
+    /// Makes the state at module load.
+    fn new() -> Result<Self>;
+}
+
+impl ModuleGlobals for () {
+    fn new() -> Result<Self> {
+        Ok(())
+    }
+}
+
 /// Declares the module of a virtio driver: its auxiliary id table (from [`Driver::ID_TABLE`]),
 /// the auxiliary driver that binds the transport's devices through the façade, and the
 /// module, which checks the ring's contract version before registering the driver.
 ///
-/// Takes the [`Driver`] type, then the keys of `module!` after `type`.  The crate must
+/// Takes the [`Driver`] type, optionally `globals:` a [`ModuleGlobals`] type, then the keys of
+/// `module!` after `type`.  The crate must
 /// include the shared contract as `mod abi`.
 // Only the driver crates expand it.
 #[allow(unused_macros)]
 macro_rules! module_virtio_driver {
-    (driver: $drv:ty, $($rest:tt)*) => {
+    (driver: $drv:ty, globals: $globals:ty, $($rest:tt)*) => {
         const _: () = assert!(
             $crate::abi::virtio::all_known(<$drv as $crate::abi::virtio::Driver>::ID_TABLE),
             "a device type of the id table has no transport device name"
@@ -671,22 +693,30 @@ macro_rules! module_virtio_driver {
             }
         }
 
-        /// The module: the auxiliary driver registration, after the contract check.
+        /// The module: the auxiliary driver registration, after the contract check and the
+        /// driver's module-wide state.
+        ///
+        /// Drop order (field order): the driver is unregistered first (every device unbound),
+        /// then the module-wide state goes.
         #[pin_data]
         struct VirtioDriverModule {
             #[pin]
             _driver: kernel::driver::Registration<kernel::auxiliary::Adapter<VirtioAuxDriver>>,
+            _globals: $globals,
         }
 
         impl kernel::InPlaceModule for VirtioDriverModule {
             fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
                 pin_init::pin_init_scope(move || {
                     $crate::abi::check_ring_abi()?;
+                    // Before the driver: a device bound at registration may use it.
+                    let globals = <$globals as $crate::abi::virtio::ModuleGlobals>::new()?;
                     Ok(try_pin_init!(Self {
                         _driver <- kernel::driver::Registration::new(
                             <LocalModule as kernel::ModuleMetadata>::NAME,
                             module
                         ),
+                        _globals: globals,
                     }))
                 })
             }
@@ -696,6 +726,9 @@ macro_rules! module_virtio_driver {
             type: VirtioDriverModule,
             $($rest)*
         }
+    };
+    (driver: $drv:ty, $($rest:tt)*) => {
+        $crate::abi::virtio::module_virtio_driver!(driver: $drv, globals: (), $($rest)*);
     };
 }
 #[allow(unused_imports)]

@@ -172,6 +172,8 @@ pub(crate) struct Engine<H: Host> {
     slots: KVec<Slot<H::Page>>,
     /// Guest pages per message, at most [`Host::MSG_PAGES`].
     msg_pages: usize,
+    /// Guest pages given back at once because the device cannot name them.
+    unaddressable: usize,
 }
 
 /// Balloon (4 KiB) pages of `n` guest pages.
@@ -211,6 +213,7 @@ impl<H: Host> Engine<H> {
             held: 0,
             slots: v,
             msg_pages,
+            unaddressable: 0,
         })
     }
 
@@ -274,16 +277,24 @@ impl<H: Host> Engine<H> {
     /// Posts up to `msg_pages` pages taken from the end of `batch` for inflation; returns
     /// how many guest pages it posted (0 if `batch` is empty).
     ///
+    /// A page the device cannot name (a frame number beyond 32 bits: memory above the 16 TiB
+    /// a legacy device addresses) goes back to the guest at once, counted by
+    /// [`Self::unaddressable`]; it is no device error, and the next allocation may do better.
+    ///
     /// # Errors
     ///
     /// `EBUSY` if no slot is free, or the error of describing or posting the message.  The
-    /// pages stay in `batch` on error.
+    /// pages stay in `batch` on error (but for those given back as unaddressable).
     pub(crate) fn post_inflate(&mut self, batch: &mut KVec<H::Page>) -> Result<usize> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let slot = self.free_slot().ok_or(EBUSY)?;
+        self.drop_unaddressable(slot, batch);
         let take = batch.len().min(self.msg_pages);
         if take == 0 {
             return Ok(0);
         }
-        let slot = self.free_slot().ok_or(EBUSY)?;
         for _ in 0..take {
             if let Some(p) = batch.pop() {
                 // Cannot fail: `take <= msg_pages <= capacity` (type invariant of `Slot`).
@@ -310,25 +321,60 @@ impl<H: Host> Engine<H> {
         }
     }
 
+    /// Gives the pages of `batch` that the device cannot name back to the guest, through the
+    /// page vector of free slot `slot` (which is empty, and stays so).
+    fn drop_unaddressable(&mut self, slot: usize, batch: &mut KVec<H::Page>) {
+        let fits = |p: &H::Page| H::pfns(p).all(|pfn| u32::try_from(pfn).is_ok());
+        let mut i = batch.len();
+        while i != 0 {
+            i -= 1;
+            // PANIC: `i < batch.len()`, which only shrinks at or after `i`.
+            if fits(&batch[i]) {
+                continue;
+            }
+            let last = batch.len() - 1;
+            batch.swap(i, last);
+            let Some(page) = batch.pop() else {
+                break;
+            };
+            self.unaddressable += 1;
+            let pages = &mut self.slots[slot].pages;
+            // Cannot fail: emptied whenever it is full below, capacity `msg_pages >= 1`.
+            let _ = pages.push_within_capacity(page);
+            if pages.len() == pages.capacity() {
+                self.host.release(pages);
+            }
+        }
+        // INVARIANT: the slot is free and its vector empty again.
+        self.host.release(&mut self.slots[slot].pages);
+    }
+
+    /// Guest pages given back so far because the device cannot name them
+    /// ([`Self::post_inflate`]).
+    pub(crate) fn unaddressable(&self) -> usize {
+        self.unaddressable
+    }
+
     /// Takes up to `max` guest pages (at most `msg_pages`) out of the balloon and posts
-    /// them for deflation; returns how many (0 if the balloon is empty, or every page left is
-    /// isolated for migration).  They are released when the device hands the message back
+    /// them for deflation; returns how many, with the message, for a caller that follows its
+    /// own messages ([`Self::sent`]); `None` if the balloon is empty, or every page left is
+    /// isolated for migration.  They are released when the device hands the message back
     /// ([`Self::reap`]).
     ///
     /// # Errors
     ///
     /// `EBUSY` if no slot is free, or the error of describing or posting the message; the
     /// pages stay in the balloon on error.
-    pub(crate) fn post_deflate(&mut self, max: usize) -> Result<usize> {
+    pub(crate) fn post_deflate(&mut self, max: usize) -> Result<Option<(usize, Ticket)>> {
         let take = max.min(self.msg_pages).min(self.held);
         if take == 0 {
-            return Ok(0);
+            return Ok(None);
         }
         let slot = self.free_slot().ok_or(EBUSY)?;
         // Within the slot vector's capacity, `msg_pages` (type invariant of `Slot`).
         let take = self.host.delist(&mut self.slots[slot].pages, take);
         if take == 0 {
-            return Ok(0);
+            return Ok(None);
         }
         self.held -= take;
         let posted = self
@@ -337,9 +383,10 @@ impl<H: Host> Engine<H> {
         match posted {
             Ok(()) => {
                 // INVARIANT: busy with a non-empty page vector.
-                self.slots[slot].busy = Some(Dir::Deflate);
-                self.slots[slot].seq = self.slots[slot].seq.wrapping_add(1);
-                Ok(take)
+                let s = &mut self.slots[slot];
+                s.busy = Some(Dir::Deflate);
+                s.seq = s.seq.wrapping_add(1);
+                Ok(Some((take, Ticket { slot, seq: s.seq })))
             }
             Err(e) => {
                 // Back on the list: the device was not told.

@@ -37,6 +37,7 @@ use crate::abi::{
     Sg,
     Virtqueue, //
 };
+use crate::config::CONFIG_CMD_ID;
 use crate::mm::{
     pfn_of,
     PAGES_PER_PAGE, //
@@ -45,7 +46,6 @@ use crate::pressure::{
     Deflate,
     Pressure, //
 };
-use crate::config::CONFIG_CMD_ID;
 use crate::shared::BalloonShared;
 use crate::stats::Counters;
 use core::num::NonZeroUsize;

@@ -138,6 +138,19 @@ impl SimHost {
         Ok(())
     }
 
+    /// Whether the device was given frame `pfn` on the inflate queue (finished or not): only
+    /// such a page must not go back to the guest untold.
+    fn took(&self, pfn: u64) -> bool {
+        self.finished
+            .iter()
+            .any(|&(d, p)| d == Dir::Inflate && p == pfn)
+            || self
+                .pending
+                .iter()
+                .filter(|m| m.dir == Dir::Inflate)
+                .any(|m| m.pfns.iter().any(|&p| u64::from(p) == pfn))
+    }
+
     /// Frame numbers of the messages the device holds on `dir`'s queue.
     fn pending_pfns(&self, dir: Dir) -> usize {
         self.pending
@@ -217,13 +230,18 @@ impl Host for SimHost {
 
     fn release(&mut self, pages: &mut KVec<SimPage>) {
         for p in pages.iter() {
-            if !self.reset && !self.told.contains(&p.0) {
+            if !self.reset && self.took(p.0) && !self.told.contains(&p.0) {
                 self.violations += 1;
             }
             let _ = self.freed.push(p.0, GFP_KERNEL);
         }
         pages.clear();
     }
+}
+
+/// Posts a deflate message of up to `max` pages; returns how many (0 for none).
+fn deflate(e: &mut Engine<SimHost>, max: usize) -> Result<usize> {
+    Ok(e.post_deflate(max)?.map_or(0, |(n, _)| n))
 }
 
 /// An engine over a simulated device.
@@ -291,7 +309,7 @@ mod tests {
     #[test]
     fn deflate_releases_only_after_the_device_was_told() -> Result {
         let mut e = inflated(1000, 20)?;
-        assert_eq!(e.post_deflate(8)?, 8);
+        assert_eq!(deflate(&mut e, 8)?, 8);
         // Out of the balloon, but the device has not finished: nothing is released, however
         // often the driver looks.
         assert_eq!(e.num_pages(), 12);
@@ -301,7 +319,7 @@ mod tests {
         assert!(e.host.freed.is_empty());
         assert_eq!(e.host.pending_pfns(Dir::Deflate), 8);
         // A second message while the first is pending.
-        assert_eq!(e.post_deflate(5)?, 5);
+        assert_eq!(deflate(&mut e, 5)?, 5);
         assert!(e.host.finish_one()?);
         let p = e.reap()?;
         assert_eq!(p.deflated, 8);
@@ -338,6 +356,74 @@ mod tests {
     }
 
     #[test]
+    fn a_page_the_device_cannot_name_goes_back() -> Result {
+        // Frame numbers beyond 32 bits (memory above 16 TiB), among ordinary ones.
+        const HIGH: u64 = 1 << 32;
+        let mut e = Engine::with_limits(SimHost::new()?, 4, SLOTS)?;
+        let mut batch = KVec::new();
+        for pfn in [
+            10,
+            HIGH,
+            11,
+            HIGH + 7,
+            12,
+            HIGH + 1,
+            HIGH + 2,
+            HIGH + 3,
+            HIGH + 4,
+        ] {
+            batch.push(SimPage(pfn), GFP_KERNEL)?;
+        }
+        // No error: the unaddressable pages go back to the guest, the others are posted.
+        assert_eq!(e.post_inflate(&mut batch)?, 3);
+        assert!(batch.is_empty());
+        assert_eq!(e.unaddressable(), 6);
+        let mut freed = KVec::new();
+        freed.extend_from_slice(&e.host.freed, GFP_KERNEL)?;
+        freed.sort_unstable();
+        assert_eq!(
+            &freed[..],
+            &[HIGH, HIGH + 1, HIGH + 2, HIGH + 3, HIGH + 4, HIGH + 7]
+        );
+        assert_eq!(e.host.pending_pfns(Dir::Inflate), 3);
+        e.host.finish_all()?;
+        assert_eq!(e.reap()?.inflated, 3);
+        assert_eq!(e.num_pages(), 3);
+        // Only unaddressable pages: nothing posted, nothing lost, and the slot is free.
+        let mut batch = KVec::new();
+        batch.push(SimPage(HIGH + 9), GFP_KERNEL)?;
+        assert_eq!(e.post_inflate(&mut batch)?, 0);
+        assert_eq!(e.unaddressable(), 7);
+        assert_eq!(e.in_flight(), 0);
+        assert_eq!(e.slots_left(), SLOTS);
+        assert!(e.host.freed_once()?);
+        assert_eq!(e.host.violations, 0);
+        assert_eq!(e.host.managed, -3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_caller_follows_only_its_own_deflate_messages() -> Result {
+        let mut e = inflated(700, 12)?;
+        // Another deflate message (the worker's), then the caller's (the shrinker's).
+        assert_eq!(deflate(&mut e, 3)?, 3);
+        let (n, mine) = e.post_deflate(4)?.ok_or(EINVAL)?;
+        assert_eq!(n, 4);
+        // The other message completes first: the caller's is still in flight.
+        assert!(e.host.finish_one()?);
+        assert_eq!(e.reap()?.deflated, 3);
+        assert_eq!(e.sent(&mine), Sent::InFlight);
+        assert!(e.host.finish_one()?);
+        assert_eq!(e.reap()?.deflated, 4);
+        assert_eq!(e.sent(&mine), Sent::Done);
+        // An empty balloon posts nothing.
+        let mut empty = engine()?;
+        assert_eq!(empty.post_deflate(4)?, None);
+        assert_eq!(e.host.violations, 0);
+        Ok(())
+    }
+
+    #[test]
     fn limits_shape_the_protocol() -> Result {
         // The C driver's protocol: 256 pages per message, one in flight.
         let mut e = Engine::with_limits(SimHost::new()?, 256, 1)?;
@@ -358,7 +444,7 @@ mod tests {
     fn a_refused_message_loses_nothing() -> Result {
         let mut e = inflated(300, 10)?;
         e.host.fail_post = true;
-        assert_eq!(e.post_deflate(4), Err(EIO));
+        assert_eq!(deflate(&mut e, 4), Err(EIO));
         assert_eq!(e.num_pages(), 10);
         let mut batch = pages(400, 3)?;
         assert_eq!(e.post_inflate(&mut batch), Err(EIO));
@@ -366,14 +452,14 @@ mod tests {
         assert_eq!(e.in_flight(), 0);
         assert!(e.host.freed.is_empty());
         e.host.fail_post = false;
-        assert_eq!(e.post_deflate(4)?, 4);
+        assert_eq!(deflate(&mut e, 4)?, 4);
         Ok(())
     }
 
     #[test]
     fn a_message_handed_back_twice_is_refused() -> Result {
         let mut e = inflated(500, 4)?;
-        assert_eq!(e.post_deflate(2)?, 2);
+        assert_eq!(deflate(&mut e, 2)?, 2);
         e.host.finish_all()?;
         // The device reports the finished message twice.
         let (_, slot) = e.host.used[0];
@@ -398,7 +484,7 @@ mod tests {
         let mut e = inflated(2000, 10)?;
         let mut batch = pages(3000, 5)?;
         assert_eq!(e.post_inflate(&mut batch)?, 5);
-        assert_eq!(e.post_deflate(3)?, 3);
+        assert_eq!(deflate(&mut e, 3)?, 3);
         // The device is reset with both messages pending.
         e.host.reset = true;
         assert_eq!(e.release_all(), 15);
@@ -433,10 +519,10 @@ mod tests {
         // Deflating still works, through the other slots only: the device may still read
         // the lost one.
         for _ in 1..SLOTS {
-            assert_eq!(e.post_deflate(1)?, 1);
+            assert_eq!(deflate(&mut e, 1)?, 1);
         }
         assert!(!e.has_free_slot());
-        assert_eq!(e.post_deflate(1), Err(EBUSY));
+        assert_eq!(deflate(&mut e, 1), Err(EBUSY));
         let slots = e.host.pending_slots()?;
         assert_eq!(slots.len(), SLOTS - 1);
         assert!(slots.iter().all(|&s| s != lost));
@@ -457,7 +543,7 @@ mod tests {
     #[test]
     fn a_broken_deflate_queue_gives_pages_back_untold() -> Result {
         let mut e = inflated(300, 12)?;
-        assert_eq!(e.post_deflate(5)?, 5);
+        assert_eq!(deflate(&mut e, 5)?, 5);
         let lost = e.host.pending_slots()?[0];
         e.host.broken[Dir::Deflate as usize] = true;
         // The message's pages go back to the guest without the device finishing it: the
@@ -506,7 +592,7 @@ mod tests {
         assert_eq!(e.slots_left(), 0);
         assert!(!e.has_free_slot());
         // No slot, no page vector: nothing moves, nothing is lost.
-        assert_eq!(e.post_deflate(1), Err(EBUSY));
+        assert_eq!(deflate(&mut e, 1), Err(EBUSY));
         assert_eq!(e.release_untold(1), 0);
         assert_eq!(e.num_pages(), 8);
         assert!(e.host.freed.is_empty());
@@ -523,7 +609,7 @@ mod tests {
         let a = e.host.isolate(100)?;
         let b = e.host.isolate(101)?;
         let c = e.host.isolate(102)?;
-        assert_eq!(e.post_deflate(3)?, 0);
+        assert_eq!(deflate(&mut e, 3)?, 0);
         assert_eq!(e.in_flight(), 0);
         assert_eq!(e.pages_held(), 3);
         // Teardown releases what is on the list and leaves the isolated pages counted.
@@ -569,7 +655,7 @@ mod tests {
         assert!(e.host.freed.is_empty());
         // The new page deflates like any other, after the device was told.
         while e.pages_held() != 0 {
-            e.post_deflate(MSG_PAGES)?;
+            deflate(&mut e, MSG_PAGES)?;
             e.host.finish_all()?;
             e.reap()?;
         }

@@ -94,6 +94,8 @@ impl<T: Deflate> OomNotifier<T> {
         )?;
         // SAFETY: The block is pinned and lives until `Drop` unregisters it.
         kernel::error::to_result(unsafe { register_oom_notifier(block.nb.get()) })?;
+        #[cfg(virtio_rs_kunit)]
+        crate::testing::live(&crate::testing::LIVE_HOOKS, true);
         // INVARIANT: registered just above.
         Ok(Self { block })
     }
@@ -104,6 +106,8 @@ impl<T: Deflate> Drop for OomNotifier<T> {
         // SAFETY: Registered by `new` (type invariant); unregistering waits for running
         // callbacks (the chain is protected by a blocking notifier rwsem).
         unsafe { unregister_oom_notifier(self.block.nb.get()) };
+        #[cfg(virtio_rs_kunit)]
+        crate::testing::live(&crate::testing::LIVE_HOOKS, false);
     }
 }
 
@@ -168,6 +172,8 @@ impl<T: Deflate> Shrinker<T> {
             (*s).private_data = Arc::as_ptr(&target).cast_mut().cast();
             bindings::shrinker_register(s);
         }
+        #[cfg(virtio_rs_kunit)]
+        crate::testing::live(&crate::testing::LIVE_HOOKS, true);
         // INVARIANT: allocated and registered, `private_data` set to the target.
         Ok(Self {
             raw,
@@ -181,6 +187,8 @@ impl<T: Deflate> Drop for Shrinker<T> {
         // SAFETY: Allocated and registered by `new` (type invariant); `shrinker_free()`
         // unregisters it and waits for running callbacks before freeing it.
         unsafe { bindings::shrinker_free(self.raw.as_ptr()) };
+        #[cfg(virtio_rs_kunit)]
+        crate::testing::live(&crate::testing::LIVE_HOOKS, false);
     }
 }
 

@@ -32,7 +32,7 @@ use kernel::{
 };
 
 /// `deflate_policy` values.
-mod policy {
+pub(crate) mod policy {
     /// The OOM notifier when DEFLATE_ON_OOM is negotiated, else nothing (the C driver).
     pub(crate) const AUTO: u32 = 0;
     /// The OOM notifier.

@@ -51,6 +51,12 @@ pub(crate) struct State {
     /// The device broke the deflate queue (seen and logged): pages leave the balloon without
     /// telling it (or not at all, with VIRTIO_BALLOON_F_MUST_TELL_HOST: then `dead` is set).
     pub(crate) deflate_lost: bool,
+    /// Waits for the device in a row that ended in a timeout, with nothing handed back since.
+    pub(crate) silent_waits: u32,
+    /// Times the device handed something back (wrapping), whoever looked.
+    pub(crate) answers: u32,
+    /// A timeout was logged already (once per device).
+    pub(crate) slow_logged: bool,
     /// A report failed on the device's side (broken queue, or no answer in
     /// [`REPORT_TIMEOUT_MS`](crate::worker::REPORT_TIMEOUT_MS); logged): every later report
     /// fails at once.  A report the device did not return keeps its descriptors until

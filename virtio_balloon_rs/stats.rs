@@ -105,6 +105,14 @@ pub(crate) struct Counters {
     pub(crate) alloc_failures: Atomic<u64>,
     /// Messages the device did not take (broken queue, timeout).
     pub(crate) device_errors: Atomic<u64>,
+    /// Waits that found the device silent for the whole acknowledgement timeout.
+    pub(crate) ack_timeouts: Atomic<u64>,
+    /// Guest pages given back unballooned: their frame numbers do not fit the 32 bits a
+    /// legacy device takes (memory above 16 TiB).
+    pub(crate) unaddressable: Atomic<u64>,
+    /// Statistics the driver could not read (an allocation failed): the device got the
+    /// previous ones again.
+    pub(crate) stats_failures: Atomic<u64>,
     /// Guest pages of inflate messages lost on a broken queue, held until unbind.
     pub(crate) set_aside: Atomic<u64>,
     /// Negotiated feature bits.
@@ -156,9 +164,19 @@ pub(crate) struct Counters {
     pub(crate) hint_errors: Atomic<u64>,
 }
 
+// Test flavour: counts the balloon states alive (every part of a balloon holds its counters).
+#[cfg(virtio_rs_kunit)]
+impl Drop for Counters {
+    fn drop(&mut self) {
+        crate::testing::live(&crate::testing::LIVE_BALLOONS, false);
+    }
+}
+
 impl Counters {
     /// All zero.
     pub(crate) fn new() -> Self {
+        #[cfg(virtio_rs_kunit)]
+        crate::testing::live(&crate::testing::LIVE_BALLOONS, true);
         Self {
             target: Atomic::new(0),
             actual: Atomic::new(0),
@@ -169,6 +187,9 @@ impl Counters {
             shrinker_deflated: Atomic::new(0),
             alloc_failures: Atomic::new(0),
             device_errors: Atomic::new(0),
+            ack_timeouts: Atomic::new(0),
+            unaddressable: Atomic::new(0),
+            stats_failures: Atomic::new(0),
             set_aside: Atomic::new(0),
             features: Atomic::new(0),
             stats_sent: Atomic::new(0),
@@ -210,7 +231,7 @@ impl Counters {
 
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &Atomic<u64>); 31] = [
+        let rows: [(&str, &Atomic<u64>); 34] = [
             ("target_pages", &self.target),
             ("actual_pages", &self.actual),
             ("pages_held", &self.pages_held),
@@ -220,6 +241,9 @@ impl Counters {
             ("shrinker_deflated_pages", &self.shrinker_deflated),
             ("alloc_failures", &self.alloc_failures),
             ("device_errors", &self.device_errors),
+            ("ack_timeouts", &self.ack_timeouts),
+            ("unaddressable_pages", &self.unaddressable),
+            ("stats_failures", &self.stats_failures),
             ("set_aside_pages", &self.set_aside),
             ("features", &self.features),
             ("stats_sent", &self.stats_sent),

@@ -25,7 +25,8 @@ use crate::{
         Dir,
         Engine,
         Progress,
-        Sent, //
+        Sent,
+        Ticket, //
     },
     migrate::{
         Migrate,
@@ -73,9 +74,27 @@ use kernel::{
     },
 };
 
-/// How long to wait for the device to take a message before declaring it dead.
-// TIMEOUT: QEMU answers within microseconds; a device silent for 5 s is broken or gone.
+/// Who waits for the device, which decides what a timeout costs ([`BalloonShared::wait_until`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiter {
+    /// The update worker, moving toward the target.
+    Worker,
+    /// Memory pressure: the shrinker, the OOM notifier, compaction's migration callback.
+    Pressure,
+    /// Teardown, which resets the device afterwards.
+    Teardown,
+}
+
+/// How long a wait for the device lasts when the device hands nothing back meanwhile.
+// TIMEOUT: QEMU answers within microseconds; a device silent for 5 s is slow at best.
 const ACK_TIMEOUT_MS: u32 = 5000;
+/// Waits of [`ACK_TIMEOUT_MS`] in a row, with nothing handed back in between, after which
+/// the worker takes the device for broken and freezes the balloon (15 s of silence).
+const ACK_TIMEOUTS_TO_FREEZE: u32 = 3;
+/// How often a wait for the device looks at the used rings itself, whether or not the
+/// acknowledgement work woke it: the news of a completion may come late under memory
+/// pressure, the completion itself is in the ring.
+const ACK_POLL_MS: u32 = 100;
 
 /// How long a report may stay with the device before reporting stops for good.
 // TIMEOUT: QEMU discards the ranges of a report (at most 32 blocks of 4 MiB) in
@@ -139,13 +158,15 @@ impl BalloonShared {
             // Wake the worker, or the report in flight, from process context (both sleep
             // under the state mutex).  First: without STATS_VQ, the reporting queue takes the
             // stats queue's request slot.
+            // On the module's reclaim-safe queue: a balloon giving memory back under pressure
+            // waits for this.
             s if s == this.report_slot => {
-                let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
+                let _ = crate::wq::with_queue(|q| q.enqueue::<Arc<Self>, 1>(this.into()));
             }
             // Hinting polls its queue (interrupts are off there).
             s if s == this.hint_slot => {}
             INFLATE | DEFLATE => {
-                let _ = workqueue::system_highpri().enqueue::<Arc<Self>, 1>(this.into());
+                let _ = crate::wq::with_queue(|q| q.enqueue::<Arc<Self>, 1>(this.into()));
             }
             // The device returned the statistics buffer: refresh and resend it.
             STATS if !this.stop.load(Relaxed) => {
@@ -187,6 +208,9 @@ impl WorkItem<1> for BalloonShared {
     type Pointer = Arc<Self>;
 
     fn run(this: Arc<Self>) {
+        // Test flavour: a slow delivery path (the device answered; the news comes late).
+        #[cfg(virtio_rs_kunit)]
+        crate::testing::delay_ack(|| this.stop.load(Relaxed));
         this.state.lock().ack_pending = true;
         this.acked.notify_all();
     }
@@ -216,7 +240,7 @@ impl Deflate for BalloonShared {
         let want = usize::try_from(pages).unwrap_or(usize::MAX);
         // Pages are released only once the device took the deflate message: what `leak`
         // reports is what the guest got back.
-        let freed = self.leak_locked(&mut state, want, usize::MAX);
+        let freed = self.leak_locked(&mut state, want, usize::MAX, Waiter::Pressure);
         let now = state.engine.num_pages();
         let idle = state.engine.in_flight() == 0;
         drop(state);
@@ -345,7 +369,9 @@ impl BalloonShared {
     ) -> Result {
         let mut done = Progress::default();
         let ticket = state.engine.post_pfns(Dir::Inflate, new.pfns())?;
-        let _ = self.wait_until(state, &mut done, |e| e.sent(&ticket) != Sent::InFlight);
+        let _ = self.wait_until(state, &mut done, Waiter::Pressure, |e| {
+            e.sent(&ticket) != Sent::InFlight
+        });
         if state.engine.sent(&ticket) != Sent::Done {
             // The device may still read the message: the page must not go back to the
             // guest before a reset (or joins the balloon if the device takes it late).
@@ -358,7 +384,7 @@ impl BalloonShared {
         // The device took `new` (or was reset by a teardown that started meanwhile): from
         // here on, a failure keeps it in the balloon, which teardown empties.
         let told = self
-            .wait_until(state, &mut done, |e| e.has_free_slot())
+            .wait_until(state, &mut done, Waiter::Pressure, |e| e.has_free_slot())
             .and_then(|()| {
                 if state.deflate_lost || self.stop.load(Relaxed) {
                     return Err(EAGAIN);
@@ -366,7 +392,9 @@ impl BalloonShared {
                 state.engine.post_pfns(Dir::Deflate, old.pfns())
             })
             .and_then(|ticket| {
-                let _ = self.wait_until(state, &mut done, |e| e.sent(&ticket) != Sent::InFlight);
+                let _ = self.wait_until(state, &mut done, Waiter::Pressure, |e| {
+                    e.sent(&ticket) != Sent::InFlight
+                });
                 match state.engine.sent(&ticket) {
                     Sent::Done => Ok(()),
                     // The device may read it late: then it thinks `old` is back with the guest
@@ -397,10 +425,20 @@ impl BalloonShared {
     }
 
     /// Sends fresh statistics: the first buffer at probe (`initial`), then each time the
-    /// device returns the buffer (`stats_handle_request()` in C).
+    /// device returns the buffer (`stats_handle_request()` in C).  If they cannot be read (an
+    /// allocation failed), the device gets the buffer back with the previous ones (all
+    /// zero at probe), so that it asks again at its next interval: it would never ask again
+    /// without the buffer.
     pub(crate) fn send_stats(&self, initial: bool) {
         // Read the counters before taking the lock: this allocates.
         let snapshot = MemSnapshot::now();
+        // Test flavour: the read fails, as an allocation failure there would.
+        #[cfg(virtio_rs_kunit)]
+        let snapshot = if crate::testing::fail_stats() {
+            Err(ENOMEM)
+        } else {
+            snapshot
+        };
         let mut state = self.state.lock();
         let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(STATS)) else {
             return;
@@ -409,16 +447,25 @@ impl BalloonShared {
             return;
         }
         let values = match snapshot {
-            Ok(m) => stats::tag_values(&m),
+            Ok(m) => Some(stats::tag_values(&m)),
             Err(e) => {
-                dev_warn!(self.dev, "cannot read memory statistics: {:?}\n", e);
-                return;
+                if self.counters.stats_failures.load(Relaxed) == 0 {
+                    dev_warn!(
+                        self.dev,
+                        "cannot read memory statistics ({:?}): sending the previous ones (logged once)\n",
+                        e
+                    );
+                }
+                Counters::add(&self.counters.stats_failures, 1);
+                None
             }
         };
-        let bytes = stats::encode(&values);
-        for (i, b) in bytes.iter().enumerate() {
-            if fill_byte(&state.stats_buf, i, *b).is_err() {
-                return;
+        if let Some(values) = &values {
+            let bytes = stats::encode(values);
+            for (i, b) in bytes.iter().enumerate() {
+                if fill_byte(&state.stats_buf, i, *b).is_err() {
+                    return;
+                }
             }
         }
         let sg = Sg::new(state.stats_buf.device_addr(), stats::BUF_SIZE as u32);
@@ -431,8 +478,10 @@ impl BalloonShared {
             return;
         }
         vq.kick();
-        for (slot, v) in self.counters.last_stats.iter().zip(values) {
-            slot.store(v, Relaxed);
+        if let Some(values) = values {
+            for (slot, v) in self.counters.last_stats.iter().zip(values) {
+                slot.store(v, Relaxed);
+            }
         }
         Counters::add(&self.counters.stats_sent, 1);
     }
@@ -481,6 +530,10 @@ impl BalloonShared {
             );
             Counters::add(&self.counters.device_errors, 1);
         })?;
+        if p != Progress::default() {
+            state.silent_waits = 0;
+            state.answers = state.answers.wrapping_add(1);
+        }
         self.count(state, p, done);
         Ok(())
     }
@@ -567,19 +620,38 @@ impl BalloonShared {
     }
 
     /// Completes messages until `ready` holds, waiting for the device at most
-    /// [`ACK_TIMEOUT_MS`] in all; adds what completed to `done`.
+    /// [`ACK_TIMEOUT_MS`] while it hands nothing back; adds what completed to `done`.  Looks at
+    /// the used rings every [`ACK_POLL_MS`] as well as when woken, so a late wake-up costs
+    /// latency, never the balloon.
+    ///
+    /// A timeout is evidence of a silent device, and `who` decides what it costs (README, "A
+    /// misbehaving device"):
+    ///
+    /// - [`Waiter::Pressure`]: nothing; the caller gives back what completed and returns;
+    /// - [`Waiter::Worker`]: the balloon freezes after [`ACK_TIMEOUTS_TO_FREEZE`] timeouts in a
+    ///   row (whoever waited) with nothing handed back in between;
+    /// - [`Waiter::Teardown`]: the balloon freezes at once (the caller resets the device and
+    ///   releases everything).
+    ///
+    /// A device that is gone (all-ones reads) or broke a queue freezes or shrinks the
+    /// balloon at once through [`Self::check_queues`]: the transport breaks the queues.
     ///
     /// # Errors
     ///
     /// `EIO` if a queue is broken or gone or the device misbehaved, `ETIMEDOUT` if the
-    /// device took no message for [`ACK_TIMEOUT_MS`].
+    /// device handed nothing back for [`ACK_TIMEOUT_MS`], `EINTR` if the worker was told
+    /// to stop (teardown takes over).
     fn wait_until(
         &self,
         state: &mut StateGuard<'_>,
         done: &mut Progress,
+        who: Waiter,
         ready: impl Fn(&Engine<DeviceHost>) -> bool,
     ) -> Result {
-        let mut left = msecs_to_jiffies(ACK_TIMEOUT_MS);
+        let timeout = msecs_to_jiffies(ACK_TIMEOUT_MS);
+        let poll = msecs_to_jiffies(ACK_POLL_MS).max(1);
+        let mut left = timeout;
+        let mut seen = state.answers;
         loop {
             if state.engine.host.vqs.is_none() {
                 return Err(EIO);
@@ -592,34 +664,68 @@ impl BalloonShared {
             if self.dead.load(Relaxed) {
                 return Err(EIO);
             }
+            if who == Waiter::Worker && self.stop.load(Relaxed) {
+                return Err(EINTR);
+            }
+            if state.answers != seen {
+                // The device is alive (whoever took its answer while this waited): the
+                // timeout counts from its last answer.
+                seen = state.answers;
+                left = timeout;
+            }
             if state.ack_pending {
                 state.ack_pending = false;
                 continue;
             }
+            if left == 0 {
+                return Err(self.timed_out(state, who));
+            }
+            let slice = left.min(poll);
+            left -= slice;
             let t = Instant::<Monotonic>::now();
-            let woke = self.acked.wait_interruptible_timeout(state, left);
+            let woke = self.acked.wait_interruptible_timeout(state, slice);
             Counters::add_time(&self.counters.wait_ns, t);
             match woke {
-                kernel::sync::CondVarTimeoutResult::Timeout => {
-                    self.freeze(
-                        state,
-                        format_args!("the device took no message in {} ms", ACK_TIMEOUT_MS),
-                    );
-                    Counters::add(&self.counters.device_errors, 1);
-                    return Err(ETIMEDOUT);
-                }
-                kernel::sync::CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                kernel::sync::CondVarTimeoutResult::Timeout => {}
+                kernel::sync::CondVarTimeoutResult::Woken { jiffies } => left += jiffies,
                 // The caller has a signal pending (a task in the OOM path): the wait cannot
                 // sleep, so sleep uninterruptibly instead of spinning.
-                kernel::sync::CondVarTimeoutResult::Signal { jiffies } => {
-                    fsleep(Delta::from_millis(1));
-                    left = jiffies.saturating_sub(msecs_to_jiffies(1).max(1));
-                    if left == 0 {
-                        return Err(ETIMEDOUT);
-                    }
+                kernel::sync::CondVarTimeoutResult::Signal { .. } => {
+                    fsleep(Delta::from_millis(ACK_POLL_MS.into()));
                 }
             }
         }
+    }
+
+    /// A wait of `who` found the device silent for [`ACK_TIMEOUT_MS`]: counts it, logs the
+    /// first one, and freezes the balloon if `who` may (see [`Self::wait_until`]); returns
+    /// the error of the wait.
+    fn timed_out(&self, state: &mut StateGuard<'_>, who: Waiter) -> Error {
+        state.silent_waits = state.silent_waits.saturating_add(1);
+        Counters::add(&self.counters.device_errors, 1);
+        Counters::add(&self.counters.ack_timeouts, 1);
+        let freeze = match who {
+            Waiter::Pressure => false,
+            Waiter::Worker => state.silent_waits >= ACK_TIMEOUTS_TO_FREEZE,
+            Waiter::Teardown => true,
+        };
+        if freeze {
+            self.freeze(
+                state,
+                format_args!(
+                    "the device handed nothing back in {} waits of {} ms",
+                    state.silent_waits, ACK_TIMEOUT_MS
+                ),
+            );
+        } else if !state.slow_logged {
+            state.slow_logged = true;
+            dev_warn!(
+                self.dev,
+                "the device handed nothing back in {} ms; carrying on (logged once)\n",
+                ACK_TIMEOUT_MS
+            );
+        }
+        ETIMEDOUT
     }
 
     /// Inflates by up to `want` 4 KiB pages, in at most [`MSGS_PER_RUN`] messages; returns
@@ -657,7 +763,7 @@ impl BalloonShared {
             }
             let mut state = self.state.lock();
             if self
-                .wait_until(&mut state, &mut done, |e| e.has_free_slot())
+                .wait_until(&mut state, &mut done, Waiter::Worker, |e| e.has_free_slot())
                 .is_err()
                 || state.inflate_lost
             {
@@ -666,6 +772,9 @@ impl BalloonShared {
             let t = Instant::<Monotonic>::now();
             let posted = state.engine.post_inflate(&mut batch);
             Counters::add_time(&self.counters.post_ns, t);
+            self.counters
+                .unaddressable
+                .store(state.engine.unaddressable() as u64, Relaxed);
             match posted {
                 Ok(k) => {
                     Counters::add(&self.counters.messages, 1);
@@ -686,23 +795,45 @@ impl BalloonShared {
             Counters::add(&self.counters.alloc_failures, 1);
         }
         let mut state = self.state.lock();
-        let _ = self.wait_until(&mut state, &mut done, |e| e.in_flight() == 0);
+        let _ = self.wait_until(&mut state, &mut done, Waiter::Worker, |e| {
+            e.in_flight() == 0
+        });
         drop(state);
         BalloonPage::release_all(&mut batch);
         (done.inflated, short)
     }
 
     /// Deflates by up to `want` 4 KiB pages; returns how many were given back to the guest.
-    fn leak(&self, want: u32) -> u32 {
+    fn leak(&self, want: u32, who: Waiter) -> u32 {
         let mut state = self.state.lock();
-        self.leak_locked(&mut state, (want / PAGES_PER_PAGE) as usize, MSGS_PER_RUN)
+        self.leak_locked(
+            &mut state,
+            (want / PAGES_PER_PAGE) as usize,
+            MSGS_PER_RUN,
+            who,
+        )
     }
 
     /// Deflates by up to `want` guest pages in at most `msgs` messages, telling the device
     /// before each page goes back to the guest, and waits for the device; returns how many
-    /// 4 KiB pages the guest got back.
-    fn leak_locked(&self, state: &mut StateGuard<'_>, mut want: usize, msgs: usize) -> u32 {
+    /// 4 KiB pages the guest got back through this call: of its own messages, not of others
+    /// that completed while it waited (the shrinker reports what it freed itself).
+    ///
+    /// Memory pressure ([`Waiter::Pressure`]) waits for its own messages only, and a timeout
+    /// there leaves them with the device: their pages go back to the guest when the device
+    /// hands them back, to whoever looks next.
+    fn leak_locked(
+        &self,
+        state: &mut StateGuard<'_>,
+        mut want: usize,
+        msgs: usize,
+        who: Waiter,
+    ) -> u32 {
         let mut done = Progress::default();
+        // This call's messages not yet handed back: (message, 4 KiB pages).  Each holds a
+        // message slot, so there are never more than `SLOTS`.
+        let mut mine: [Option<(Ticket, u32)>; crate::engine::SLOTS] = [None; crate::engine::SLOTS];
+        let mut freed = 0u32;
         let mut sent = 0;
         if self.dead.load(Relaxed) {
             return 0;
@@ -727,15 +858,15 @@ impl BalloonShared {
                         ..Progress::default()
                     };
                     self.count(state, p, &mut done);
+                    freed = freed.saturating_add(p.deflated);
                     want -= k.min(want);
                     sent += 1;
                     continue;
                 }
             }
-            if self
-                .wait_until(state, &mut done, |e| e.has_free_slot())
-                .is_err()
-            {
+            let waited = self.wait_until(state, &mut done, who, |e| e.has_free_slot());
+            freed = freed.saturating_add(self.settled(state, &mut mine));
+            if waited.is_err() {
                 break;
             }
             if state.deflate_lost {
@@ -745,10 +876,17 @@ impl BalloonShared {
             let posted = state.engine.post_deflate(want);
             Counters::add_time(&self.counters.post_ns, t);
             match posted {
-                Ok(0) => break,
-                Ok(k) => {
+                Ok(None) => break,
+                Ok(Some((k, ticket))) => {
                     Counters::add(&self.counters.messages, 1);
                     want -= k.min(want);
+                    // CAST: at most `MSG_PAGES` guest pages.
+                    let pages = k as u32 * PAGES_PER_PAGE;
+                    // Always a free entry: `settled` cleared every message handed back, and
+                    // this one took a free slot.
+                    if let Some(e) = mine.iter_mut().find(|e| e.is_none()) {
+                        *e = Some((ticket, pages));
+                    }
                 }
                 Err(e) => {
                     dev_warn!(self.dev, "cannot post a deflate message: {:?}\n", e);
@@ -758,13 +896,46 @@ impl BalloonShared {
             }
             sent += 1;
         }
-        if let Err(e) = self.wait_until(state, &mut done, |e| e.in_flight() == 0) {
-            // A dead device was reported once already.
-            if !self.dead.load(Relaxed) {
-                dev_warn!(self.dev, "deflate message not delivered ({:?})\n", e);
+        let waited = if who == Waiter::Pressure {
+            self.wait_until(state, &mut done, who, |e| {
+                mine.iter()
+                    .flatten()
+                    .all(|(t, _)| e.sent(t) != Sent::InFlight)
+            })
+        } else {
+            self.wait_until(state, &mut done, who, |e| e.in_flight() == 0)
+        };
+        freed = freed.saturating_add(self.settled(state, &mut mine));
+        match waited {
+            // Timeouts were logged once (`timed_out`), a dead device once, and a stopping
+            // worker leaves the rest to teardown.
+            Err(e) if e == ETIMEDOUT || e == EINTR || self.dead.load(Relaxed) => {}
+            Err(e) => dev_warn!(self.dev, "deflate message not delivered ({:?})\n", e),
+            Ok(()) => {}
+        }
+        freed
+    }
+
+    /// Takes the messages of `mine` that the device handed back (or that went to a deflate
+    /// queue it broke, whose pages went back untold, when it need not be told) out of it;
+    /// returns their 4 KiB pages, now the guest's.
+    fn settled(&self, state: &StateGuard<'_>, mine: &mut [Option<(Ticket, u32)>]) -> u32 {
+        let mut n = 0u32;
+        for entry in mine.iter_mut() {
+            let Some((ticket, pages)) = *entry else {
+                continue;
+            };
+            let gone = match state.engine.sent(&ticket) {
+                Sent::Done => true,
+                Sent::Lost => !self.has(F_MUST_TELL_HOST),
+                Sent::InFlight => false,
+            };
+            if gone {
+                *entry = None;
+                n = n.saturating_add(pages);
             }
         }
-        done.deflated
+        n
     }
 
     /// One step toward the target; true if more steps are needed.
@@ -807,7 +978,7 @@ impl BalloonShared {
                 added
             }
             core::cmp::Ordering::Less => {
-                let freed = self.leak(current - target);
+                let freed = self.leak(current - target, Waiter::Worker);
                 if freed == 0 && self.list.isolated() != 0 {
                     isolated = true;
                     fsleep(Delta::from_millis(10));
@@ -841,7 +1012,7 @@ impl BalloonShared {
             if current == 0 {
                 break;
             }
-            if self.leak(current) != 0 {
+            if self.leak(current, Waiter::Teardown) != 0 {
                 waited = 0;
                 continue;
             }

@@ -36,6 +36,7 @@ RAM = b.RAM
 # gentlest tests to those that squeeze its memory.
 ORDER = ["test_bringup", "test_kunit", "test_balloon_msix", "test_balloon_intx",
          "test_parity_c", "test_migration", "test_transport_faults", "test_balloon_pressure",
+         "test_slow_ack",
          "test_balloon_hostile"]
 
 

@@ -3,7 +3,8 @@
 
 One guest for the whole run: a boot of the debug kernel (KASAN, lockdep, kmemleak, debug
 objects) under TCG takes minutes, so every stress test shares it, in a fixed order (KUnit,
-fault injection, module churn, hot-unplug, memory storms, the final kmemleak scan).  The guest
+fault injection into the ring, failed allocations in every probe, module churn, hot-unplug,
+memory storms, the final kmemleak scan).  The guest
 (q35, as virtme-ng starts it) has QEMU's legacy balloon behind a PCIe root port, which QEMU
 hot-plugs through ACPI: the hot-unplug tests take it away and plug it back, and the storm
 tests plug it back with deflate-on-oom=on.  The modules come from the fault flavour
@@ -34,8 +35,8 @@ BOOT_TIMEOUT = int(os.environ.get("VIRTIO_RS_STRESS_BOOT_TIMEOUT", "900"))
 HUNG_TASK_SECS = 10
 
 # The order of the test files (pytest would sort them by name).
-ORDER = ["test_kunit", "test_fault", "test_cycles", "test_hotunplug", "test_storms",
-         "test_kmemleak"]
+ORDER = ["test_kunit", "test_fault", "test_probe_faults", "test_cycles", "test_hotunplug",
+         "test_storms", "test_kmemleak"]
 
 
 def env_dir(var, what):

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Fault injection for the integration tests, compiled only into the test flavour of the
+//! module (`--cfg virtio_rs_kunit`): the production `.ko` carries none of it.  The switches
+//! live in `/sys/kernel/debug/virtio_balloon_rs_testing/`:
+//!
+//! | file | what |
+//! |---|---|
+//! | `ack_delay_ms` | `N`: the work item that tells a waiting balloon the device used a buffer sleeps `N` ms first, as when no kworker can be had under memory pressure; the device itself is as fast as ever |
+//! | `fail_stats` | `N`: the next `N` reads of the memory statistics fail, as an allocation failure there would |
+//! | `live` | what the module holds now: `balloons` (balloon states not yet freed, counted by their [`Counters`](crate::stats::Counters)), `hooks` (OOM notifiers and shrinkers registered), so that a test can check that a failed probe or an unbind left nothing behind |
+
+use kernel::{
+    debugfs, fmt,
+    prelude::*,
+    sync::atomic::{
+        Atomic,
+        Relaxed, //
+    },
+    time::{
+        delay::fsleep,
+        Delta, //
+    },
+    uaccess::UserSliceReader,
+};
+
+/// Milliseconds the acknowledgement work sleeps before waking the balloon.
+static ACK_DELAY_MS: Atomic<u32> = Atomic::new(0);
+
+/// Reads of the memory statistics still to fail.
+static FAIL_STATS: Atomic<u32> = Atomic::new(0);
+
+/// Balloon states alive (their counters, which every part of a balloon holds).
+pub(crate) static LIVE_BALLOONS: Atomic<i32> = Atomic::new(0);
+
+/// OOM notifiers and shrinkers registered.
+pub(crate) static LIVE_HOOKS: Atomic<i32> = Atomic::new(0);
+
+/// Counts one more (`up`) or one fewer live object in `v`.
+pub(crate) fn live(v: &Atomic<i32>, up: bool) {
+    v.add(if up { 1 } else { -1 }, Relaxed);
+}
+
+/// Shows what is alive.
+fn show_live((): &(), f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "balloons {}", LIVE_BALLOONS.load(Relaxed))?;
+    writeln!(f, "hooks {}", LIVE_HOOKS.load(Relaxed))
+}
+
+/// Sleeps [`ACK_DELAY_MS`], in 10 ms steps, until `stop()` holds.
+pub(crate) fn delay_ack(stop: impl Fn() -> bool) {
+    let mut left = ACK_DELAY_MS.load(Relaxed);
+    while left != 0 && !stop() {
+        let step = left.min(10);
+        fsleep(Delta::from_millis(step.into()));
+        left -= step;
+    }
+}
+
+/// Whether this read of the memory statistics must fail; counts it down if so.
+pub(crate) fn fail_stats() -> bool {
+    let mut left = FAIL_STATS.load(Relaxed);
+    while left != 0 {
+        match FAIL_STATS.cmpxchg(left, left - 1, Relaxed) {
+            Ok(_) => return true,
+            Err(now) => left = now,
+        }
+    }
+    false
+}
+
+/// Shows a numeric switch.
+fn show(v: &&'static Atomic<u32>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", v.load(Relaxed))
+}
+
+/// Sets a numeric switch from what user space wrote (a decimal number).
+fn store(v: &&'static Atomic<u32>, reader: &mut UserSliceReader) -> Result {
+    let mut buf = [0u8; 12];
+    let n = reader.len();
+    let buf = buf.get_mut(..n).ok_or(EINVAL)?;
+    reader.read_slice(buf)?;
+    let text = core::str::from_utf8(buf).map_err(|_| EINVAL)?.trim();
+    let val = text.parse::<u32>().map_err(|_| EINVAL)?;
+    v.store(val, Relaxed);
+    Ok(())
+}
+
+/// A read-write file over one numeric switch.
+type Switch = Pin<KBox<debugfs::File<&'static Atomic<u32>>>>;
+
+/// The debugfs files of the test switches; removing them (dropping) also turns them off.
+pub(crate) struct TestSwitches {
+    _ack_delay: Switch,
+    _fail_stats: Switch,
+    _live: Pin<KBox<debugfs::File<()>>>,
+    _dir: debugfs::Dir,
+}
+
+impl TestSwitches {
+    /// Creates the files of `/sys/kernel/debug/virtio_balloon_rs_testing/`.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn new() -> Result<Self> {
+        let dir = debugfs::Dir::new(c"virtio_balloon_rs_testing");
+        let file = |name: &'static CStr, v: &'static Atomic<u32>| -> Result<Switch> {
+            KBox::pin_init(
+                dir.read_write_callback_file(name, Ok::<_, Error>(v), &show, &store),
+                GFP_KERNEL,
+            )
+        };
+        Ok(Self {
+            _ack_delay: file(c"ack_delay_ms", &ACK_DELAY_MS)?,
+            _fail_stats: file(c"fail_stats", &FAIL_STATS)?,
+            _live: KBox::pin_init(
+                dir.read_callback_file(c"live", Ok::<_, Error>(()), &show_live),
+                GFP_KERNEL,
+            )?,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for TestSwitches {
+    fn drop(&mut self) {
+        for v in [&ACK_DELAY_MS, &FAIL_STATS] {
+            v.store(0, Relaxed);
+        }
+    }
+}
