@@ -63,6 +63,10 @@ def bind_rust(g, driver="virtio_pci_rs"):
     g.sh("for i in $(seq 150); do "
          "[ -e /sys/bus/auxiliary/devices/virtio_pci_rs.balloon.*/driver ] && exit 0; "
          "sleep 0.2; done; exit 1", timeout=60)
+    # udev loads virtio_balloon_rs for each auxiliary device it sees added, possibly late on
+    # a busy guest: let it finish, or its modprobe could reload the driver after a test's
+    # rmmod.
+    g.sh("udevadm settle -t 60 || true", timeout=90)
     return bdf
 
 
