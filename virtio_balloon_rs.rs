@@ -121,10 +121,7 @@ use crate::{
         NO_SLOT, //
     },
     device::DeviceHost,
-    engine::{
-        Engine,
-        Host, //
-    },
+    engine::Engine,
     hinting::{
         HintPool,
         HintQueue, //
@@ -160,27 +157,7 @@ impl virtio::Driver for BalloonDriver {
     type Shared = BalloonShared;
 
     fn validate(dev: &kernel::device::Device) -> Result {
-        let policy = *module_parameters::deflate_policy.value();
-        if policy > probe::policy::NONE {
-            dev_err!(dev, "deflate_policy={} is not 0-4\n", policy);
-            return Err(EINVAL);
-        }
-        let msg_pages = *module_parameters::msg_pages.value();
-        let in_flight = *module_parameters::msgs_in_flight.value();
-        if !(1..=<DeviceHost as Host>::MSG_PAGES).contains(&(msg_pages as usize))
-            || !(1..=engine::SLOTS).contains(&(in_flight as usize))
-        {
-            dev_err!(
-                dev,
-                "msg_pages={} msgs_in_flight={}: expected 1-{} and 1-{}\n",
-                msg_pages,
-                in_flight,
-                <DeviceHost as Host>::MSG_PAGES,
-                engine::SLOTS
-            );
-            return Err(EINVAL);
-        }
-        Ok(())
+        Self::check_parameters(dev)
     }
 
     fn features(offered: u64) -> u64 {
@@ -322,13 +299,13 @@ impl virtio::Driver for BalloonDriver {
         });
         if hint_room.is_some_and(|n| n < 2) {
             dev_err!(adev, "the free page queue is too small\n");
-            Self::abort_probe(&shared);
+            Self::teardown(&shared, false);
             return Err(ENOSPC);
         }
         if shared.has(F_PAGE_POISON) {
             if let Err(e) = shared.write_poison(poison.unwrap_or(0)) {
                 dev_err!(adev, "cannot tell the device the poison value: {:?}\n", e);
-                Self::abort_probe(&shared);
+                Self::teardown(&shared, false);
                 return Err(e);
             }
         }
@@ -341,7 +318,7 @@ impl virtio::Driver for BalloonDriver {
             Self::register_reporting(&shared)
         });
         if let Err(e) = hooks {
-            Self::abort_probe(&shared);
+            Self::teardown(&shared, false);
             return Err(e);
         }
 
@@ -366,28 +343,8 @@ impl virtio::Driver for BalloonDriver {
     }
 
     fn remove(adev: &Device<'_>, this: &Balloon) {
-        let shared = &this.shared;
-        // Quiesce (as `virtballoon_quiesce()`): no more reports (this waits for one in
-        // progress, which is bounded), no more pressure callbacks, no more work.
-        drop(shared.reporting.lock().take());
-        drop(shared.hooks.lock().take());
-        shared.stop.store(true, Relaxed);
-        shared.flush_work();
-        shared.leak_all();
-        shared.write_actual(0);
-        // Reset before deleting the queues (QEMU resets the device on QUEUE_PFN = 0 anyway);
-        // then nothing the device holds is in use any more: release what it did not return.
-        adev.reset();
-        shared.release_everything();
-        if let Some(hint) = &shared.hint {
-            hint.release(&**shared);
-        }
-        // Dropped outside the state lock (see `abort_probe`).
-        let vqs = shared.state.lock().engine.host.vqs.take();
-        drop(vqs);
-        // Work queued by an interrupt after the first flush: flush once more, now that no
-        // interrupt can come.
-        shared.flush_work();
+        // Quiesce (as `virtballoon_quiesce()`), deflate, reset, delete the queues.
+        Self::teardown(&this.shared, true);
         dev_info!(adev, "balloon removed, all pages returned\n");
     }
 
@@ -400,28 +357,9 @@ impl virtio::Driver for BalloonDriver {
     }
 }
 
-/// What the module holds besides the driver.
-struct BalloonModule {
-    /// The queue the balloon's work runs on (it must progress under reclaim).
-    _queue: wq::ReclaimQueue,
-    /// The test flavour's switches.
-    #[cfg(virtio_rs_kunit)]
-    _switches: testing::TestSwitches,
-}
-
-impl virtio::ModuleGlobals for BalloonModule {
-    fn new() -> Result<Self> {
-        Ok(Self {
-            _queue: wq::ReclaimQueue::new(c"virtio_balloon_rs")?,
-            #[cfg(virtio_rs_kunit)]
-            _switches: testing::TestSwitches::new()?,
-        })
-    }
-}
-
 virtio::module_virtio_driver! {
     driver: BalloonDriver,
-    globals: BalloonModule,
+    globals: wq::BalloonModule,
     name: "virtio_balloon_rs",
     authors: ["The virtio-rs developers"],
     description: "Virtio memory balloon driver for the virtio-rs legacy transport (Rust)",

@@ -11,6 +11,11 @@ use crate::{
         F_DEFLATE_ON_OOM,
         NO_SLOT, //
     },
+    device::DeviceHost,
+    engine::{
+        self,
+        Host, //
+    },
     module_parameters,
     pressure::{
         OomNotifier,
@@ -77,13 +82,22 @@ impl BalloonDriver {
         Ok(())
     }
 
-    /// Undoes a probe after the queues were set up: unregisters what was registered, stops
-    /// the work, resets the device and deletes the queues.
-    pub(crate) fn abort_probe(shared: &Arc<BalloonShared>) {
+    /// The one teardown, used by unbind and by every probe error after the queues were set
+    /// up: unregisters what was registered (waiting for a report in progress, which is
+    /// bounded), stops the work, deflates everything first when `deflate` (unbind, as
+    /// `remove_common()` of the C driver: the device learns the balloon is empty), resets
+    /// the device, releases what it did not return, and deletes the queues.
+    pub(crate) fn teardown(shared: &Arc<BalloonShared>, deflate: bool) {
         drop(shared.reporting.lock().take());
         drop(shared.hooks.lock().take());
         shared.stop.store(true, Relaxed);
         shared.flush_work();
+        if deflate {
+            shared.leak_all();
+            shared.write_actual(0);
+        }
+        // Reset before deleting the queues (QEMU resets the device on QUEUE_PFN = 0 anyway);
+        // then nothing the device holds is in use any more: release what it did not return.
         shared.vdev.reset();
         shared.release_everything();
         if let Some(hint) = &shared.hint {
@@ -93,7 +107,34 @@ impl BalloonDriver {
         // holds while allocating (and so while reclaim may call our shrinker).
         let vqs = shared.state.lock().engine.host.vqs.take();
         drop(vqs);
+        // Work queued by an interrupt after the first flush: flush once more, now that no
+        // interrupt can come.
         shared.flush_work();
+    }
+
+    /// Checks the module parameters (before the device is touched).
+    pub(crate) fn check_parameters(dev: &kernel::device::Device) -> Result {
+        let policy = *module_parameters::deflate_policy.value();
+        if policy > policy::NONE {
+            dev_err!(dev, "deflate_policy={} is not 0-4\n", policy);
+            return Err(EINVAL);
+        }
+        let msg_pages = *module_parameters::msg_pages.value();
+        let in_flight = *module_parameters::msgs_in_flight.value();
+        if !(1..=<DeviceHost as Host>::MSG_PAGES).contains(&(msg_pages as usize))
+            || !(1..=engine::SLOTS).contains(&(in_flight as usize))
+        {
+            dev_err!(
+                dev,
+                "msg_pages={} msgs_in_flight={}: expected 1-{} and 1-{}\n",
+                msg_pages,
+                in_flight,
+                <DeviceHost as Host>::MSG_PAGES,
+                engine::SLOTS
+            );
+            return Err(EINVAL);
+        }
+        Ok(())
     }
 
     /// Registers the OOM notifier and the shrinker that `deflate_policy` asks for.

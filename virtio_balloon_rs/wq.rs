@@ -97,3 +97,22 @@ pub(crate) fn with_queue<R>(f: impl FnOnce(&Queue) -> R) -> R {
     // bound device (type invariant of `ReclaimQueue`); the reference does not leave `f`.
     f(unsafe { Queue::from_raw(raw) })
 }
+
+/// What the module holds besides the driver.
+pub(crate) struct BalloonModule {
+    /// The queue the balloon's work runs on (it must progress under reclaim).
+    _queue: ReclaimQueue,
+    /// The test flavour's switches.
+    #[cfg(virtio_rs_kunit)]
+    _switches: crate::testing::TestSwitches,
+}
+
+impl crate::abi::virtio::ModuleGlobals for BalloonModule {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            _queue: ReclaimQueue::new(c"virtio_balloon_rs")?,
+            #[cfg(virtio_rs_kunit)]
+            _switches: crate::testing::TestSwitches::new()?,
+        })
+    }
+}
