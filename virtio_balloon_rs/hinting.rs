@@ -375,15 +375,9 @@ impl HintPool {
                 vq.num_free() >= 2
             });
             if room == Some(false) {
-                if full_ms >= QUEUE_WAIT_MS {
-                    self.run_failed(format_args!(
-                        "the free page queue stayed full for {} ms",
-                        QUEUE_WAIT_MS
-                    ));
+                if !self.wait_for_room(&mut full_ms) {
                     break;
                 }
-                fsleep(Delta::from_millis(1));
-                full_ms += 1;
                 continue;
             }
             // Everything free right now is hinted when this fails.
@@ -414,15 +408,9 @@ impl HintPool {
                 }
                 Some(Ok(false)) => {
                     drop(block);
-                    if full_ms >= QUEUE_WAIT_MS {
-                        self.run_failed(format_args!(
-                            "the free page queue stayed full for {} ms",
-                            QUEUE_WAIT_MS
-                        ));
+                    if !self.wait_for_room(&mut full_ms) {
                         break;
                     }
-                    fsleep(Delta::from_millis(1));
-                    full_ms += 1;
                 }
                 Some(Err(e)) => {
                     drop(block);
@@ -517,6 +505,21 @@ impl HintPool {
     }
 
     /// A run ended early without the queue being broken: counted, logged once.
+    /// Waits one more millisecond for room on a full free page queue (`full_ms` so far);
+    /// false, with the run failed, once that has lasted `QUEUE_WAIT_MS`.
+    fn wait_for_room(&self, full_ms: &mut u32) -> bool {
+        if *full_ms >= QUEUE_WAIT_MS {
+            self.run_failed(format_args!(
+                "the free page queue stayed full for {} ms",
+                QUEUE_WAIT_MS
+            ));
+            return false;
+        }
+        fsleep(Delta::from_millis(1));
+        *full_ms += 1;
+        true
+    }
+
     fn run_failed(&self, why: core::fmt::Arguments<'_>) {
         Counters::add(&self.counters.hint_errors, 1);
         if !self.warned.xchg(true, Relaxed) {
