@@ -55,6 +55,30 @@ def meminfo(g):
     return info
 
 
+# What else takes free pages while a test runs, and shows where it put them: page cache
+# (the guest runs commands from a 9p root, the agent writes files), slab, stacks, page
+# tables, per-CPU and vmalloc areas, anonymous memory.
+CONSUMERS = ("Cached", "Buffers", "SwapCached", "AnonPages", "SReclaimable", "SUnreclaim",
+             "KernelStack", "PageTables", "SecPageTables", "Percpu", "VmallocUsed")
+
+
+def unexplained_loss_kb(before, after):
+    """kB of free memory that went missing between two meminfo() readings without showing up
+    in any of the kernel's other counters: what a page the driver kept (or lost) costs.
+    A reading where a consumer shrank counts that shrinking as free memory regained."""
+    lost = before["MemFree"] - after["MemFree"]
+    grown = sum(after.get(k, 0) - before.get(k, 0) for k in CONSUMERS)
+    return lost - grown
+
+
+def assert_free_memory_back(before, after, slack_kb):
+    """MemFree after a round trip is back where it was, up to slack_kb, once what the rest
+    of the guest took meanwhile (consumers that show it) is accounted for."""
+    missing = unexplained_loss_kb(before, after)
+    detail = {k: after.get(k, 0) - before.get(k, 0) for k in ("MemFree",) + CONSUMERS}
+    assert missing < slack_kb, f"{missing} kB of free memory unaccounted for; changes: {detail}"
+
+
 def bind_rust(g, driver="virtio_pci_rs"):
     """Load the Rust transport, move the balloon function to it, wait for the balloon."""
     bdf = g.balloon_bdf()
