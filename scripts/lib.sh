@@ -60,13 +60,18 @@ count() {
 
 # copy_sources OUT: copy what Kbuild needs of the work tree (Kbuild and the .rs files, not
 # tests/ or tools/) to OUT, so that a flavour's objects never mix with the production build.
-# The copy keeps its objects between runs (incremental builds).
+# The copy keeps its objects between runs (incremental builds): a file whose content is
+# already there is left alone, so a fresh clone of the same sources rebuilds nothing.
 copy_sources() {
-	local out=$1
+	local out=$1 f
 	mkdir -p "$out"
 	(cd "$VIRTIO_RS_TOP" && find . -path ./tests -prune -o -path ./tools -prune -o \
-		-path ./.git -prune -o \( -name '*.rs' -o -name Kbuild \) -print |
-		cpio -pdmu --quiet "$out")
+		-path ./.git -prune -o \( -name '*.rs' -o -name Kbuild \) -print) |
+		while IFS= read -r f; do
+			cmp -s "$VIRTIO_RS_TOP/$f" "$out/$f" && continue
+			mkdir -p "$out/$(dirname "$f")"
+			cp "$VIRTIO_RS_TOP/$f" "$out/$f"
+		done
 }
 
 # build_modules DIR [VAR=VALUE...]: the out-of-tree build of the modules whose sources are in
