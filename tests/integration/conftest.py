@@ -41,7 +41,16 @@ ORDER = ["test_bringup", "test_kunit", "test_balloon_msix", "test_balloon_intx",
 
 
 def pytest_collection_modifyitems(session, config, items):
+    # Files that share the guest first (in ORDER), then those with guests of their own.
     sort_by_file(items, ORDER)
+    shared = {i.module.__name__ for i in items if not hasattr(i.module, "GUEST_OPTIONS")}
+    SHARED_FILES_LEFT.clear()
+    SHARED_FILES_LEFT.update(shared)
+
+
+# The shared-guest files of this session not yet finished: when the last one is done, the
+# shared guest shuts down, so that a run never keeps it idle beside a file's own guest.
+SHARED_FILES_LEFT = set()
 
 
 class Shared:
@@ -130,3 +139,6 @@ def guest(request, shared_guest):
     props = getattr(request.module, "BALLOON", {})
     flavour = getattr(request.module, "FLAVOUR", "prod")
     yield shared_guest.prepare(props, flavour)
+    SHARED_FILES_LEFT.discard(request.module.__name__)
+    if not SHARED_FILES_LEFT:
+        shared_guest.cleanup()

@@ -133,7 +133,7 @@ def test_silent_device_bounded_wait_and_clean_rmmod(guest):
     assert after["MemTotal"] == before["MemTotal"], (before, after)
     # The batches the device never took were freed (1 MiB each; a leak of them all would
     # still hide in the noise, MemTotal is the exact check above).
-    assert after["MemFree"] > before["MemFree"] - 32 * 1024, (before, after)
+    b.assert_free_memory_back(before, after, 32 * 1024)
     assert b.actual(guest) == RAM
     # The device works again, so does the driver.
     guest.sh(f"modprobe {DRIVER}")
