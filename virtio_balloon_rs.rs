@@ -57,6 +57,9 @@ use kernel::{
 #[path = "common/virtio_rs.rs"]
 mod abi;
 
+#[path = "virtio_balloon_rs/callbacks.rs"]
+mod callbacks;
+
 #[path = "virtio_balloon_rs/config.rs"]
 mod config;
 
@@ -97,6 +100,9 @@ mod stats;
 #[cfg(virtio_rs_kunit)]
 #[path = "virtio_balloon_rs/testing.rs"]
 mod testing;
+
+#[path = "virtio_balloon_rs/wait.rs"]
+mod wait;
 
 #[path = "virtio_balloon_rs/worker.rs"]
 mod worker;
