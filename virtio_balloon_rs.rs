@@ -21,7 +21,7 @@
 //! during a live migration (`hinting.rs`): it names blocks of free memory on the free page
 //! queue so that the host need not send them, and gives them back when the host is done.
 //!
-//! The pages the device holds sit on the balloon core's list (`migrate.rs`), where compaction
+//! The pages the device holds sit on the balloon core's list (`mm/migrate.rs`), where compaction
 //! migrates them: the balloon moves to a new page by telling the device about the new page
 //! (inflate), then the old one (deflate), as `virtballoon_migratepage()` does.
 //!
@@ -34,9 +34,11 @@
 //! worker makes.
 //!
 //! The driver is written on the virtio-rs driver API (`common/virtio.rs`): no `unsafe` here.
-//! The crate's `unsafe` is in the glue over C interfaces that have no Rust abstraction in 7.2
-//! (`mm.rs`, `migrate.rs` with the shared state's pointer to its page list, `pressure.rs`,
-//! `reporting.rs`), in `worker.rs` (`flush_work()`) and in the KUnit suites (`kunit.rs`).
+//! The crate's `unsafe` is only in its memory-management glue over C interfaces that have no
+//! Rust abstraction in 7.2: `mm.rs` (page allocation, frame numbers, memory counters) with
+//! its submodules `mm/migrate.rs` (the balloon core's page list, migration) and
+//! `mm/reporting.rs` (free page reporting), and `pressure.rs` (OOM notifier, shrinker).  The
+//! workqueue glue it uses is in the shared contract (`common/workqueue.rs`).
 
 use kernel::{
     debugfs, new_condvar, new_mutex, new_work,
@@ -76,20 +78,19 @@ mod hinting;
 #[path = "virtio_balloon_rs/kunit.rs"]
 mod kunit;
 
-#[path = "virtio_balloon_rs/migrate.rs"]
-mod migrate;
-
 #[path = "virtio_balloon_rs/mm.rs"]
 mod mm;
+// The page list (and migration) and page reporting are memory-management glue, in `mm/`.
+use mm::{
+    migrate,
+    reporting, //
+};
 
 #[path = "virtio_balloon_rs/pressure.rs"]
 mod pressure;
 
 #[path = "virtio_balloon_rs/probe.rs"]
 mod probe;
-
-#[path = "virtio_balloon_rs/reporting.rs"]
-mod reporting;
 
 #[path = "virtio_balloon_rs/shared.rs"]
 mod shared;

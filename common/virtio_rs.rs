@@ -50,6 +50,9 @@ mod legacy_mem;
 #[path = "virtio.rs"]
 pub(crate) mod virtio;
 
+#[path = "workqueue.rs"]
+pub(crate) mod workqueue;
+
 // Not every crate uses them.
 #[allow(unused_imports)]
 pub(crate) use legacy_mem::{

@@ -4,8 +4,8 @@
 //! changes (interrupt context, which queues work), memory pressure (the shrinker and the
 //! OOM notifier deflate), compaction's migration of a balloon page, and free page reporting.
 //!
-//! No `unsafe` (the C side of each callback is in `pressure.rs`, `migrate.rs` and
-//! `reporting.rs`).
+//! No `unsafe` (the C side of each callback is in `pressure.rs`, `mm/migrate.rs` and
+//! `mm/reporting.rs`).
 
 use crate::{
     abi::Sg,

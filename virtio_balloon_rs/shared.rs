@@ -2,7 +2,7 @@
 
 //! A balloon's shared state: what the driver, its work items and its callbacks share.
 //!
-//! No `unsafe` (its `HasBalloonList` contract is kept in `migrate.rs`).
+//! No `unsafe` (its `HasBalloonList` contract is kept in `mm/migrate.rs`).
 
 use crate::{
     abi::{

@@ -4,10 +4,10 @@
 //! teardown's deflation and its release of every page.  The waits for the device and
 //! freezing are in `wait.rs`, the callbacks in `callbacks.rs`, the statistics in `stats.rs`.
 //!
-//! One `unsafe` block: `flush_work()` on the balloon's own work items, which the kernel
-//! crate does not wrap in 7.2.
+//! No `unsafe`.
 
 use crate::{
+    abi::workqueue::flush_work,
     config::{
         F_MUST_TELL_HOST,
         STATS, //
@@ -43,7 +43,6 @@ use kernel::{
     },
     workqueue::{
         self,
-        Work,
         WorkItem, //
     },
 };
@@ -98,13 +97,10 @@ impl BalloonShared {
     /// Waits until neither work item is queued or running.  With `stop` set, they do not
     /// requeue themselves, and the callbacks queue nothing new but acks.
     pub(crate) fn flush_work(&self) {
-        // SAFETY: The work items are initialized (pinned in `self`) and live as long as it.
-        unsafe {
-            kernel::bindings::flush_work(Work::<Self, 0>::raw_get(&self.update));
-            kernel::bindings::flush_work(Work::<Self, 1>::raw_get(&self.ack));
-            kernel::bindings::flush_work(Work::<Self, 2>::raw_get(&self.stats));
-            kernel::bindings::flush_work(Work::<Self, 3>::raw_get(&self.hint_work));
-        }
+        flush_work(&self.update);
+        flush_work(&self.ack);
+        flush_work(&self.stats);
+        flush_work(&self.hint_work);
     }
 
     /// Inflates by up to `want` 4 KiB pages, in at most [`MSGS_PER_RUN`] messages; returns
