@@ -289,7 +289,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb(vq: *mut RawVq) -> bool {
 }
 export_symbol_ns_gpl!(virtio_rs_vq_enable_cb: abi_fn::VqEnableCb);
 
-/// See [`abi_fn::VqEnableCb`].
+/// See [`abi_fn::VqEnableCbDelayed`].
 ///
 /// # Safety
 ///
@@ -303,7 +303,7 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb_delayed(vq: *mut RawVq) -
     //   method requires.
     unsafe { queue(vq).enable_cb(true) }
 }
-export_symbol_ns_gpl!(virtio_rs_vq_enable_cb_delayed: abi_fn::VqEnableCb);
+export_symbol_ns_gpl!(virtio_rs_vq_enable_cb_delayed: abi_fn::VqEnableCbDelayed);
 
 /// See [`abi_fn::VqInterrupt`].
 ///

@@ -335,6 +335,20 @@ impl Irqs {
         }
     }
 
+    /// Requests `vector` with `flags` for `handler`, the registration pinned in a box.
+    fn request_line<'a, H: irq::Handler + 'static>(
+        pdev: &'a pci::Device<Bound>,
+        vector: pci::IrqVector<'a>,
+        flags: irq::Flags,
+        name: &'static CStr,
+        handler: H,
+    ) -> Result<Pin<KBox<irq::Registration<H>>>> {
+        KBox::pin_init(
+            pdev.request_irq(vector, flags, name, Ok::<_, Error>(handler)),
+            GFP_KERNEL,
+        )
+    }
+
     /// Requests the MSI-X configuration vector and routes configuration changes to it; a
     /// read-back of NO_VECTOR means the device could not (`vp_legacy_config_vector()`).
     fn request_config<'a>(
@@ -344,14 +358,12 @@ impl Irqs {
         vector: pci::IrqVector<'a>,
         shared: &Arc<IrqShared>,
     ) -> Result<Pin<KBox<irq::Registration<ConfigHandler>>>> {
-        let config = KBox::pin_init(
-            pdev.request_irq(
-                vector,
-                irq::Flags::TRIGGER_NONE,
-                name,
-                Ok::<_, Error>(ConfigHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
+        let config = Self::request_line(
+            pdev,
+            vector,
+            irq::Flags::TRIGGER_NONE,
+            name,
+            ConfigHandler(shared.clone()),
         )?;
         if !regs::set_config_vector(bar, MSIX_CONFIG_VECTOR) {
             return Err(EBUSY);
@@ -405,14 +417,12 @@ impl Irqs {
         if crate::testing::fail_shared_vectors() {
             return Err(EBUSY);
         }
-        let queues = KBox::pin_init(
-            pdev.request_irq(
-                *vecs.end(),
-                irq::Flags::TRIGGER_NONE,
-                name,
-                Ok::<_, Error>(QueuesHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
+        let queues = Self::request_line(
+            pdev,
+            *vecs.end(),
+            irq::Flags::TRIGGER_NONE,
+            name,
+            QueuesHandler(shared.clone()),
         )?;
         Ok((shared, Irqs(Mode::MsiX { config, queues })))
     }
@@ -427,14 +437,12 @@ impl Irqs {
         // drops before the BAR (field order of `Transport`).
         let isr = unsafe { IsrPort::new(bar) };
         let shared = Arc::new(IrqShared::new(pdev, Some(isr)), GFP_KERNEL)?;
-        let line = KBox::pin_init(
-            pdev.request_irq(
-                *vecs.start(),
-                irq::Flags::SHARED,
-                name,
-                Ok::<_, Error>(IntxHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
+        let line = Self::request_line(
+            pdev,
+            *vecs.start(),
+            irq::Flags::SHARED,
+            name,
+            IntxHandler(shared.clone()),
         )?;
         Ok((shared, Irqs(Mode::Intx { line })))
     }
