@@ -53,6 +53,10 @@ pub(crate) mod virtio;
 #[path = "workqueue.rs"]
 pub(crate) mod workqueue;
 
+#[cfg(virtio_rs_kunit)]
+#[path = "switches.rs"]
+pub(crate) mod switches;
+
 // Not every crate uses them.
 #[allow(unused_imports)]
 pub(crate) use legacy_mem::{
