@@ -141,15 +141,18 @@ use crate::{
         BalloonShared,
         State, //
     },
-    stats::Counters,
+    stats::{
+        Counters,
+        CountersFile, //
+    },
 };
 
 /// Per-device driver data.
 ///
 /// Drop order (field order): the debugfs files go first; the shared state last.
 struct Balloon {
-    _status: Pin<KBox<debugfs::File<Arc<Counters>>>>,
-    _stats: Pin<KBox<debugfs::File<Arc<Counters>>>>,
+    _status: CountersFile,
+    _stats: CountersFile,
     _dir: debugfs::Dir,
     shared: Arc<BalloonShared>,
 }
@@ -203,22 +206,8 @@ impl virtio::Driver for BalloonDriver {
         // The debugfs files first: every later failure must undo what touched the device.
         let name = CString::try_from_fmt(fmt!("balloon.{}", adev.id()))?;
         let dir = debugfs::Dir::new(c"virtio_balloon_rs").subdir(&name);
-        let status = KBox::pin_init(
-            dir.read_callback_file(
-                c"status",
-                Ok::<_, Error>(counters.clone()),
-                &|c: &Arc<Counters>, f: &mut kernel::fmt::Formatter<'_>| c.show_status(f),
-            ),
-            GFP_KERNEL,
-        )?;
-        let stats_file = KBox::pin_init(
-            dir.read_callback_file(
-                c"stats",
-                Ok::<_, Error>(counters.clone()),
-                &|c: &Arc<Counters>, f: &mut kernel::fmt::Formatter<'_>| c.show_stats(f),
-            ),
-            GFP_KERNEL,
-        )?;
+        let status = Counters::file(&counters, &dir, c"status", &|c, f| c.show_status(f))?;
+        let stats_file = Counters::file(&counters, &dir, c"stats", &|c, f| c.show_stats(f))?;
 
         // Queue indexes follow what the device offers: QEMU has the stats queue at 2 whether
         // or not the driver uses it, and the reporting queue after the free page queue.

@@ -622,7 +622,11 @@ macro_rules! ring_functions {
             #[allow(unused_imports)]
             use super::{c_void, RawVq, Sg, VqParams};
 
-            $(ring_functions!(@type $safety, [$(#[doc = $doc])*], $ty, ($($arg: $argty),*) $(-> $ret)?);)*
+            $(
+                ring_functions!(
+                    @type $safety, [$(#[doc = $doc])*], $ty, ($($arg: $argty),*) $(-> $ret)?
+                );
+            )*
         }
 
         /// Declarations of the functions exported by `virtio_ring_rs` (namespace

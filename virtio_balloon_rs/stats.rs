@@ -16,18 +16,25 @@ use crate::{
     shared::BalloonShared,
 };
 use kernel::{
+    debugfs,
     dma::Coherent,
     fmt,
     prelude::*,
-    sync::atomic::{
-        Atomic,
-        Relaxed, //
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        Arc,
     },
     time::{
         Instant,
         Monotonic, //
     },
 };
+
+/// A debugfs file that shows the counters.
+pub(crate) type CountersFile = Pin<KBox<debugfs::File<Arc<Counters>>>>;
 
 /// Number of statistics tags (`VIRTIO_BALLOON_S_NR`).
 pub(crate) const NR_TAGS: usize = 16;
@@ -238,6 +245,26 @@ impl Counters {
             u64::try_from(since.elapsed().as_nanos()).unwrap_or(0),
             Relaxed,
         );
+    }
+
+    /// Creates the debugfs file `name` in `dir`, which shows `this` through `show`.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn file<F>(
+        this: &Arc<Self>,
+        dir: &debugfs::Dir,
+        name: &'static CStr,
+        show: &'static F,
+    ) -> Result<CountersFile>
+    where
+        F: Fn(&Arc<Self>, &mut fmt::Formatter<'_>) -> fmt::Result + Send + Sync,
+    {
+        KBox::pin_init(
+            dir.read_callback_file(name, Ok::<_, Error>(this.clone()), show),
+            GFP_KERNEL,
+        )
     }
 
     /// The `status` debugfs file: one `name value` line per counter.

@@ -34,6 +34,7 @@ use crate::{
 };
 use core::{
     ffi::c_void,
+    ops::RangeInclusive,
     ptr::NonNull, //
 };
 use kernel::{
@@ -335,6 +336,19 @@ impl Irqs {
         }
     }
 
+    /// Allocates exactly `n` interrupt vectors of type `ty`, and the state their handlers
+    /// share (with the ISR port for the INTx line).
+    fn alloc_vectors<'a>(
+        pdev: &'a pci::Device<Bound>,
+        n: u32,
+        ty: IrqType,
+        isr: Option<IsrPort>,
+    ) -> Result<(RangeInclusive<pci::IrqVector<'a>>, Arc<IrqShared>)> {
+        let vecs = pdev.alloc_irq_vectors(n, n, IrqTypes::default().with(ty))?;
+        let shared = Arc::new(IrqShared::new(pdev, isr), GFP_KERNEL)?;
+        Ok((vecs, shared))
+    }
+
     /// Requests `vector` with `flags` for `handler`, the registration pinned in a box.
     fn request_line<'a, H: irq::Handler + 'static>(
         pdev: &'a pci::Device<Bound>,
@@ -383,8 +397,7 @@ impl Irqs {
         }
         // CAST: at most `1 + MAX_VQS` vectors.
         let n = (1 + nqueues) as u32;
-        let vecs = pdev.alloc_irq_vectors(n, n, IrqTypes::default().with(IrqType::MsiX))?;
-        let shared = Arc::new(IrqShared::new(pdev, None), GFP_KERNEL)?;
+        let (vecs, shared) = Self::alloc_vectors(pdev, n, IrqType::MsiX, None)?;
         let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
         let mut queues = KVec::with_capacity(nqueues, GFP_KERNEL)?;
         for index in 0..nqueues {
@@ -409,8 +422,7 @@ impl Irqs {
         bar: &Bar0<'_>,
         name: &'static CStr,
     ) -> Result<(Arc<IrqShared>, Irqs)> {
-        let vecs = pdev.alloc_irq_vectors(2, 2, IrqTypes::default().with(IrqType::MsiX))?;
-        let shared = Arc::new(IrqShared::new(pdev, None), GFP_KERNEL)?;
+        let (vecs, shared) = Self::alloc_vectors(pdev, 2, IrqType::MsiX, None)?;
         let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
         // Test flavour: the device reads back NO_VECTOR for the configuration vector.
         #[cfg(virtio_rs_kunit)]
@@ -432,11 +444,10 @@ impl Irqs {
         bar: &Bar0<'_>,
         name: &'static CStr,
     ) -> Result<(Arc<IrqShared>, Irqs)> {
-        let vecs = pdev.alloc_irq_vectors(1, 1, IrqTypes::default().with(IrqType::Intx))?;
         // SAFETY: The port is only read by the handler registered below, which the transport
         // drops before the BAR (field order of `Transport`).
         let isr = unsafe { IsrPort::new(bar) };
-        let shared = Arc::new(IrqShared::new(pdev, Some(isr)), GFP_KERNEL)?;
+        let (vecs, shared) = Self::alloc_vectors(pdev, 1, IrqType::Intx, Some(isr))?;
         let line = Self::request_line(
             pdev,
             *vecs.start(),
