@@ -21,7 +21,7 @@
 //! during a live migration (`hinting.rs`): it names blocks of free memory on the free page
 //! queue so that the host need not send them, and gives them back when the host is done.
 //!
-//! The pages the device holds sit on the balloon core's list (`migrate.rs`), where compaction
+//! The pages the device holds sit on the balloon core's list (`mm/migrate.rs`), where compaction
 //! migrates them: the balloon moves to a new page by telling the device about the new page
 //! (inflate), then the old one (deflate), as `virtballoon_migratepage()` does.
 //!
@@ -34,9 +34,11 @@
 //! worker makes.
 //!
 //! The driver is written on the virtio-rs driver API (`common/virtio.rs`): no `unsafe` here.
-//! The crate's `unsafe` is in the glue over C interfaces that have no Rust abstraction in 7.2
-//! (`mm.rs`, `migrate.rs` with the shared state's pointer to its page list, `pressure.rs`,
-//! `reporting.rs`), in `worker.rs` (`flush_work()`) and in the KUnit suites (`kunit.rs`).
+//! The crate's `unsafe` is only in its memory-management glue over C interfaces that have no
+//! Rust abstraction in 7.2: `mm.rs` (page allocation, frame numbers, memory counters) with
+//! its submodules `mm/migrate.rs` (the balloon core's page list, migration) and
+//! `mm/reporting.rs` (free page reporting), and `pressure.rs` (OOM notifier, shrinker).  The
+//! workqueue glue it uses is in the shared contract (`common/workqueue.rs`).
 
 use kernel::{
     debugfs, new_condvar, new_mutex, new_work,
@@ -57,6 +59,9 @@ use kernel::{
 #[path = "common/virtio_rs.rs"]
 mod abi;
 
+#[path = "virtio_balloon_rs/callbacks.rs"]
+mod callbacks;
+
 #[path = "virtio_balloon_rs/config.rs"]
 mod config;
 
@@ -73,20 +78,19 @@ mod hinting;
 #[path = "virtio_balloon_rs/kunit.rs"]
 mod kunit;
 
-#[path = "virtio_balloon_rs/migrate.rs"]
-mod migrate;
-
 #[path = "virtio_balloon_rs/mm.rs"]
 mod mm;
+// The page list (and migration) and page reporting are memory-management glue, in `mm/`.
+use mm::{
+    migrate,
+    reporting, //
+};
 
 #[path = "virtio_balloon_rs/pressure.rs"]
 mod pressure;
 
 #[path = "virtio_balloon_rs/probe.rs"]
 mod probe;
-
-#[path = "virtio_balloon_rs/reporting.rs"]
-mod reporting;
 
 #[path = "virtio_balloon_rs/shared.rs"]
 mod shared;
@@ -97,6 +101,9 @@ mod stats;
 #[cfg(virtio_rs_kunit)]
 #[path = "virtio_balloon_rs/testing.rs"]
 mod testing;
+
+#[path = "virtio_balloon_rs/wait.rs"]
+mod wait;
 
 #[path = "virtio_balloon_rs/worker.rs"]
 mod worker;
@@ -134,15 +141,18 @@ use crate::{
         BalloonShared,
         State, //
     },
-    stats::Counters,
+    stats::{
+        Counters,
+        CountersFile, //
+    },
 };
 
 /// Per-device driver data.
 ///
 /// Drop order (field order): the debugfs files go first; the shared state last.
 struct Balloon {
-    _status: Pin<KBox<debugfs::File<Arc<Counters>>>>,
-    _stats: Pin<KBox<debugfs::File<Arc<Counters>>>>,
+    _status: CountersFile,
+    _stats: CountersFile,
     _dir: debugfs::Dir,
     shared: Arc<BalloonShared>,
 }
@@ -196,22 +206,8 @@ impl virtio::Driver for BalloonDriver {
         // The debugfs files first: every later failure must undo what touched the device.
         let name = CString::try_from_fmt(fmt!("balloon.{}", adev.id()))?;
         let dir = debugfs::Dir::new(c"virtio_balloon_rs").subdir(&name);
-        let status = KBox::pin_init(
-            dir.read_callback_file(
-                c"status",
-                Ok::<_, Error>(counters.clone()),
-                &|c: &Arc<Counters>, f: &mut kernel::fmt::Formatter<'_>| c.show_status(f),
-            ),
-            GFP_KERNEL,
-        )?;
-        let stats_file = KBox::pin_init(
-            dir.read_callback_file(
-                c"stats",
-                Ok::<_, Error>(counters.clone()),
-                &|c: &Arc<Counters>, f: &mut kernel::fmt::Formatter<'_>| c.show_stats(f),
-            ),
-            GFP_KERNEL,
-        )?;
+        let status = Counters::file(&counters, &dir, c"status", &|c, f| c.show_status(f))?;
+        let stats_file = Counters::file(&counters, &dir, c"stats", &|c, f| c.show_stats(f))?;
 
         // Queue indexes follow what the device offers: QEMU has the stats queue at 2 whether
         // or not the driver uses it, and the reporting queue after the free page queue.

@@ -190,34 +190,46 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_add(
 }
 export_symbol_ns_gpl!(virtio_rs_vq_add: abi_fn::VqAdd);
 
-/// See [`abi_fn::VqKickPrepare`].
-///
-/// # Safety
-///
-/// `vq` is live and the call serialized.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_kick_prepare(vq: *mut RawVq) -> bool {
-    // SAFETY:
-    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
-    //   `queue` requires.
-    // - The call is serialized with the queue's other calls (same contract), as the queue
-    //   method requires.
-    unsafe { queue(vq).kick_prepare() }
+/// Exports the queue operation `$name` (of type `abi_fn::$ty`), which calls `$method` on the
+/// queue `vq` points to: `serialized` for an `unsafe` queue method the caller serializes with
+/// the queue's other calls, `concurrent` for a safe one that may run concurrently with them.
+macro_rules! export_queue_op {
+    (serialized $name:ident: $ty:ident $(-> $ret:ty)? = $method:ident($($arg:expr),*)) => {
+        #[doc = concat!("See [`abi_fn::", stringify!($ty), "`].")]
+        ///
+        /// # Safety
+        ///
+        /// `vq` is live and the call serialized.
+        #[no_mangle]
+        pub(crate) unsafe extern "C" fn $name(vq: *mut RawVq) $(-> $ret)? {
+            // SAFETY:
+            // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
+            //   contract), as `queue` requires.
+            // - The call is serialized with the queue's other calls (same contract), as the
+            //   queue method requires.
+            unsafe { queue(vq).$method($($arg),*) }
+        }
+        export_symbol_ns_gpl!($name: abi_fn::$ty);
+    };
+    (concurrent $name:ident: $ty:ident $(-> $ret:ty)? = $method:ident($($arg:expr),*)) => {
+        #[doc = concat!("See [`abi_fn::", stringify!($ty), "`].")]
+        ///
+        /// # Safety
+        ///
+        /// `vq` is live.
+        #[no_mangle]
+        pub(crate) unsafe extern "C" fn $name(vq: *mut RawVq) $(-> $ret)? {
+            // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
+            // contract), as `queue` requires; the method may run concurrently with the others.
+            unsafe { queue(vq) }.$method($($arg),*)
+        }
+        export_symbol_ns_gpl!($name: abi_fn::$ty);
+    };
 }
-export_symbol_ns_gpl!(virtio_rs_vq_kick_prepare: abi_fn::VqKickPrepare);
 
-/// See [`abi_fn::VqNotify`].
-///
-/// # Safety
-///
-/// `vq` is live and the call serialized.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_notify(vq: *mut RawVq) -> bool {
-    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
-    // contract), as `queue` requires; the method may run concurrently with the others.
-    unsafe { queue(vq) }.notify()
-}
-export_symbol_ns_gpl!(virtio_rs_vq_notify: abi_fn::VqNotify);
+export_queue_op!(serialized virtio_rs_vq_kick_prepare: VqKickPrepare -> bool = kick_prepare());
+
+export_queue_op!(concurrent virtio_rs_vq_notify: VqNotify -> bool = notify());
 
 /// See [`abi_fn::VqGetBuf`].
 ///
@@ -241,137 +253,27 @@ pub(crate) unsafe extern "C" fn virtio_rs_vq_get_buf(vq: *mut RawVq, len: *mut u
 }
 export_symbol_ns_gpl!(virtio_rs_vq_get_buf: abi_fn::VqGetBuf);
 
-/// See [`abi_fn::VqDetachUnused`].
-///
-/// # Safety
-///
-/// `vq` is live and the call serialized.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_detach_unused(vq: *mut RawVq) -> *mut c_void {
-    // SAFETY:
-    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
-    //   `queue` requires.
-    // - The call is serialized with the queue's other calls (same contract), as the queue
-    //   method requires.
-    unsafe { queue(vq).detach_unused() }
+export_queue_op! {
+    serialized virtio_rs_vq_detach_unused: VqDetachUnused -> *mut c_void = detach_unused()
 }
-export_symbol_ns_gpl!(virtio_rs_vq_detach_unused: abi_fn::VqDetachUnused);
 
-/// See [`abi_fn::VqDisableCb`].
-///
-/// # Safety
-///
-/// `vq` is live and the call serialized.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_disable_cb(vq: *mut RawVq) {
-    // SAFETY:
-    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
-    //   `queue` requires.
-    // - The call is serialized with the queue's other calls (same contract), as the queue
-    //   method requires.
-    unsafe { queue(vq).disable_cb() }
-}
-export_symbol_ns_gpl!(virtio_rs_vq_disable_cb: abi_fn::VqDisableCb);
+export_queue_op!(serialized virtio_rs_vq_disable_cb: VqDisableCb = disable_cb());
 
-/// See [`abi_fn::VqEnableCb`].
-///
-/// # Safety
-///
-/// `vq` is live and the call serialized.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb(vq: *mut RawVq) -> bool {
-    // SAFETY:
-    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
-    //   `queue` requires.
-    // - The call is serialized with the queue's other calls (same contract), as the queue
-    //   method requires.
-    unsafe { queue(vq).enable_cb(false) }
-}
-export_symbol_ns_gpl!(virtio_rs_vq_enable_cb: abi_fn::VqEnableCb);
+export_queue_op!(serialized virtio_rs_vq_enable_cb: VqEnableCb -> bool = enable_cb(false));
 
-/// See [`abi_fn::VqEnableCb`].
-///
-/// # Safety
-///
-/// `vq` is live and the call serialized.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_enable_cb_delayed(vq: *mut RawVq) -> bool {
-    // SAFETY:
-    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
-    //   `queue` requires.
-    // - The call is serialized with the queue's other calls (same contract), as the queue
-    //   method requires.
-    unsafe { queue(vq).enable_cb(true) }
+export_queue_op! {
+    serialized virtio_rs_vq_enable_cb_delayed: VqEnableCbDelayed -> bool = enable_cb(true)
 }
-export_symbol_ns_gpl!(virtio_rs_vq_enable_cb_delayed: abi_fn::VqEnableCb);
 
-/// See [`abi_fn::VqInterrupt`].
-///
-/// # Safety
-///
-/// `vq` is live.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_interrupt(vq: *mut RawVq) -> bool {
-    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
-    // contract), as `queue` requires; the method may run concurrently with the others.
-    unsafe { queue(vq) }.interrupt()
-}
-export_symbol_ns_gpl!(virtio_rs_vq_interrupt: abi_fn::VqInterrupt);
+export_queue_op!(concurrent virtio_rs_vq_interrupt: VqInterrupt -> bool = interrupt());
 
-/// See [`abi_fn::VqIsBroken`].
-///
-/// # Safety
-///
-/// `vq` is live.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_is_broken(vq: *mut RawVq) -> bool {
-    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
-    // contract), as `queue` requires; the method may run concurrently with the others.
-    unsafe { queue(vq) }.is_broken()
-}
-export_symbol_ns_gpl!(virtio_rs_vq_is_broken: abi_fn::VqIsBroken);
+export_queue_op!(concurrent virtio_rs_vq_is_broken: VqIsBroken -> bool = is_broken());
 
-/// See [`abi_fn::VqBreak`].
-///
-/// # Safety
-///
-/// `vq` is live.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_break(vq: *mut RawVq) {
-    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
-    // contract), as `queue` requires; the method may run concurrently with the others.
-    unsafe { queue(vq) }.mark_broken()
-}
-export_symbol_ns_gpl!(virtio_rs_vq_break: abi_fn::VqBreak);
+export_queue_op!(concurrent virtio_rs_vq_break: VqBreak = mark_broken());
 
-/// See [`abi_fn::VqLenClamped`].
-///
-/// # Safety
-///
-/// `vq` is live.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_len_clamped(vq: *mut RawVq) -> u32 {
-    // SAFETY: `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's
-    // contract), as `queue` requires; the method may run concurrently with the others.
-    unsafe { queue(vq) }.clamped_lens()
-}
-export_symbol_ns_gpl!(virtio_rs_vq_len_clamped: abi_fn::VqLenClamped);
+export_queue_op!(concurrent virtio_rs_vq_len_clamped: VqLenClamped -> u32 = clamped_lens());
 
-/// See [`abi_fn::VqNumFree`].
-///
-/// # Safety
-///
-/// `vq` is live and the call serialized.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32 {
-    // SAFETY:
-    // - `vq` comes from `virtio_rs_vq_new` and is not deleted (this function's contract), as
-    //   `queue` requires.
-    // - The call is serialized with the queue's other calls (same contract), as the queue
-    //   method requires.
-    unsafe { queue(vq).num_free() }
-}
-export_symbol_ns_gpl!(virtio_rs_vq_num_free: abi_fn::VqNumFree);
+export_queue_op!(serialized virtio_rs_vq_num_free: VqNumFree -> u32 = num_free());
 
 /// The module: a library with no state of its own (but the test-only fault switch).
 struct VirtioRingModule {

@@ -50,6 +50,13 @@ mod legacy_mem;
 #[path = "virtio.rs"]
 pub(crate) mod virtio;
 
+#[path = "workqueue.rs"]
+pub(crate) mod workqueue;
+
+#[cfg(virtio_rs_kunit)]
+#[path = "switches.rs"]
+pub(crate) mod switches;
+
 // Not every crate uses them.
 #[allow(unused_imports)]
 pub(crate) use legacy_mem::{
@@ -594,132 +601,103 @@ impl Sg {
     }
 }
 
-/// Signatures of the functions `virtio_ring_rs` exports.  The exporter checks its definitions
-/// against these types at build time, so the two sides cannot drift apart.
-///
-/// Locking contract (as in C): the caller serializes all calls on one queue, except
-/// `virtio_rs_vq_interrupt`, `virtio_rs_vq_is_broken`, `virtio_rs_vq_break` and
-/// `virtio_rs_vq_len_clamped`, which may run concurrently with anything but
-/// `virtio_rs_vq_del`.
-pub(crate) mod abi_fn {
-    use super::{
-        c_void,
-        RawVq,
-        Sg,
-        VqParams, //
-    };
+/// Declares the functions `virtio_ring_rs` exports from one list of signatures: their types
+/// in [`abi_fn`] (the exporter checks its definitions against them at build time) and their
+/// declarations in `imports` (made from the same signatures and checked against the types
+/// too), so that neither side can drift from the contract.  An entry is `Type = safe fn`
+/// for a function without preconditions (a safe function pointer, declared `safe`), else
+/// `Type = unsafe fn`.
+macro_rules! ring_functions {
+    ($(
+        $(#[doc = $doc:literal])*
+        $ty:ident = $safety:ident fn $name:ident($($arg:ident: $argty:ty),* $(,)?) $(-> $ret:ty)?;
+    )*) => {
+        /// Signatures of the functions `virtio_ring_rs` exports.
+        ///
+        /// Locking contract (as in C): the caller serializes all calls on one queue, except
+        /// `virtio_rs_vq_interrupt`, `virtio_rs_vq_is_broken`, `virtio_rs_vq_break` and
+        /// `virtio_rs_vq_len_clamped`, which may run concurrently with anything but
+        /// `virtio_rs_vq_del`.
+        pub(crate) mod abi_fn {
+            #[allow(unused_imports)]
+            use super::{c_void, RawVq, Sg, VqParams};
 
-    /// `virtio_rs_abi_version`: the contract version the ring module was built with.
-    pub(crate) type AbiVersion = extern "C" fn() -> u32;
-    /// `virtio_rs_vring_size`: bytes of a legacy split ring of `num` entries at `align`, or 0
-    /// when `num` is not a valid queue size or `align` not a power of two.
-    pub(crate) type VringSize = extern "C" fn(num: u32, align: u32) -> usize;
-    /// `virtio_rs_ring_features`: the transport feature bits the ring implements.
-    pub(crate) type RingFeatures = extern "C" fn() -> u64;
-    /// `virtio_rs_vq_new`: creates a queue; 0 or a negative errno.
-    pub(crate) type VqNew =
-        unsafe extern "C" fn(params: *const VqParams, vq: *mut *mut RawVq) -> i32;
-    /// `virtio_rs_vq_del`: destroys a queue (its buffers must have been detached).
-    pub(crate) type VqDel = unsafe extern "C" fn(vq: *mut RawVq);
-    /// `virtio_rs_vq_add`: exposes `out` readable then `inp` writable elements of `sg` to the
-    /// device with a non-null token; 0 or a negative errno (`ENOSPC`, `EIO` when broken).
-    pub(crate) type VqAdd = unsafe extern "C" fn(
-        vq: *mut RawVq,
-        sg: *const Sg,
-        out: u32,
-        inp: u32,
-        token: *mut c_void,
-        atomic: bool,
-    ) -> i32;
-    /// `virtio_rs_vq_kick_prepare`: does the device want a notification?
-    pub(crate) type VqKickPrepare = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
-    /// `virtio_rs_vq_notify`: notifies the device; false if it is gone (the queue is broken).
-    pub(crate) type VqNotify = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
-    /// `virtio_rs_vq_get_buf`: the token of the next used buffer (null if none) and the length
-    /// the device wrote.
-    pub(crate) type VqGetBuf = unsafe extern "C" fn(vq: *mut RawVq, len: *mut u32) -> *mut c_void;
-    /// `virtio_rs_vq_detach_unused`: a token still owned by the device, for teardown.
-    pub(crate) type VqDetachUnused = unsafe extern "C" fn(vq: *mut RawVq) -> *mut c_void;
-    /// `virtio_rs_vq_disable_cb`: asks the device not to interrupt.
-    pub(crate) type VqDisableCb = unsafe extern "C" fn(vq: *mut RawVq);
-    /// `virtio_rs_vq_enable_cb` / `_delayed`: re-enables interrupts; false if buffers are
-    /// already pending (the caller processes them first).
-    pub(crate) type VqEnableCb = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
-    /// `virtio_rs_vq_interrupt`: the transport's interrupt entry point; true if the queue had
-    /// work (the driver's callback ran).
-    pub(crate) type VqInterrupt = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
-    /// `virtio_rs_vq_is_broken`.
-    pub(crate) type VqIsBroken = unsafe extern "C" fn(vq: *mut RawVq) -> bool;
-    /// `virtio_rs_vq_break`: marks the queue broken (the device went away); the first time,
-    /// runs the driver's callback, as an interrupt would, so that a waiting driver notices.
-    pub(crate) type VqBreak = unsafe extern "C" fn(vq: *mut RawVq);
-    /// `virtio_rs_vq_len_clamped`: how many used lengths beyond their buffer's writable
-    /// length the ring clamped (a device quirk, not a protocol violation).
-    pub(crate) type VqLenClamped = unsafe extern "C" fn(vq: *mut RawVq) -> u32;
-    /// `virtio_rs_vq_num_free`: free descriptors.
-    pub(crate) type VqNumFree = unsafe extern "C" fn(vq: *mut RawVq) -> u32;
+            $(
+                ring_functions!(
+                    @type $safety, [$(#[doc = $doc])*], $ty, ($($arg: $argty),*) $(-> $ret)?
+                );
+            )*
+        }
+
+        /// Declarations of the functions exported by `virtio_ring_rs` (namespace
+        /// [`NAMESPACE`]).
+        mod imports {
+            use super::{abi_fn, c_void, RawVq, Sg, VqParams};
+
+            unsafe extern "C" {
+                $(pub(super) $safety fn $name($($arg: $argty),*) $(-> $ret)?;)*
+            }
+
+            $(const _: abi_fn::$ty = $name;)*
+        }
+    };
+    (@type safe, [$($doc:tt)*], $ty:ident, ($($p:tt)*) $($ret:tt)*) => {
+        $($doc)*
+        pub(crate) type $ty = extern "C" fn($($p)*) $($ret)*;
+    };
+    (@type unsafe, [$($doc:tt)*], $ty:ident, ($($p:tt)*) $($ret:tt)*) => {
+        $($doc)*
+        pub(crate) type $ty = unsafe extern "C" fn($($p)*) $($ret)*;
+    };
 }
 
-/// Declarations of the functions exported by `virtio_ring_rs` (namespace [`NAMESPACE`]).
-///
-/// Each declaration is checked against its type in [`abi_fn`] at build time, as the exporter
-/// checks each definition, so that the importers cannot drift from the contract either.  The
-/// functions without preconditions are declared `safe`.
-mod imports {
-    use super::{
-        abi_fn,
-        c_void,
-        RawVq,
-        Sg,
-        VqParams, //
-    };
-
-    unsafe extern "C" {
-        pub(super) safe fn virtio_rs_abi_version() -> u32;
-        pub(super) safe fn virtio_rs_vring_size(num: u32, align: u32) -> usize;
-        pub(super) safe fn virtio_rs_ring_features() -> u64;
-        pub(super) fn virtio_rs_vq_new(params: *const VqParams, vq: *mut *mut RawVq) -> i32;
-        pub(super) fn virtio_rs_vq_del(vq: *mut RawVq);
-        pub(super) fn virtio_rs_vq_add(
-            vq: *mut RawVq,
-            sg: *const Sg,
-            out: u32,
-            inp: u32,
-            token: *mut c_void,
-            atomic: bool,
-        ) -> i32;
-        pub(super) fn virtio_rs_vq_kick_prepare(vq: *mut RawVq) -> bool;
-        pub(super) fn virtio_rs_vq_notify(vq: *mut RawVq) -> bool;
-        pub(super) fn virtio_rs_vq_get_buf(vq: *mut RawVq, len: *mut u32) -> *mut c_void;
-        pub(super) fn virtio_rs_vq_detach_unused(vq: *mut RawVq) -> *mut c_void;
-        pub(super) fn virtio_rs_vq_disable_cb(vq: *mut RawVq);
-        pub(super) fn virtio_rs_vq_enable_cb(vq: *mut RawVq) -> bool;
-        pub(super) fn virtio_rs_vq_enable_cb_delayed(vq: *mut RawVq) -> bool;
-        pub(super) fn virtio_rs_vq_interrupt(vq: *mut RawVq) -> bool;
-        pub(super) fn virtio_rs_vq_is_broken(vq: *mut RawVq) -> bool;
-        pub(super) fn virtio_rs_vq_break(vq: *mut RawVq);
-        pub(super) fn virtio_rs_vq_len_clamped(vq: *mut RawVq) -> u32;
-        pub(super) fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32;
-    }
-
-    const _: abi_fn::AbiVersion = virtio_rs_abi_version;
-    const _: abi_fn::VringSize = virtio_rs_vring_size;
-    const _: abi_fn::RingFeatures = virtio_rs_ring_features;
-    const _: abi_fn::VqNew = virtio_rs_vq_new;
-    const _: abi_fn::VqDel = virtio_rs_vq_del;
-    const _: abi_fn::VqAdd = virtio_rs_vq_add;
-    const _: abi_fn::VqKickPrepare = virtio_rs_vq_kick_prepare;
-    const _: abi_fn::VqNotify = virtio_rs_vq_notify;
-    const _: abi_fn::VqGetBuf = virtio_rs_vq_get_buf;
-    const _: abi_fn::VqDetachUnused = virtio_rs_vq_detach_unused;
-    const _: abi_fn::VqDisableCb = virtio_rs_vq_disable_cb;
-    const _: abi_fn::VqEnableCb = virtio_rs_vq_enable_cb;
-    const _: abi_fn::VqEnableCb = virtio_rs_vq_enable_cb_delayed;
-    const _: abi_fn::VqInterrupt = virtio_rs_vq_interrupt;
-    const _: abi_fn::VqIsBroken = virtio_rs_vq_is_broken;
-    const _: abi_fn::VqBreak = virtio_rs_vq_break;
-    const _: abi_fn::VqLenClamped = virtio_rs_vq_len_clamped;
-    const _: abi_fn::VqNumFree = virtio_rs_vq_num_free;
+ring_functions! {
+    /// `virtio_rs_abi_version`: the contract version the ring module was built with.
+    AbiVersion = safe fn virtio_rs_abi_version() -> u32;
+    /// `virtio_rs_vring_size`: bytes of a legacy split ring of `num` entries at `align`, or 0
+    /// when `num` is not a valid queue size or `align` not a power of two.
+    VringSize = safe fn virtio_rs_vring_size(num: u32, align: u32) -> usize;
+    /// `virtio_rs_ring_features`: the transport feature bits the ring implements.
+    RingFeatures = safe fn virtio_rs_ring_features() -> u64;
+    /// `virtio_rs_vq_new`: creates a queue; 0 or a negative errno.
+    VqNew = unsafe fn virtio_rs_vq_new(params: *const VqParams, vq: *mut *mut RawVq) -> i32;
+    /// `virtio_rs_vq_del`: destroys a queue (its buffers must have been detached).
+    VqDel = unsafe fn virtio_rs_vq_del(vq: *mut RawVq);
+    /// `virtio_rs_vq_add`: exposes `out` readable then `inp` writable elements of `sg` to the
+    /// device with a non-null token; 0 or a negative errno (`ENOSPC`, `EIO` when broken).
+    VqAdd = unsafe fn virtio_rs_vq_add(vq: *mut RawVq, sg: *const Sg, out: u32, inp: u32,
+        token: *mut c_void, atomic: bool) -> i32;
+    /// `virtio_rs_vq_kick_prepare`: does the device want a notification?
+    VqKickPrepare = unsafe fn virtio_rs_vq_kick_prepare(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_notify`: notifies the device; false if it is gone (the queue is broken).
+    VqNotify = unsafe fn virtio_rs_vq_notify(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_get_buf`: the token of the next used buffer (null if none) and the length
+    /// the device wrote.
+    VqGetBuf = unsafe fn virtio_rs_vq_get_buf(vq: *mut RawVq, len: *mut u32) -> *mut c_void;
+    /// `virtio_rs_vq_detach_unused`: a token still owned by the device, for teardown.
+    VqDetachUnused = unsafe fn virtio_rs_vq_detach_unused(vq: *mut RawVq) -> *mut c_void;
+    /// `virtio_rs_vq_disable_cb`: asks the device not to interrupt.
+    VqDisableCb = unsafe fn virtio_rs_vq_disable_cb(vq: *mut RawVq);
+    /// `virtio_rs_vq_enable_cb`: re-enables interrupts; false if buffers are already pending
+    /// (the caller processes them first).
+    VqEnableCb = unsafe fn virtio_rs_vq_enable_cb(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_enable_cb_delayed`: as `VqEnableCb`, but with `EVENT_IDX` asks for the
+    /// interrupt only after about three quarters of the outstanding buffers are used; false
+    /// if the device is already past that point.
+    VqEnableCbDelayed = unsafe fn virtio_rs_vq_enable_cb_delayed(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_interrupt`: the transport's interrupt entry point; true if the queue had
+    /// work (the driver's callback ran).
+    VqInterrupt = unsafe fn virtio_rs_vq_interrupt(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_is_broken`.
+    VqIsBroken = unsafe fn virtio_rs_vq_is_broken(vq: *mut RawVq) -> bool;
+    /// `virtio_rs_vq_break`: marks the queue broken (the device went away); the first time,
+    /// runs the driver's callback, as an interrupt would, so that a waiting driver notices.
+    VqBreak = unsafe fn virtio_rs_vq_break(vq: *mut RawVq);
+    /// `virtio_rs_vq_len_clamped`: how many used lengths beyond their buffer's writable
+    /// length the ring clamped (a device quirk, not a protocol violation).
+    VqLenClamped = unsafe fn virtio_rs_vq_len_clamped(vq: *mut RawVq) -> u32;
+    /// `virtio_rs_vq_num_free`: free descriptors.
+    VqNumFree = unsafe fn virtio_rs_vq_num_free(vq: *mut RawVq) -> u32;
 }
 
 /// Checks that the loaded `virtio_ring_rs` implements the contract this module was built with.

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The balloon device's feature bits, configuration layout and queue slots, and the
-//! features the driver asks for.
+//! The balloon device's feature bits, configuration layout and queue slots, the features
+//! the driver asks for, and the reads and writes of the device's configuration.
 //!
 //! No `unsafe`.
 
-use crate::abi::virtio::ConfigField;
+use crate::{abi::virtio::ConfigField, mm::PAGES_PER_PAGE, shared::BalloonShared};
 use core::num::NonZeroUsize;
+use kernel::{prelude::*, sync::atomic::Relaxed};
 
 /// Feature: the host must be told before a deflated page is used (virtio 0.9.5 appendix G).
 pub(crate) const F_MUST_TELL_HOST: u32 = 0;
@@ -91,3 +92,40 @@ pub(crate) const REPORT_TOKEN: NonZeroUsize = NonZeroUsize::MIN;
 
 /// No request slot (no reporting queue).
 pub(crate) const NO_SLOT: usize = usize::MAX;
+
+impl BalloonShared {
+    pub(crate) fn has(&self, bit: u32) -> bool {
+        self.features & (1 << bit) != 0
+    }
+
+    /// The balloon size the device asks for, in 4 KiB pages, rounded to whole guest pages.
+    pub(crate) fn target(&self) -> Result<u32> {
+        let num = self.vdev.read(CONFIG_NUM_PAGES)?;
+        let num = num
+            .checked_next_multiple_of(PAGES_PER_PAGE)
+            .unwrap_or(u32::MAX);
+        self.counters.target.store(num.into(), Relaxed);
+        Ok(num)
+    }
+
+    /// Tells the device what freed guest pages hold (`poison_val`), in one 32-bit access,
+    /// and keeps what it reads back for debugfs.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the device's configuration has no `poison_val`.
+    pub(crate) fn write_poison(&self, val: u32) -> Result {
+        self.vdev.write(CONFIG_POISON_VAL, val)?;
+        let seen = self.vdev.read(CONFIG_POISON_VAL)?;
+        self.counters.poison_val.store(seen.into(), Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn write_actual(&self, num_pages: u32) {
+        self.counters.actual.store(num_pages.into(), Relaxed);
+        // One 32-bit access: QEMU acts on every configuration write.
+        if let Err(e) = self.vdev.write(CONFIG_ACTUAL, num_pages) {
+            dev_warn!(self.dev, "cannot write actual: {:?}\n", e);
+        }
+    }
+}

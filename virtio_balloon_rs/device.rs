@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The balloon's device side, as the engine drives it: the queues, the message buffers in
-//! DMA memory and the balloon's page list (through [`ListRef`], in `migrate.rs`).
+//! DMA memory and the balloon's page list (through [`ListRef`], in `mm/migrate.rs`).
 //!
 //! No `unsafe`.
 

@@ -24,9 +24,11 @@
 //!
 //! Blocks are allocated with `__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC` and no reclaim
 //! at all: hinting only takes memory that is free right now, never what reclaim could make
-//! free.  This file holds that allocation's `unsafe`; the glue to the balloon (its queue, its
+//! free (the blocks are `mm.rs`'s [`PageBlock`]s).  The glue to the balloon (its queue, its
 //! configuration, the work item) is [`HintQueue`], implemented by the balloon at the end of
 //! this file.
+//!
+//! No `unsafe`.
 //!
 //! Lock order: the balloon's state lock (inside [`HintQueue::with_hint_vq`]) and
 //! [`HintPool::blocks`] are never held together; [`HintPool::run`] is taken only by the work
@@ -39,7 +41,8 @@ use crate::abi::{
 };
 use crate::config::CONFIG_CMD_ID;
 use crate::mm::{
-    pfn_of,
+    gfp,
+    PageBlock,
     PAGES_PER_PAGE, //
 };
 use crate::pressure::{
@@ -49,7 +52,6 @@ use crate::pressure::{
 use crate::shared::BalloonShared;
 use crate::stats::Counters;
 use core::num::NonZeroUsize;
-use core::ptr::NonNull;
 use kernel::{
     bindings, device, new_mutex, new_spinlock,
     page::PAGE_SHIFT,
@@ -108,11 +110,6 @@ const BLOCK_TOKEN: NonZeroUsize = NonZeroUsize::MIN.saturating_add(2);
 // device that keeps the queue full this long is stopped or broken, and the run ends (the
 // hinted blocks stay until DONE, the shrinker or unbind).
 const QUEUE_WAIT_MS: u32 = 1000;
-
-/// `gfp_t` bit `bit`.
-const fn gfp(bit: u32) -> bindings::gfp_t {
-    1 << bit
-}
 
 /// Flags of a hinted block, as C's `VIRTIO_BALLOON_FREE_PAGE_ALLOC_FLAG`: no reclaim (neither
 /// direct nor kswapd), no retries, no warning, no emergency reserves.
@@ -202,43 +199,7 @@ pub(crate) trait HintQueue {
 
 /// A block of `1 << BLOCK_ORDER` guest pages taken from the allocator to be hinted; freed
 /// when dropped.
-///
-/// # Invariants
-///
-/// `page` is the first page of an order-[`BLOCK_ORDER`] allocation that this value owns.
-pub(crate) struct HintBlock {
-    page: NonNull<bindings::page>,
-}
-
-// SAFETY: Pages may be freed from any thread.
-unsafe impl Send for HintBlock {}
-// SAFETY: Shared references only read the page's address.
-unsafe impl Sync for HintBlock {}
-
-impl HintBlock {
-    /// Takes a free block from the allocator without reclaiming anything; `None` when no
-    /// block of that order is free.
-    fn alloc() -> Option<Self> {
-        // SAFETY: A plain allocation: the flags allow no sleeping reclaim, any order up to
-        // `MAX_PAGE_ORDER` is valid.
-        let page = unsafe { bindings::alloc_pages(HINT_GFP, BLOCK_ORDER) };
-        // INVARIANT: a non-null result is an order-`BLOCK_ORDER` allocation, now ours.
-        NonNull::new(page).map(|page| Self { page })
-    }
-
-    /// The block's guest-physical address (a legacy device takes those).
-    fn addr(&self) -> u64 {
-        pfn_of(self.page.as_ptr()) << PAGE_SHIFT
-    }
-}
-
-impl Drop for HintBlock {
-    fn drop(&mut self) {
-        // SAFETY: We own this order-`BLOCK_ORDER` allocation (type invariant); it is freed
-        // once, here.
-        unsafe { bindings::__free_pages(self.page.as_ptr(), BLOCK_ORDER) }
-    }
-}
+pub(crate) type HintBlock = PageBlock<BLOCK_ORDER>;
 
 /// State of the work item, between runs.
 struct Run {
@@ -381,7 +342,7 @@ impl HintPool {
                 continue;
             }
             // Everything free right now is hinted when this fails.
-            let Some(block) = HintBlock::alloc() else {
+            let Some(block) = HintBlock::alloc(HINT_GFP) else {
                 break;
             };
             let posted = q.with_hint_vq(|vq| {

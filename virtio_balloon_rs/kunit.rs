@@ -13,8 +13,8 @@
 //!
 //! Compiled only into the test flavour of the module (`--cfg virtio_rs_kunit`).
 //!
-//! One `unsafe` read: `vmemmap_base`, to build scatterlist entries naming the `struct page` of
-//! a frame.
+//! No `unsafe` (the `struct page` address of a frame, for scatterlist entries, comes from
+//! `mm.rs`).
 
 use crate::engine::{
     Dir,
@@ -811,9 +811,7 @@ mod features_tests {
 
     /// A scatterlist entry naming the `struct page` of frame `pfn`.
     fn entry(pfn: usize, offset: u32, length: u32, flags: u32) -> bindings::scatterlist {
-        // SAFETY: `vmemmap_base` is set once at boot.
-        let base = unsafe { bindings::vmemmap_base };
-        let page = base + pfn * core::mem::size_of::<bindings::page>();
+        let page = crate::mm::page_addr_of(pfn);
         bindings::scatterlist {
             // CAST: flag bits below the page pointer's alignment.
             page_link: page | flags as kernel::ffi::c_ulong,

@@ -1,17 +1,32 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Memory-management glue the kernel crate does not offer yet: allocating balloon pages with
-//! the balloon's GFP flags, freeing them in batches, their page frame numbers, and what the
-//! kernel does to freed pages (zeroing, poisoning).  The page list the balloon core keeps
-//! (and page migration) is in `migrate.rs`, page reporting in `reporting.rs`, the pressure
-//! hooks in `pressure.rs`.
+//! the balloon's GFP flags, freeing them in batches, blocks of pages for free page hinting,
+//! their page frame numbers, what the kernel does to freed pages (zeroing, poisoning) and the
+//! memory counters.  Its submodules are the rest of that glue: the page list the balloon core
+//! keeps, and page migration, in `mm/migrate.rs`, free page reporting in `mm/reporting.rs`;
+//! the pressure hooks are in `pressure.rs`.
 //!
-//! Holds `unsafe` for the page allocator, page frame numbers and the memory counters, which
-//! have no Rust abstraction in 7.2.  It is not the crate's only `unsafe`: see the root's
-//! header.
+//! Holds `unsafe` for the page allocator (`BalloonPage`, `PageBlock`), page frame numbers
+//! (`vmemmap_base`), the init-on-free and poisoning switches and the memory counters, which
+//! have no Rust abstraction in 7.2.  The crate's other `unsafe` is in the two submodules and
+//! `pressure.rs`.
 
 use core::ptr::NonNull;
-use kernel::{alloc::KVec, bindings, page::PAGE_SIZE};
+use kernel::{
+    alloc::KVec,
+    bindings,
+    page::{
+        PAGE_SHIFT,
+        PAGE_SIZE, //
+    },
+};
+
+#[path = "mm/migrate.rs"]
+pub(crate) mod migrate;
+
+#[path = "mm/reporting.rs"]
+pub(crate) mod reporting;
 
 /// Shift of the balloon's page frame numbers: the device counts 4 KiB pages whatever the
 /// guest's page size (`VIRTIO_BALLOON_PFN_SHIFT`).
@@ -22,7 +37,7 @@ pub(crate) const BALLOON_PFN_SHIFT: u32 = 12;
 pub(crate) const PAGES_PER_PAGE: u32 = (PAGE_SIZE >> BALLOON_PFN_SHIFT) as u32;
 
 /// `gfp_t` bit `bit`.
-const fn gfp(bit: u32) -> bindings::gfp_t {
+pub(crate) const fn gfp(bit: u32) -> bindings::gfp_t {
     1 << bit
 }
 
@@ -61,6 +76,15 @@ pub(crate) fn pfn_of(page: *const bindings::page) -> u64 {
     let offset = (page as usize).wrapping_sub(base);
     // CAST: a PFN fits in 64 bits.
     (offset / core::mem::size_of::<bindings::page>()) as u64
+}
+
+/// The `struct page` address of frame `pfn` (`pfn_to_page()`), for the test flavour's
+/// scatterlist entries; only computed, never dereferenced here.
+#[cfg(virtio_rs_kunit)]
+pub(crate) fn page_addr_of(pfn: usize) -> usize {
+    // SAFETY: `vmemmap_base` is set once at boot, before any module loads.
+    let base = unsafe { bindings::vmemmap_base };
+    base + pfn * core::mem::size_of::<bindings::page>()
 }
 
 /// The device's (4 KiB) frame numbers of `page`.
@@ -184,6 +208,49 @@ impl Drop for BalloonPage {
         // SAFETY: We own a reference to this order-0 page (type invariant), dropped exactly
         // once; the page is freed if it was the last.
         unsafe { bindings::__free_pages(self.page.as_ptr(), 0) }
+    }
+}
+
+/// A block of `1 << ORDER` contiguous guest pages from the page allocator (free page
+/// hinting takes them); freed when dropped.
+///
+/// # Invariants
+///
+/// `page` is the first page of an order-`ORDER` allocation that this value owns.
+pub(crate) struct PageBlock<const ORDER: u32> {
+    page: NonNull<bindings::page>,
+}
+
+// SAFETY: Pages may be freed from any thread.
+unsafe impl<const ORDER: u32> Send for PageBlock<ORDER> {}
+// SAFETY: Shared references only read the page's address.
+unsafe impl<const ORDER: u32> Sync for PageBlock<ORDER> {}
+
+impl<const ORDER: u32> PageBlock<ORDER> {
+    /// Takes a block from the allocator with the flags `gfp`; `None` when it has none to
+    /// give.
+    pub(crate) fn alloc(gfp: bindings::gfp_t) -> Option<Self> {
+        // SAFETY:
+        // - Any flags are valid for `alloc_pages()` (they choose how hard it tries).
+        // - Any order is: one above `MAX_PAGE_ORDER` fails with `NULL`.
+        let page = unsafe { bindings::alloc_pages(gfp, ORDER) };
+        // INVARIANT: a non-null result is an order-`ORDER` allocation, now ours.
+        NonNull::new(page).map(|page| Self { page })
+    }
+
+    /// The block's guest-physical address (a legacy device takes those).
+    pub(crate) fn addr(&self) -> u64 {
+        pfn_of(self.page.as_ptr()) << PAGE_SHIFT
+    }
+}
+
+impl<const ORDER: u32> Drop for PageBlock<ORDER> {
+    fn drop(&mut self) {
+        // SAFETY:
+        // - `page` is the first page of an order-`ORDER` allocation (type invariant), which
+        //   is what `__free_pages()` takes with `ORDER`.
+        // - This value owns it (type invariant) and frees it once, here.
+        unsafe { bindings::__free_pages(self.page.as_ptr(), ORDER) }
     }
 }
 

@@ -2,7 +2,7 @@
 
 //! A balloon's shared state: what the driver, its work items and its callbacks share.
 //!
-//! No `unsafe` (its `HasBalloonList` contract is kept in `migrate.rs`).
+//! No `unsafe` (its `HasBalloonList` contract is kept in `mm/migrate.rs`).
 
 use crate::{
     abi::{
@@ -58,7 +58,7 @@ pub(crate) struct State {
     /// A timeout was logged already (once per device).
     pub(crate) slow_logged: bool,
     /// A report failed on the device's side (broken queue, or no answer in
-    /// [`REPORT_TIMEOUT_MS`](crate::worker::REPORT_TIMEOUT_MS); logged): every later report
+    /// [`REPORT_TIMEOUT_MS`](crate::callbacks::REPORT_TIMEOUT_MS); logged): every later report
     /// fails at once.  A report the device did not return keeps its descriptors until
     /// teardown.
     pub(crate) report_lost: bool,

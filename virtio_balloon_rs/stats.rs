@@ -1,22 +1,40 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The balloon's counters (shown in debugfs) and the statistics the device asks for on the
-//! stats queue (virtio 1.x section 5.5.6.3; `docs/interop/virtio-balloon-stats.rst` in QEMU).
+//! stats queue (virtio 1.x section 5.5.6.3; `docs/interop/virtio-balloon-stats.rst` in QEMU):
+//! their wire format, and sending them each time the device returns the buffer.
 //!
 //! No `unsafe`.
 
-use crate::mm::MemSnapshot;
+use crate::{
+    abi::Sg,
+    config::{
+        STATS,
+        STATS_TOKEN, //
+    },
+    mm::MemSnapshot,
+    shared::BalloonShared,
+};
 use kernel::{
+    debugfs,
+    dma::Coherent,
     fmt,
-    sync::atomic::{
-        Atomic,
-        Relaxed, //
+    prelude::*,
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        Arc,
     },
     time::{
         Instant,
         Monotonic, //
     },
 };
+
+/// A debugfs file that shows the counters.
+pub(crate) type CountersFile = Pin<KBox<debugfs::File<Arc<Counters>>>>;
 
 /// Number of statistics tags (`VIRTIO_BALLOON_S_NR`).
 pub(crate) const NR_TAGS: usize = 16;
@@ -229,6 +247,26 @@ impl Counters {
         );
     }
 
+    /// Creates the debugfs file `name` in `dir`, which shows `this` through `show`.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn file<F>(
+        this: &Arc<Self>,
+        dir: &debugfs::Dir,
+        name: &'static CStr,
+        show: &'static F,
+    ) -> Result<CountersFile>
+    where
+        F: Fn(&Arc<Self>, &mut fmt::Formatter<'_>) -> fmt::Result + Send + Sync,
+    {
+        KBox::pin_init(
+            dir.read_callback_file(name, Ok::<_, Error>(this.clone()), show),
+            GFP_KERNEL,
+        )
+    }
+
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows: [(&str, &Atomic<u64>); 34] = [
@@ -280,4 +318,78 @@ impl Counters {
         }
         Ok(())
     }
+}
+
+impl BalloonShared {
+    /// Sends fresh statistics: the first buffer at probe (`initial`), then each time the
+    /// device returns the buffer (`stats_handle_request()` in C).  If they cannot be read (an
+    /// allocation failed), the device gets the buffer back with the previous ones (all
+    /// zero at probe), so that it asks again at its next interval: it would never ask again
+    /// without the buffer.
+    pub(crate) fn send_stats(&self, initial: bool) {
+        // Read the counters before taking the lock: this allocates.
+        let snapshot = MemSnapshot::now();
+        // Test flavour: the read fails, as an allocation failure there would.
+        #[cfg(virtio_rs_kunit)]
+        let snapshot = if crate::testing::fail_stats() {
+            Err(ENOMEM)
+        } else {
+            snapshot
+        };
+        let mut state = self.state.lock();
+        let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(STATS)) else {
+            return;
+        };
+        if !initial && vq.get_buf().is_none() {
+            return;
+        }
+        let values = match snapshot {
+            Ok(m) => Some(tag_values(&m)),
+            Err(e) => {
+                if self.counters.stats_failures.load(Relaxed) == 0 {
+                    dev_warn!(
+                        self.dev,
+                        "cannot read memory statistics ({:?}): sending the previous ones (logged once)\n",
+                        e
+                    );
+                }
+                Counters::add(&self.counters.stats_failures, 1);
+                None
+            }
+        };
+        if let Some(values) = &values {
+            let bytes = encode(values);
+            for (i, b) in bytes.iter().enumerate() {
+                if fill_byte(&state.stats_buf, i, *b).is_err() {
+                    return;
+                }
+            }
+        }
+        let sg = Sg::new(state.stats_buf.device_addr(), BUF_SIZE as u32);
+        let Some(vq) = state.engine.host.vqs.as_mut().and_then(|v| v.get(STATS)) else {
+            return;
+        };
+        if let Err(e) = vq.add_outbuf(sg, STATS_TOKEN) {
+            dev_warn!(self.dev, "cannot queue the statistics: {:?}\n", e);
+            Counters::add(&self.counters.device_errors, 1);
+            return;
+        }
+        vq.kick();
+        if let Some(values) = values {
+            for (slot, v) in self.counters.last_stats.iter().zip(values) {
+                slot.store(v, Relaxed);
+            }
+        }
+        Counters::add(&self.counters.stats_sent, 1);
+    }
+}
+
+/// Writes byte `i` of a DMA buffer.
+///
+/// # Errors
+///
+/// `EINVAL` if `i` is out of bounds.
+fn fill_byte(buf: &Coherent<[u8]>, i: usize, b: u8) -> Result {
+    kernel::dma_write!(buf, [try: i], b);
+    Ok(())
 }

@@ -10,6 +10,11 @@
 //! | `fail_stats` | `N`: the next `N` reads of the memory statistics fail, as an allocation failure there would |
 //! | `live` | what the module holds now: `balloons` (balloon states not yet freed, counted by their [`Counters`](crate::stats::Counters)), `hooks` (OOM notifiers and shrinkers registered), so that a test can check that a failed probe or an unbind left nothing behind |
 
+use crate::abi::switches::{
+    count_down,
+    switch,
+    Switch, //
+};
 use kernel::{
     debugfs, fmt,
     prelude::*,
@@ -21,7 +26,6 @@ use kernel::{
         delay::fsleep,
         Delta, //
     },
-    uaccess::UserSliceReader,
 };
 
 /// Milliseconds the acknowledgement work sleeps before waking the balloon.
@@ -59,35 +63,8 @@ pub(crate) fn delay_ack(stop: impl Fn() -> bool) {
 
 /// Whether this read of the memory statistics must fail; counts it down if so.
 pub(crate) fn fail_stats() -> bool {
-    let mut left = FAIL_STATS.load(Relaxed);
-    while left != 0 {
-        match FAIL_STATS.cmpxchg(left, left - 1, Relaxed) {
-            Ok(_) => return true,
-            Err(now) => left = now,
-        }
-    }
-    false
+    count_down(&FAIL_STATS)
 }
-
-/// Shows a numeric switch.
-fn show(v: &&'static Atomic<u32>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    writeln!(f, "{}", v.load(Relaxed))
-}
-
-/// Sets a numeric switch from what user space wrote (a decimal number).
-fn store(v: &&'static Atomic<u32>, reader: &mut UserSliceReader) -> Result {
-    let mut buf = [0u8; 12];
-    let n = reader.len();
-    let buf = buf.get_mut(..n).ok_or(EINVAL)?;
-    reader.read_slice(buf)?;
-    let text = core::str::from_utf8(buf).map_err(|_| EINVAL)?.trim();
-    let val = text.parse::<u32>().map_err(|_| EINVAL)?;
-    v.store(val, Relaxed);
-    Ok(())
-}
-
-/// A read-write file over one numeric switch.
-type Switch = Pin<KBox<debugfs::File<&'static Atomic<u32>>>>;
 
 /// The debugfs files of the test switches; removing them (dropping) also turns them off.
 pub(crate) struct TestSwitches {
@@ -105,15 +82,9 @@ impl TestSwitches {
     /// `ENOMEM`.
     pub(crate) fn new() -> Result<Self> {
         let dir = debugfs::Dir::new(c"virtio_balloon_rs_testing");
-        let file = |name: &'static CStr, v: &'static Atomic<u32>| -> Result<Switch> {
-            KBox::pin_init(
-                dir.read_write_callback_file(name, Ok::<_, Error>(v), &show, &store),
-                GFP_KERNEL,
-            )
-        };
         Ok(Self {
-            _ack_delay: file(c"ack_delay_ms", &ACK_DELAY_MS)?,
-            _fail_stats: file(c"fail_stats", &FAIL_STATS)?,
+            _ack_delay: switch(&dir, c"ack_delay_ms", &ACK_DELAY_MS)?,
+            _fail_stats: switch(&dir, c"fail_stats", &FAIL_STATS)?,
             _live: KBox::pin_init(
                 dir.read_callback_file(c"live", Ok::<_, Error>(()), &show_live),
                 GFP_KERNEL,

@@ -34,6 +34,7 @@ use crate::{
 };
 use core::{
     ffi::c_void,
+    ops::RangeInclusive,
     ptr::NonNull, //
 };
 use kernel::{
@@ -335,6 +336,33 @@ impl Irqs {
         }
     }
 
+    /// Allocates exactly `n` interrupt vectors of type `ty`, and the state their handlers
+    /// share (with the ISR port for the INTx line).
+    fn alloc_vectors<'a>(
+        pdev: &'a pci::Device<Bound>,
+        n: u32,
+        ty: IrqType,
+        isr: Option<IsrPort>,
+    ) -> Result<(RangeInclusive<pci::IrqVector<'a>>, Arc<IrqShared>)> {
+        let vecs = pdev.alloc_irq_vectors(n, n, IrqTypes::default().with(ty))?;
+        let shared = Arc::new(IrqShared::new(pdev, isr), GFP_KERNEL)?;
+        Ok((vecs, shared))
+    }
+
+    /// Requests `vector` with `flags` for `handler`, the registration pinned in a box.
+    fn request_line<'a, H: irq::Handler + 'static>(
+        pdev: &'a pci::Device<Bound>,
+        vector: pci::IrqVector<'a>,
+        flags: irq::Flags,
+        name: &'static CStr,
+        handler: H,
+    ) -> Result<Pin<KBox<irq::Registration<H>>>> {
+        KBox::pin_init(
+            pdev.request_irq(vector, flags, name, Ok::<_, Error>(handler)),
+            GFP_KERNEL,
+        )
+    }
+
     /// Requests the MSI-X configuration vector and routes configuration changes to it; a
     /// read-back of NO_VECTOR means the device could not (`vp_legacy_config_vector()`).
     fn request_config<'a>(
@@ -344,14 +372,12 @@ impl Irqs {
         vector: pci::IrqVector<'a>,
         shared: &Arc<IrqShared>,
     ) -> Result<Pin<KBox<irq::Registration<ConfigHandler>>>> {
-        let config = KBox::pin_init(
-            pdev.request_irq(
-                vector,
-                irq::Flags::TRIGGER_NONE,
-                name,
-                Ok::<_, Error>(ConfigHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
+        let config = Self::request_line(
+            pdev,
+            vector,
+            irq::Flags::TRIGGER_NONE,
+            name,
+            ConfigHandler(shared.clone()),
         )?;
         if !regs::set_config_vector(bar, MSIX_CONFIG_VECTOR) {
             return Err(EBUSY);
@@ -371,8 +397,7 @@ impl Irqs {
         }
         // CAST: at most `1 + MAX_VQS` vectors.
         let n = (1 + nqueues) as u32;
-        let vecs = pdev.alloc_irq_vectors(n, n, IrqTypes::default().with(IrqType::MsiX))?;
-        let shared = Arc::new(IrqShared::new(pdev, None), GFP_KERNEL)?;
+        let (vecs, shared) = Self::alloc_vectors(pdev, n, IrqType::MsiX, None)?;
         let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
         let mut queues = KVec::with_capacity(nqueues, GFP_KERNEL)?;
         for index in 0..nqueues {
@@ -397,22 +422,19 @@ impl Irqs {
         bar: &Bar0<'_>,
         name: &'static CStr,
     ) -> Result<(Arc<IrqShared>, Irqs)> {
-        let vecs = pdev.alloc_irq_vectors(2, 2, IrqTypes::default().with(IrqType::MsiX))?;
-        let shared = Arc::new(IrqShared::new(pdev, None), GFP_KERNEL)?;
+        let (vecs, shared) = Self::alloc_vectors(pdev, 2, IrqType::MsiX, None)?;
         let config = Self::request_config(pdev, bar, name, *vecs.start(), &shared)?;
         // Test flavour: the device reads back NO_VECTOR for the configuration vector.
         #[cfg(virtio_rs_kunit)]
         if crate::testing::fail_shared_vectors() {
             return Err(EBUSY);
         }
-        let queues = KBox::pin_init(
-            pdev.request_irq(
-                *vecs.end(),
-                irq::Flags::TRIGGER_NONE,
-                name,
-                Ok::<_, Error>(QueuesHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
+        let queues = Self::request_line(
+            pdev,
+            *vecs.end(),
+            irq::Flags::TRIGGER_NONE,
+            name,
+            QueuesHandler(shared.clone()),
         )?;
         Ok((shared, Irqs(Mode::MsiX { config, queues })))
     }
@@ -422,19 +444,16 @@ impl Irqs {
         bar: &Bar0<'_>,
         name: &'static CStr,
     ) -> Result<(Arc<IrqShared>, Irqs)> {
-        let vecs = pdev.alloc_irq_vectors(1, 1, IrqTypes::default().with(IrqType::Intx))?;
         // SAFETY: The port is only read by the handler registered below, which the transport
         // drops before the BAR (field order of `Transport`).
         let isr = unsafe { IsrPort::new(bar) };
-        let shared = Arc::new(IrqShared::new(pdev, Some(isr)), GFP_KERNEL)?;
-        let line = KBox::pin_init(
-            pdev.request_irq(
-                *vecs.start(),
-                irq::Flags::SHARED,
-                name,
-                Ok::<_, Error>(IntxHandler(shared.clone())),
-            ),
-            GFP_KERNEL,
+        let (vecs, shared) = Self::alloc_vectors(pdev, 1, IrqType::Intx, Some(isr))?;
+        let line = Self::request_line(
+            pdev,
+            *vecs.start(),
+            irq::Flags::SHARED,
+            name,
+            IntxHandler(shared.clone()),
         )?;
         Ok((shared, Irqs(Mode::Intx { line })))
     }

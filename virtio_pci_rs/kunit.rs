@@ -225,29 +225,7 @@ impl RawMem {
 }
 
 impl RingMem for RawMem {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn read_u16(&self, off: usize) -> u16 {
-        self.read(off)
-    }
-
-    fn read_u32(&self, off: usize) -> u32 {
-        self.read(off)
-    }
-
-    fn write_u16(&self, off: usize, val: u16) {
-        self.write(off, val)
-    }
-
-    fn write_u32(&self, off: usize, val: u32) {
-        self.write(off, val)
-    }
-
-    fn write_u64(&self, off: usize, val: u64) {
-        self.write(off, val)
-    }
+    crate::split::ring_mem_checked_accessors!();
 
     fn barrier(&self, _kind: Barrier) {
         // The test and the queue run on one thread: program order is enough.

@@ -15,7 +15,16 @@
 //!
 //! No `unsafe`.
 
-use crate::abi::MAX_VQS;
+use crate::abi::{
+    switches::{
+        count_down,
+        counter,
+        switch,
+        Counter,
+        Switch, //
+    },
+    MAX_VQS,
+};
 use kernel::{
     debugfs, fmt,
     prelude::*,
@@ -23,7 +32,6 @@ use kernel::{
         Atomic,
         Relaxed, //
     },
-    uaccess::UserSliceReader,
 };
 
 /// Non-zero: drop every queue notification.
@@ -65,14 +73,7 @@ pub(crate) fn fail_shared_vectors() -> bool {
 
 /// Whether this `find_vqs` must fail once its queues are programmed; counts it down if so.
 pub(crate) fn fail_find_vqs() -> bool {
-    let mut left = FAIL_FIND_VQS.load(Relaxed);
-    while left != 0 {
-        match FAIL_FIND_VQS.cmpxchg(left, left - 1, Relaxed) {
-            Ok(_) => return true,
-            Err(now) => left = now,
-        }
-    }
-    false
+    count_down(&FAIL_FIND_VQS)
 }
 
 /// Whether the function must look surprise-removed.
@@ -87,23 +88,6 @@ pub(crate) fn record_ring(index: u16, dma: u64, phys: u64, programmed: u64) {
         slot[1].store(phys, Relaxed);
         slot[2].store(programmed, Relaxed);
     }
-}
-
-/// Shows a numeric switch.
-fn show(v: &&'static Atomic<u32>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    writeln!(f, "{}", v.load(Relaxed))
-}
-
-/// Sets a numeric switch from what user space wrote (a decimal number).
-fn store(v: &&'static Atomic<u32>, reader: &mut UserSliceReader) -> Result {
-    let mut buf = [0u8; 12];
-    let n = reader.len();
-    let buf = buf.get_mut(..n).ok_or(EINVAL)?;
-    reader.read_slice(buf)?;
-    let text = core::str::from_utf8(buf).map_err(|_| EINVAL)?.trim();
-    let val = text.parse::<u32>().map_err(|_| EINVAL)?;
-    v.store(val, Relaxed);
-    Ok(())
 }
 
 /// Shows the ring addresses of every queue that had one.
@@ -121,13 +105,10 @@ fn show_rings((): &(), f: &mut fmt::Formatter<'_>) -> fmt::Result {
     Ok(())
 }
 
-/// A read-write file over one numeric switch.
-type Switch = Pin<KBox<debugfs::File<&'static Atomic<u32>>>>;
-
 /// The debugfs files of the test switches; removing them (dropping) also turns them off.
 pub(crate) struct TestSwitches {
     _switches: KVec<Switch>,
-    _dropped: Pin<KBox<debugfs::File<&'static Atomic<u32>>>>,
+    _dropped: Counter,
     _rings: Pin<KBox<debugfs::File<()>>>,
     _dir: debugfs::Dir,
 }
@@ -147,16 +128,9 @@ impl TestSwitches {
             (c"fail_find_vqs", &FAIL_FIND_VQS),
             (c"gone", &GONE),
         ] {
-            let file = KBox::pin_init(
-                dir.read_write_callback_file(name, Ok::<_, Error>(v), &show, &store),
-                GFP_KERNEL,
-            )?;
-            switches.push(file, GFP_KERNEL)?;
+            switches.push(switch(&dir, name, v)?, GFP_KERNEL)?;
         }
-        let dropped = KBox::pin_init(
-            dir.read_callback_file(c"dropped_kicks", Ok::<_, Error>(&DROPPED_KICKS), &show),
-            GFP_KERNEL,
-        )?;
+        let dropped = counter(&dir, c"dropped_kicks", &DROPPED_KICKS)?;
         let rings = KBox::pin_init(
             dir.read_callback_file(c"ring_addrs", Ok::<_, Error>(()), &show_rings),
             GFP_KERNEL,

@@ -341,17 +341,27 @@ pub trait Element {
     fn byte_len(&self) -> u32;
 }
 
-impl Element for Buf {
-    #[inline(always)]
-    fn dma_addr(&self) -> u64 {
-        self.addr
-    }
+/// Implements [`Element`] for a scatter-gather type with `addr: u64` and `len: u32` fields,
+/// which it hands to the ring as they are.
+macro_rules! element_by_fields {
+    ($t:ty) => {
+        impl $crate::split::Element for $t {
+            #[inline(always)]
+            fn dma_addr(&self) -> u64 {
+                self.addr
+            }
 
-    #[inline(always)]
-    fn byte_len(&self) -> u32 {
-        self.len
-    }
+            #[inline(always)]
+            fn byte_len(&self) -> u32 {
+                self.len
+            }
+        }
+    };
 }
+#[allow(unused_imports)]
+pub(crate) use element_by_fields;
+
+element_by_fields!(Buf);
 
 /// Memory barriers the core asks for (legacy rings use the SMP, "weak", flavour).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,6 +463,42 @@ pub trait RingMem {
         self.write_u64(off, val)
     }
 }
+
+/// Implements [`RingMem`]'s `len` and checked accessors for a memory type that has a `len`
+/// field (its size in bytes) and generic `read::<T>(off) -> T` and `write::<T>(off, val)`
+/// methods that check each access; the barrier and any unchecked accessors it writes itself.
+/// Expanded inside `impl RingMem for ... { }`.
+// Not every crate that includes the core expands it.
+#[allow(unused_macros)]
+macro_rules! ring_mem_checked_accessors {
+    () => {
+        fn len(&self) -> usize {
+            self.len
+        }
+
+        fn read_u16(&self, off: usize) -> u16 {
+            self.read(off)
+        }
+
+        fn read_u32(&self, off: usize) -> u32 {
+            self.read(off)
+        }
+
+        fn write_u16(&self, off: usize, val: u16) {
+            self.write(off, val)
+        }
+
+        fn write_u32(&self, off: usize, val: u32) {
+            self.write(off, val)
+        }
+
+        fn write_u64(&self, off: usize, val: u64) {
+            self.write(off, val)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use ring_mem_checked_accessors;
 
 /// Ring memory that covers a whole [`Layout`], with one accessor per ring field: the bounds
 /// were checked once, when the view was made, and each field's offset comes from the layout

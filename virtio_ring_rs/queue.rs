@@ -31,7 +31,6 @@ use crate::{
         Barrier,
         Completed,
         DescState,
-        Element,
         Indirect,
         Layout,
         RingError,
@@ -172,29 +171,7 @@ impl DmaMem {
 }
 
 impl RingMem for DmaMem {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn read_u16(&self, off: usize) -> u16 {
-        self.read(off)
-    }
-
-    fn read_u32(&self, off: usize) -> u32 {
-        self.read(off)
-    }
-
-    fn write_u16(&self, off: usize, val: u16) {
-        self.write(off, val)
-    }
-
-    fn write_u32(&self, off: usize, val: u32) {
-        self.write(off, val)
-    }
-
-    fn write_u64(&self, off: usize, val: u64) {
-        self.write(off, val)
-    }
+    crate::split::ring_mem_checked_accessors!();
 
     #[inline(always)]
     unsafe fn read_u16_unchecked(&self, off: usize) -> u16 {
@@ -255,18 +232,8 @@ impl RingMem for DmaMem {
     }
 }
 
-/// The transport's elements go to the ring as they are.
-impl Element for Sg {
-    #[inline(always)]
-    fn dma_addr(&self) -> u64 {
-        self.addr
-    }
-
-    #[inline(always)]
-    fn byte_len(&self) -> u32 {
-        self.len
-    }
-}
+// The transport's elements go to the ring as they are.
+crate::split::element_by_fields!(Sg);
 
 /// Where an indirect table came from, to give it back to the transport.
 #[derive(Clone, Copy)]

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Balloon page migration: the balloon's page list as the kernel's balloon core keeps it
-//! (`struct balloon_dev_info`, `include/linux/balloon.h`, `mm/balloon.c`).
+//! (`struct balloon_dev_info`, `include/linux/balloon.h`, `mm/balloon.c`).  Part of the
+//! crate's memory-management glue (a submodule of `mm.rs`).
 //!
 //! Pages the device holds sit on the list of a [`BalloonList`], where compaction can find
 //! them: the core isolates a page from the list, asks the driver to move the balloon from it

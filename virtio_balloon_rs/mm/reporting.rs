@@ -3,7 +3,7 @@
 //! Free page reporting: the kernel's page reporting core (`mm/page_reporting.c`) hands a
 //! registered device lists of free pages (each a block of at least `page_reporting_order`)
 //! so that the host can take the memory back; the pages return to the free lists after the
-//! callback.
+//! callback.  Part of the crate's memory-management glue (a submodule of `mm.rs`).
 //!
 //! The kernel crate has no abstraction for it and `include/linux/page_reporting.h` is not in
 //! the bindings, so this module declares the structure and the two exported functions
