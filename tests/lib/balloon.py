@@ -152,9 +152,9 @@ def plug(g, **extra):
     g.qmp_cmd("device_add", driver="virtio-balloon-pci", **props)
     deadline = time.monotonic() + 180
     while True:
-        out = g.sh("for d in /sys/bus/pci/devices/*; do "
-                   "[ \"$(cat $d/vendor):$(cat $d/device)\" = 0x1af4:0x1002 ] && "
-                   "[ -e $d/driver ] && basename $d; done; true")
+        out = g.sh("for d in /sys/bus/pci/devices/*; do read v < $d/vendor; "
+                   "read i < $d/device; [ $v:$i = 0x1af4:0x1002 ] && "
+                   "[ -e $d/driver ] && echo ${d##*/}; done; true")
         if out.split():
             return
         assert time.monotonic() < deadline, "the guest did not take the plugged device"
