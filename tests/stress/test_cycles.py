@@ -120,8 +120,9 @@ def step(name, t0):
 
 
 def values(out):
-    """`key value` lines as a dict of ints."""
-    return {k: int(v) for k, v in (l.split() for l in out.splitlines() if l.strip())}
+    """The `key number` lines of `out` as a dict."""
+    pairs = (l.split() for l in out.splitlines())
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
 
 
 def one_cycle(g, n, log_mark):
