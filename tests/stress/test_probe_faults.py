@@ -128,8 +128,12 @@ def load_for_binding(g):
     bdf = g.balloon_bdf()
     g.unbind(bdf)
     b.set_target(g, b.RAM)
+    # The balloon driver before the transport: loading the transport binds the function at
+    # once (driver_override), and udev would load the fault flavour's balloon driver for the
+    # auxiliary device it adds, before an insmod after it.
     g.sh(f"echo virtio_pci_rs > /sys/bus/pci/devices/{bdf}/driver_override && "
-         f"modprobe virtio_pci_rs && insmod {ko} deflate_policy=3", timeout=600)
+         f"modprobe virtio_ring_rs && insmod {ko} deflate_policy=3 && modprobe virtio_pci_rs",
+         timeout=600)
     g.unbind(bdf)
     assert not g.sh(f"ls {AUX_DEVICES}").split()
     return bdf
