@@ -185,6 +185,8 @@ def test_run_cycles(guest):
         except AssertionError as e:
             results[n] = str(e)
             print(f"\ncycle {n} failed: {e}")
+            # udev may still load the balloon driver for the cycle's auxiliary device.
+            g.sh("udevadm settle -t 60 || true", timeout=90)
             b.rmmod_all(g)
             b.set_target(g, RAM)
             mark = len(g.kernel_log().splitlines())
