@@ -119,8 +119,9 @@ def actual(g):
     return g.qmp_cmd("query-balloon")["actual"]
 
 
-def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None):
-    """Wait until query-balloon reports `size_bytes`; return the seconds it took.
+def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None, poll=0.1):
+    """Wait until query-balloon reports `size_bytes`, asking every `poll` seconds; return the
+    seconds it took.
 
     With `samples` (a list), append (seconds since `origin`, actual) pairs along the way."""
     t0 = time.monotonic()
@@ -133,7 +134,7 @@ def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None):
             return now
         if now > timeout:
             raise AssertionError(f"actual stuck at {a} (wanted {size_bytes}) after {timeout}s")
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 def oom_kills(g):
@@ -182,9 +183,9 @@ def plug(g, **extra):
     g.qmp_cmd("device_add", driver="virtio-balloon-pci", **props)
     deadline = time.monotonic() + 180
     while True:
-        out = g.sh("for d in /sys/bus/pci/devices/*; do "
-                   "[ \"$(cat $d/vendor):$(cat $d/device)\" = 0x1af4:0x1002 ] && "
-                   "[ -e $d/driver ] && basename $d; done; true")
+        out = g.sh("for d in /sys/bus/pci/devices/*; do read v < $d/vendor; "
+                   "read i < $d/device; [ $v:$i = 0x1af4:0x1002 ] && "
+                   "[ -e $d/driver ] && echo ${d##*/}; done; true")
         if out.split():
             return
         assert time.monotonic() < deadline, "the guest did not take the plugged device"

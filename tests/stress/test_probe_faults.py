@@ -17,6 +17,10 @@ unbound again):
 - MemTotal is whole;
 - a failed attempt did fail an allocation (else something left from before broke it).
 
+Allocations through register_irq_proc() (the /proc/irq files request_irq() creates) are
+neither counted nor failed: a kernel bug there (see probe_faults_guest.py) is not this
+project's path; the debug flavour has FAULT_INJECTION_STACKTRACE_FILTER for that.
+
 Then kmemleak finds nothing, and the next ordinary bind works: the balloon follows a
 target.  Every test also fails on any warning, BUG, KASAN or lockdep report (conftest).
 
@@ -38,22 +42,31 @@ DEBUGFS = "/sys/kernel/debug"
 AUX_DEVICES = "/sys/bus/auxiliary/devices"
 
 
+def guest_script(g):
+    """The guest half, copied into the shared directory; returns its path there."""
+    script = os.path.join(g.dir, "probe_faults_guest.py")
+    shutil.copy(os.path.join(HERE, "probe_faults_guest.py"), script)
+    return script
+
+
 def fault_injection(g, on):
     """Make failslab and fail_page_alloc count every allocation of a task with fail-nth set
-    (`on`), or restore their defaults.  Probability stays 0: only fail-nth fails anything."""
+    (`on`), except those through register_irq_proc() (the filter, see the guest half), or
+    restore their defaults.  Probability stays 0: only fail-nth fails anything."""
     wait, order = ("N", 0) if on else ("Y", 1)
     g.sh(f"for a in failslab fail_page_alloc; do "
          f"[ -d {DEBUGFS}/$a ] || {{ echo no $a: is FAULT_INJECTION_DEBUG_FS in the kernel?; "
          f"exit 1; }}; "
          f"echo {wait} > {DEBUGFS}/$a/ignore-gfp-wait; echo 0 > {DEBUGFS}/$a/verbose; done; "
          f"echo {order} > {DEBUGFS}/fail_page_alloc/min-order")
+    out = g.sh(f"python3 {guest_script(g)} filter {'on' if on else 'off'}")
+    if on:
+        print(f"\nfault injection filter: {out.strip()}")
 
 
 def loop(g, *args, timeout=1200):
     """Runs the guest half; returns its report."""
-    script = os.path.join(g.dir, "probe_faults_guest.py")
-    shutil.copy(os.path.join(HERE, "probe_faults_guest.py"), script)
-    out = g.sh(f"python3 {script} {' '.join(args)}", timeout=timeout)
+    out = g.sh(f"python3 {guest_script(g)} {' '.join(args)}", timeout=timeout)
     report = json.loads(out.strip().splitlines()[-1])
     print(f"\n{report['mode']}: {report['attempts']} attempts, {report['failed']} failed, "
           f"{report['seconds']}s")
@@ -93,7 +106,11 @@ def problem_reports(g):
 
 
 def unload(g):
-    """Unloads the modules, saying why one stays."""
+    """Unloads the modules, saying why one stays.  udev first finishes the events the
+    attempts raised: each auxiliary device a bind added makes it run `modprobe
+    virtio_balloon_rs`, which, run after the rmmod, loads the fault flavour's balloon driver
+    (and virtio_ring_rs) again."""
+    g.sh("udevadm settle -t 180", timeout=240)
     rc, out = g.run("for m in virtio_balloon_rs virtio_pci_rs virtio_ring_rs; do "
                     "grep -q \"^$m \" /proc/modules && { rmmod $m || "
                     "grep \"^$m \" /proc/modules; }; done; true", timeout=300, check=False)
@@ -111,8 +128,12 @@ def load_for_binding(g):
     bdf = g.balloon_bdf()
     g.unbind(bdf)
     b.set_target(g, b.RAM)
+    # The balloon driver before the transport: loading the transport binds the function at
+    # once (driver_override), and udev would load the fault flavour's balloon driver for the
+    # auxiliary device it adds, before an insmod after it.
     g.sh(f"echo virtio_pci_rs > /sys/bus/pci/devices/{bdf}/driver_override && "
-         f"modprobe virtio_pci_rs && insmod {ko} deflate_policy=3", timeout=600)
+         f"modprobe virtio_ring_rs && insmod {ko} deflate_policy=3 && modprobe virtio_pci_rs",
+         timeout=600)
     g.unbind(bdf)
     assert not g.sh(f"ls {AUX_DEVICES}").split()
     return bdf
