@@ -682,7 +682,13 @@ macro_rules! module_virtio_driver {
                 adev: &'bound kernel::auxiliary::Device<kernel::device::Core<'_>>,
                 _info: &'bound Self::IdInfo,
             ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-                $crate::abi::virtio::probe::<$drv>(adev)
+                // Probes when the kernel initializes the driver data it has allocated: if that
+                // allocation fails, nothing was probed.  (A probed `Bound` dropped without
+                // `unbind` would keep the driver's hooks and references, and its drop would
+                // wait for them forever: `make stress` hung there.)
+                pin_init::pin_init_scope(move || {
+                    Ok::<_, Error>($crate::abi::virtio::probe::<$drv>(adev))
+                })
             }
 
             fn unbind<'bound>(

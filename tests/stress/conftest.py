@@ -17,6 +17,7 @@ report while it ran.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -52,6 +53,10 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_configure(config):
     """Tell scripts/stress who to interrupt when the time budget is long gone."""
+    # scripts/stress starts pytest in the background, where a non-interactive shell ignores
+    # SIGINT, and Python keeps an ignored SIGINT ignored: the interrupt must raise
+    # KeyboardInterrupt, so that the fixtures shut the guest down.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     pidfile = os.environ.get("VIRTIO_RS_STRESS_PIDFILE")
     if pidfile:
         with open(pidfile, "w") as f:
