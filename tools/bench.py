@@ -65,7 +65,7 @@ def timed(g, target, samples):
     return secs, (busy1 - busy0) / hz
 
 
-PROFILE = ("messages", "alloc_ns", "post_ns", "wait_ns", "release_ns")
+PROFILE = ("messages", "alloc_ns", "post_ns", "wait_ns", "release_ns", "list_ns")
 
 
 def rust_counters(g):
@@ -78,8 +78,13 @@ def rust_counters(g):
 # The configurations measured: the C drivers, the Rust stack, and the Rust stack held to the
 # C driver's protocol (256 pages per message, one in flight), which separates what the
 # protocol buys from what the rest of the driver does.
-RUST_PARAMS = {"Rust": "", "Rust, C protocol": "msg_pages=256 msgs_in_flight=1"}
-DRIVERS = ("C", "Rust", "Rust, C protocol")
+# The Rust stack with one lever of issue 15 off at a time shows what that lever buys, in the
+# same guest: whole 2 MiB blocks (block_alloc=0: order-0 pages only) and the managed page
+# counts adjusted once per message (batch_accounting=0: once per page, by the balloon core).
+RUST_PARAMS = {"Rust": "", "Rust, C protocol": "msg_pages=256 msgs_in_flight=1",
+               "Rust, order-0 pages": "block_alloc=0",
+               "Rust, per-page accounting": "batch_accounting=0"}
+DRIVERS = ("C", "Rust", "Rust, C protocol", "Rust, order-0 pages", "Rust, per-page accounting")
 
 
 def run_one(g, driver, trace, profile):
@@ -313,7 +318,7 @@ def balloon_bench(flavour, kdir, out, ring):
                 inf, dfl = run_one(g, driver, trace, profile)
                 results[driver].append((inf, dfl))
                 traces.setdefault(driver, trace)
-                print(f"{flavour} rep {rep} {driver:16s}: inflate {inf[0]:6.2f}s "
+                print(f"{flavour} rep {rep} {driver:25s}: inflate {inf[0]:6.2f}s "
                       f"({inf[1]:5.2f}s CPU), deflate {dfl[0]:6.2f}s ({dfl[1]:5.2f}s CPU)",
                       flush=True)
         problems = g.kernel_problems()
@@ -352,7 +357,8 @@ def balloon_report(flavour, results, profile):
     for driver in DRIVERS[2:]:
         inf = statistics.median(r[0][0] for r in results[driver])
         dfl = statistics.median(r[1][0] for r in results[driver])
-        lines.append(f"{driver}: inflate {inf:6.2f}s, deflate {dfl:6.2f}s, "
+        lines.append(f"{driver + ':':27s} inflate {inf:6.2f}s, deflate {dfl:6.2f}s, "
+                     f"total {inf + dfl:6.2f}s ({inf + dfl - tot_r:+.2f}s against Rust), "
                      f"speed-up over C {tot_c / (inf + dfl):5.2f}x")
     lines.append("where the Rust driver's time goes (debugfs counters, medians; the rest of "
                  "the wall time is the worker's scheduling and QMP polling):")
@@ -360,7 +366,7 @@ def balloon_report(flavour, results, profile):
         for i, what in enumerate(("inflate", "deflate")):
             runs = runs_all[i::2]
             m = {k: statistics.median(r[k] for r in runs) for k in PROFILE}
-            lines.append(f"  {driver:16s} {what}: {m['messages']:5.0f} messages; "
+            lines.append(f"  {driver:25s} {what}: {m['messages']:5.0f} messages; "
                          + ", ".join(f"{k[:-3]} {m[k] / 1e9:.3f}s" for k in PROFILE[1:]))
     return lines, tot_c, tot_r
 
