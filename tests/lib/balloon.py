@@ -88,8 +88,9 @@ def actual(g):
     return g.qmp_cmd("query-balloon")["actual"]
 
 
-def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None):
-    """Wait until query-balloon reports `size_bytes`; return the seconds it took.
+def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None, poll=0.1):
+    """Wait until query-balloon reports `size_bytes`, asking every `poll` seconds; return the
+    seconds it took.
 
     With `samples` (a list), append (seconds since `origin`, actual) pairs along the way."""
     t0 = time.monotonic()
@@ -102,7 +103,7 @@ def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None):
             return now
         if now > timeout:
             raise AssertionError(f"actual stuck at {a} (wanted {size_bytes}) after {timeout}s")
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 def oom_kills(g):
