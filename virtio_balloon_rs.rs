@@ -270,8 +270,12 @@ impl virtio::Driver for BalloonDriver {
                 features,
                 vdev: adev.device_ref(),
                 // Balloon pages leave the managed page counts unless the device deflates on
-                // OOM (as C); the core does it, across zones too when a page migrates.
-                list <- BalloonList::new::<BalloonShared>(adjust_managed),
+                // OOM (as C), across zones too when a page migrates: the driver counts them
+                // once per message (`batch_accounting`), or the core once per page.
+                list <- BalloonList::new::<BalloonShared>(
+                    adjust_managed,
+                    *module_parameters::batch_accounting.value() != 0,
+                ),
                 dev: ARef::from(adev.as_ref()),
             }),
             GFP_KERNEL,
@@ -373,6 +377,14 @@ virtio::module_virtio_driver! {
         msgs_in_flight: u32 {
             default: 4,
             description: "Inflate/deflate messages in flight at most, 1-4 (the C driver: 1)",
+        },
+        block_alloc: u32 {
+            default: 1,
+            description: "Inflate with whole free 2 MiB blocks, split into pages, before order-0 pages (0: order-0 pages only)",
+        },
+        batch_accounting: u32 {
+            default: 1,
+            description: "Adjust the managed page counts once per zone and message (0: once per page, by the balloon core)",
         },
         deflate_policy: u32 {
             default: 0,

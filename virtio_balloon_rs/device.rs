@@ -117,7 +117,11 @@ impl Host for DeviceHost {
 
     fn enlist(&mut self, pages: &mut KVec<BalloonPage>) {
         match &self.list {
-            Some(list) => list.get().enqueue(pages),
+            Some(list) => {
+                let t = Instant::<Monotonic>::now();
+                list.get().enqueue(pages);
+                Counters::add_time(&self.counters.list_ns, t);
+            }
             // Cannot happen (no message is posted before the list is set); never free a page
             // the device took.
             None => {
@@ -137,7 +141,10 @@ impl Host for DeviceHost {
     }
 
     fn delist(&mut self, out: &mut KVec<BalloonPage>, n: usize) -> usize {
-        self.list.as_ref().map_or(0, |l| l.get().dequeue(out, n))
+        let t = Instant::<Monotonic>::now();
+        let n = self.list.as_ref().map_or(0, |l| l.get().dequeue(out, n));
+        Counters::add_time(&self.counters.list_ns, t);
+        n
     }
 
     fn release(&mut self, pages: &mut KVec<BalloonPage>) {

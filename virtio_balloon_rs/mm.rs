@@ -66,6 +66,24 @@ const BALLOON_GFP: bindings::gfp_t = gfp(bindings::___GFP_DIRECT_RECLAIM_BIT)
     | gfp(bindings::___GFP_NOWARN_BIT)
     | gfp(bindings::___GFP_NOMEMALLOC_BIT);
 
+/// Order of the blocks inflation takes whole when the allocator has them free: a page block
+/// (2 MiB with 4 KiB pages), the unit of compaction and of huge pages.
+pub(crate) const BLOCK_ORDER: u32 = 9;
+
+/// Guest pages of a block of [`BLOCK_ORDER`].
+pub(crate) const BLOCK_PAGES: usize = 1 << BLOCK_ORDER;
+
+/// Flags of a whole block: the balloon's, without any reclaim (no direct reclaim or
+/// compaction, no waking kswapd): a block is taken only where the allocator has one free,
+/// and order-0 pages (with the balloon's own reclaim rules) fill the rest.  Movable like the
+/// pages it is split into.
+const BLOCK_GFP: bindings::gfp_t = gfp(bindings::___GFP_HARDWALL_BIT)
+    | gfp(bindings::___GFP_HIGHMEM_BIT)
+    | MOVABLE
+    | gfp(bindings::___GFP_NORETRY_BIT)
+    | gfp(bindings::___GFP_NOWARN_BIT)
+    | gfp(bindings::___GFP_NOMEMALLOC_BIT);
+
 /// The frame number of `page` (`page_to_pfn()`).
 pub(crate) fn pfn_of(page: *const bindings::page) -> u64 {
     // x86-64 with SPARSEMEM_VMEMMAP: `struct page`s form one virtual array starting at
@@ -119,10 +137,36 @@ impl BalloonPage {
     /// page allocator, which takes them from the per-CPU free lists under one lock when
     /// memory is plentiful and falls back to one reclaiming allocation otherwise; returns how
     /// many it added.  Fewer than `n` means memory is short (no warning, no OOM kill).
-    pub(crate) fn alloc_bulk(out: &mut KVec<Self>, n: usize) -> usize {
+    ///
+    /// With `blocks`, whole free blocks of [`BLOCK_ORDER`] come first, each split into its
+    /// order-0 pages (`split_page()`), while at least a block is wanted and fits: one trip
+    /// through the allocator for [`BLOCK_PAGES`] pages, and a block the balloon gives back
+    /// whole merges again at once.  Order-0 pages make up the rest.
+    pub(crate) fn alloc_bulk(out: &mut KVec<Self>, n: usize, blocks: bool) -> usize {
         /// Pages per call of the batched allocator (its array lives on the stack).
         const CHUNK: usize = 32;
         let mut added = 0;
+        while blocks && n - added >= BLOCK_PAGES && out.capacity() - out.len() >= BLOCK_PAGES {
+            // SAFETY: No preconditions; `BLOCK_ORDER` is below `MAX_PAGE_ORDER`.
+            let block = unsafe { bindings::alloc_pages(BLOCK_GFP, BLOCK_ORDER) };
+            let Some(block) = NonNull::new(block) else {
+                break;
+            };
+            // SAFETY: `block` is a non-compound block of order `BLOCK_ORDER` just allocated
+            // (no `__GFP_COMP`), whose one reference is ours; `split_page()` gives each of
+            // its pages a reference of its own, which we own.
+            unsafe { bindings::split_page(block.as_ptr(), BLOCK_ORDER) };
+            for i in 0..BLOCK_PAGES {
+                // SAFETY: The `struct page`s of a block are consecutive (SPARSEMEM_VMEMMAP:
+                // one virtual array indexed by frame number), so `block + i` for
+                // `i < BLOCK_PAGES` is a page of the block.
+                let page = unsafe { block.add(i) };
+                // INVARIANT: an order-0 page of the split block, with its own reference.
+                // Cannot fail: the loop condition left room for a whole block.
+                let _ = out.push_within_capacity(Self { page });
+            }
+            added += BLOCK_PAGES;
+        }
         loop {
             let want = CHUNK.min(n - added).min(out.capacity() - out.len());
             if want == 0 {
@@ -252,6 +296,77 @@ impl<const ORDER: u32> Drop for PageBlock<ORDER> {
         // - This value owns it (type invariant) and frees it once, here.
         unsafe { bindings::__free_pages(self.page.as_ptr(), ORDER) }
     }
+}
+
+/// Shift of the zone number in a page's flags (`ZONES_PGSHIFT` in `mmzone.h`: the zone bits
+/// sit below the section and node bits, at the top of the word).
+// CAST: the widths are a few bits each.
+const ZONES_PGSHIFT: u32 =
+    usize::BITS - bindings::SECTIONS_WIDTH - bindings::NODES_WIDTH - bindings::ZONES_WIDTH;
+
+const _: () = assert!(bindings::ZONES_WIDTH != 0 && bindings::ZONES_WIDTH <= 3);
+
+/// The zone of `page`, as its index in its node's zones (`page_zonenum()`).
+///
+/// # Safety
+///
+/// `page` points to a valid `struct page`.
+unsafe fn zone_of(page: NonNull<bindings::page>) -> usize {
+    // SAFETY: `page` points to a valid `struct page` (the caller's guarantee); its zone bits
+    // are set once at boot and never change, the other bits of the word change atomically:
+    // a racy read of the word, like `READ_ONCE()`, yields the right zone.
+    let flags = unsafe { (&raw const (*page.as_ptr()).flags.f).read_volatile() };
+    // CAST: `ZONES_MASK` is 3; `c_ulong` is `usize` in the kernel's Rust.
+    (flags >> ZONES_PGSHIFT) & bindings::ZONES_MASK as usize
+}
+
+/// Moves the pages of `pages` out of the managed page counts (`delta` -1: the device holds
+/// them) or back into them (+1): `adjust_managed_page_count()` once per zone the pages come
+/// from, instead of once per page as the balloon core does.  Each call recomputes every
+/// zone's lowmem reserve (`setup_per_zone_lowmem_reserve()`), which per page costs more than
+/// the rest of the balloon's work on a page.
+pub(crate) fn adjust_managed(pages: &[BalloonPage], delta: isize) {
+    // CAST: `MAX_NR_ZONES` is 4 or so.
+    const ZONES: usize = bindings::MAX_NR_ZONES as usize;
+    let mut per_zone: [(Option<NonNull<bindings::page>>, isize); ZONES] = [(None, 0); ZONES];
+    for page in pages {
+        // SAFETY: A `BalloonPage` is a valid page (type invariant).
+        let zone = unsafe { zone_of(page.page) };
+        if let Some(entry) = per_zone.get_mut(zone) {
+            entry.0 = Some(page.page);
+            entry.1 += delta;
+        }
+    }
+    for (page, count) in per_zone {
+        if let Some(page) = page {
+            // SAFETY: `page` is a valid page of the zone whose `count` pages move (the
+            // function only takes its zone); the managed counts are atomics, the reserves
+            // are recomputed under their own lock.
+            // (`c_long` is `isize` in the kernel's Rust.)
+            unsafe { bindings::adjust_managed_page_count(page.as_ptr(), count) };
+        }
+    }
+}
+
+/// [`adjust_managed`] for one page (page migration).
+///
+/// # Safety
+///
+/// `page` points to a valid `struct page`.
+pub(crate) unsafe fn adjust_managed_one(page: NonNull<bindings::page>, delta: isize) {
+    // SAFETY: `page` is valid (the caller's guarantee); the function only takes its zone.
+    // (`c_long` is `isize` in the kernel's Rust.)
+    unsafe { bindings::adjust_managed_page_count(page.as_ptr(), delta) };
+}
+
+/// Whether two pages are in the same zone.
+///
+/// # Safety
+///
+/// `a` and `b` point to valid `struct page`s.
+pub(crate) unsafe fn same_zone(a: NonNull<bindings::page>, b: NonNull<bindings::page>) -> bool {
+    // SAFETY: The caller's guarantee.
+    unsafe { zone_of(a) == zone_of(b) }
 }
 
 /// Whether the kernel zeroes pages when they are freed (`want_init_on_free()`: boot option

@@ -151,6 +151,9 @@ pub(crate) struct Counters {
     pub(crate) wait_ns: Atomic<u64>,
     /// Time spent releasing deflated pages to the guest, in ns.
     pub(crate) release_ns: Atomic<u64>,
+    /// Time spent putting pages on the balloon core's list and taking them off it, with the
+    /// managed page counts, in ns (taking them off is part of posting a deflate message).
+    pub(crate) list_ns: Atomic<u64>,
     /// Balloon pages compaction migrated (the device was told about both pages).
     pub(crate) migrated: Atomic<u64>,
     /// Migrations the balloon refused or could not finish.
@@ -217,6 +220,7 @@ impl Counters {
             post_ns: Atomic::new(0),
             wait_ns: Atomic::new(0),
             release_ns: Atomic::new(0),
+            list_ns: Atomic::new(0),
             migrated: Atomic::new(0),
             migrate_failures: Atomic::new(0),
             reports: Atomic::new(0),
@@ -269,7 +273,7 @@ impl Counters {
 
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &Atomic<u64>); 34] = [
+        let rows: [(&str, &Atomic<u64>); 35] = [
             ("target_pages", &self.target),
             ("actual_pages", &self.actual),
             ("pages_held", &self.pages_held),
@@ -290,6 +294,7 @@ impl Counters {
             ("post_ns", &self.post_ns),
             ("wait_ns", &self.wait_ns),
             ("release_ns", &self.release_ns),
+            ("list_ns", &self.list_ns),
             ("migrated_pages", &self.migrated),
             ("migrate_failures", &self.migrate_failures),
             ("reports", &self.reports),

@@ -110,6 +110,7 @@ impl BalloonShared {
         let mut left = (want / PAGES_PER_PAGE) as usize;
         // Allocated outside the lock; pages that could not be posted are freed at the end.
         let msg = self.state.lock().engine.msg_pages();
+        let blocks = *crate::module_parameters::block_alloc.value() != 0;
         let Ok(mut batch) = KVec::<BalloonPage>::with_capacity(msg, GFP_KERNEL) else {
             return (0, true);
         };
@@ -128,7 +129,7 @@ impl BalloonShared {
             // Allocate outside the lock: this may reclaim.
             let have = batch.len();
             let t = Instant::<Monotonic>::now();
-            BalloonPage::alloc_bulk(&mut batch, n.saturating_sub(have));
+            BalloonPage::alloc_bulk(&mut batch, n.saturating_sub(have), blocks);
             Counters::add_time(&self.counters.alloc_ns, t);
             if batch.len() < n {
                 short = true;

@@ -147,12 +147,17 @@ pub(crate) unsafe trait HasBalloonList: Migrate {
 /// # Invariants
 ///
 /// `info` was initialized by [`BalloonList::new`] and stays pinned: the core's list of it
-/// points to itself.  Pages on the list hold the balloon's reference to them.
-#[repr(transparent)]
+/// points to itself.  Pages on the list hold the balloon's reference to them.  `info` is the
+/// first field (the migration callback finds the list from it).
+#[repr(C)]
 #[pin_data]
 pub(crate) struct BalloonList {
     #[pin]
     info: Opaque<RawDevInfo>,
+    /// The driver moves pages out of and into the managed page counts itself, once per zone
+    /// and batch (`mm::adjust_managed`), instead of the core's once per page; then the
+    /// core's `adjust_managed_page_count` is off.
+    account: bool,
 }
 
 // SAFETY: The core's lock protects the list; the other fields are written once at init.
@@ -161,9 +166,10 @@ unsafe impl Send for BalloonList {}
 unsafe impl Sync for BalloonList {}
 
 impl BalloonList {
-    /// An empty list whose migration callback is `T`'s; with `adjust_managed`, the core moves
-    /// pages in and out of the managed page counts (unless the device deflates on OOM, as C).
-    pub(crate) fn new<T: HasBalloonList>(adjust_managed: bool) -> impl PinInit<Self> {
+    /// An empty list whose migration callback is `T`'s; with `adjust_managed`, pages leave
+    /// the managed page counts while in the balloon (unless the device deflates on OOM, as
+    /// C): counted by the driver once per batch with `batch`, else by the core page by page.
+    pub(crate) fn new<T: HasBalloonList>(adjust_managed: bool, batch: bool) -> impl PinInit<Self> {
         let info = Opaque::ffi_init(move |info: *mut RawDevInfo| {
             // SAFETY: `info` is valid for writes (pinned memory being initialized); this is
             // `balloon_devinfo_init()` and the two fields the driver sets.
@@ -171,11 +177,14 @@ impl BalloonList {
                 (*info).isolated_pages = 0;
                 init_list_head(&raw mut (*info).pages);
                 (*info).migratepage = Some(migratepage::<T>);
-                (*info).adjust_managed_page_count = adjust_managed;
+                (*info).adjust_managed_page_count = adjust_managed && !batch;
             }
         });
         // INVARIANT: initialized by `info`, pinned in place.
-        pin_init!(Self { info <- info })
+        pin_init!(Self {
+            info <- info,
+            account: adjust_managed && batch,
+        })
     }
 
     /// Puts every page of `pages` on the list ([`LIST_CHUNK`] pages per call of the core),
@@ -201,6 +210,9 @@ impl BalloonList {
             // - `head` lists order-0 pages the driver allocated and owns.
             unsafe { balloon_page_list_enqueue(self.info.get(), head) };
         }
+        if self.account {
+            crate::mm::adjust_managed(pages, -1);
+        }
         // The list holds their references now.
         for page in pages.drain_all() {
             core::mem::forget(page);
@@ -213,6 +225,9 @@ impl BalloonList {
         // - `info` is an initialized `balloon_dev_info` (type invariant).
         // - The page is valid, ours and on no list (type invariant of `BalloonPage`).
         unsafe { balloon_page_enqueue(self.info.get(), page.as_ptr()) };
+        if self.account {
+            crate::mm::adjust_managed(core::slice::from_ref(&page), -1);
+        }
         // The list holds its reference now.
         core::mem::forget(page);
     }
@@ -221,6 +236,7 @@ impl BalloonList {
     /// [`LIST_CHUNK`] per call of the core; returns how many.  Fewer than asked while
     /// compaction has pages isolated.
     pub(crate) fn dequeue(&self, out: &mut KVec<BalloonPage>, n: usize) -> usize {
+        let start = out.len();
         let mut taken = 0;
         while taken < n {
             let got = self.dequeue_chunk(out, (n - taken).min(LIST_CHUNK));
@@ -228,6 +244,9 @@ impl BalloonList {
                 break;
             }
             taken += got;
+        }
+        if self.account {
+            crate::mm::adjust_managed(out.get(start..).unwrap_or(&[]), 1);
         }
         taken
     }
@@ -331,13 +350,16 @@ unsafe extern "C" fn migratepage<T: HasBalloonList>(
     page: *mut bindings::page,
     _mode: bindings::migrate_mode,
 ) -> c_int {
-    // SAFETY: `info` is the `info` field of a `BalloonList` (transparent), which is the field
-    // at `T::OFFSET` of a `T` that lives while one of its pages is isolated (the caller's
-    // guarantee and the contract of `HasBalloonList`).
+    // SAFETY: `info` is the `info` field of a `BalloonList` (its first field, `repr(C)`),
+    // which is the field at `T::OFFSET` of a `T` that lives while one of its pages is
+    // isolated (the caller's guarantee and the contract of `HasBalloonList`).
     let owner = unsafe { &*info.cast::<u8>().sub(T::OFFSET).cast::<T>() };
+    // SAFETY: As above: the list that holds `info`, alive for the call.
+    let account = unsafe { (*info.cast::<BalloonList>()).account };
     let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
         return EINVAL.to_errno();
     };
+    let (new_page, old_page) = (new, old);
     // INVARIANT: the core holds both pages for the call.
     let new = PageRef {
         page: new,
@@ -348,7 +370,22 @@ unsafe extern "C" fn migratepage<T: HasBalloonList>(
         _lent: PhantomData,
     };
     match owner.migrate(new, old) {
-        Ok(()) => 0,
+        Ok(()) => {
+            // What the core does with its own accounting on: a page that moves to another
+            // zone moves that zone's managed count with it.
+            // SAFETY: The core lends both pages for the call (the caller's guarantee).
+            if account && !unsafe { crate::mm::same_zone(new_page, old_page) } {
+                // SAFETY: As above.
+                unsafe {
+                    crate::mm::adjust_managed_one(old_page, 1);
+                    crate::mm::adjust_managed_one(new_page, -1);
+                }
+            }
+            0
+        }
+        // `ENOENT` would tell the core that the old page left the balloon but the new one did
+        // not join it: never the case here.
+        Err(e) if e == ENOENT => EAGAIN.to_errno(),
         Err(e) => e.to_errno(),
     }
 }
