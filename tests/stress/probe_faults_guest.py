@@ -6,7 +6,8 @@ reaching an n-th allocation, and checks after every attempt that nothing was lef
     python3 probe_faults_guest.py ring KO          module init of virtio_ring_rs (KO: its .ko)
     python3 probe_faults_guest.py pci BDF          probe of virtio_pci_rs on the function BDF
                                                    (and of the balloon driver it binds)
-    python3 probe_faults_guest.py balloon BDF AUX  probe of virtio_balloon_rs on device AUX
+    python3 probe_faults_guest.py balloon BDF AUX DRV  probe of virtio_balloon_rs (its driver
+                                                   directory DRV) on device AUX
     python3 probe_faults_guest.py filter on|off    set (clear) the stack trace filter below
 
 The n-th allocation fails through the task's `fail-nth` file (CONFIG_FAULT_INJECTION): the
@@ -216,8 +217,7 @@ def run(mode, args):
             live(problems, n, "after bind" if rc else "after unbind")
             device_idle(bdf, problems, n, "after bind" if rc else "after unbind")
         else:
-            bdf, aux = args
-            drv = "/sys/bus/auxiliary/drivers/virtio_balloon_rs"
+            bdf, aux, drv = args
             fd = os.open(f"{drv}/bind", os.O_WRONLY)
             rc, left = attempt(nth, n, fd, aux.encode())
             os.close(fd)

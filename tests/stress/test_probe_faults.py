@@ -167,10 +167,13 @@ def test_balloon_probe(guest):
     g.sh(f"echo {bdf} > /sys/bus/pci/drivers/virtio_pci_rs/bind")
     aux = g.sh(f"ls {AUX_DEVICES}").split()
     assert len(aux) == 1, aux
-    g.sh(f"echo {aux[0]} > /sys/bus/auxiliary/drivers/virtio_balloon_rs/unbind")
+    # The auxiliary bus names the driver "<module>.<driver>": take its directory from the link.
+    drv = g.sh(f"readlink -f {AUX_DEVICES}/{aux[0]}/driver").strip()
+    assert drv.endswith("virtio_balloon_rs"), drv
+    g.sh(f"echo {aux[0]} > {drv}/unbind")
     fault_injection(g, True)
     try:
-        report = loop(g, "balloon", bdf, aux[0])
+        report = loop(g, "balloon", bdf, aux[0], drv)
     finally:
         fault_injection(g, False)
     reports = problem_reports(g)
