@@ -379,8 +379,8 @@ virtio::module_virtio_driver! {
             description: "Inflate/deflate messages in flight at most, 1-4 (the C driver: 1)",
         },
         block_alloc: u32 {
-            default: 1,
-            description: "Inflate with whole free 2 MiB blocks, split into pages, before order-0 pages (0: order-0 pages only)",
+            default: 0,
+            description: "1: inflate with whole free 2 MiB blocks, split into pages, before order-0 pages (0: order-0 pages only)",
         },
         batch_accounting: u32 {
             default: 1,
