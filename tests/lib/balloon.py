@@ -43,15 +43,19 @@ def rmmod_all(g):
 
 
 
+# What meminfo() runs in the guest: /proc/meminfo and a "PcpFree:" line.
+MEMINFO_SH = ("cat /proc/meminfo; "
+              "awk '$1 == \"count:\" { n += $2 } END { print \"PcpFree:\", n * 4, \"kB\" }' "
+              "/proc/zoneinfo")
+
+
 def meminfo(g):
     """The guest's /proc/meminfo as a dict of kB values, plus ``PcpFree``: the free pages
     that sit on the per-CPU lists (/proc/zoneinfo's pageset counts), which MemFree leaves
     out.  7.2 tunes those lists' size to how much a CPU frees: after a deflate they can hold
     tens of MiB (up to an eighth of the zone, shared out among the CPUs) until the vmstat
     worker decays them, which it does not on an idle CPU."""
-    out = g.sh("cat /proc/meminfo; "
-               "awk '$1 == \"count:\" { n += $2 } END { print \"PcpFree:\", n * 4, \"kB\" }' "
-               "/proc/zoneinfo")
+    out = g.sh(MEMINFO_SH)
     info = {}
     for line in out.splitlines():
         key, _, rest = line.partition(":")

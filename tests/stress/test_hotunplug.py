@@ -83,7 +83,7 @@ until [ "$(sed -n 's/^pages_held //p' {b.STATUS})" -ge {16 * 256} ] 2>/dev/null;
     i=$((i + 1)); [ $i -gt 2400 ] && {{ echo "the balloon does not inflate"; exit 1; }}
     sleep 0.05
 done
-cat /proc/meminfo > {meminfo}
+{{ {b.MEMINFO_SH}; }} > {meminfo}
 sed -n 's/^pages_held //p' {b.STATUS} > {inflating}.tmp && mv {inflating}.tmp {inflating}
 while ls -d {AUX} >/dev/null 2>&1; do sleep 0.02; done
 touch {unbound}""")
