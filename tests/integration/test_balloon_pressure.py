@@ -33,15 +33,28 @@ def deflates_under_pressure(g, counter):
     pages back, which the host saw."""
     target = b.squeeze(g, RAM)
     kills = b.oom_kills(g)
+    before = b.meminfo(g)
+    mark = g.kernel_log_lines()
     rc, out = hog(g, 200)
-    assert rc == 0, out
-    assert b.oom_kills(g) == kills
-    st = dict(l.split() for l in g.sh(
-        "cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status").splitlines())
-    assert int(st[counter]) > 0, st
-    assert b.actual(g) > target
-    b.set_target(g, RAM)
-    b.wait_actual(g, RAM)
+    st = b.status(g)
+
+    def seen():
+        # What a failure needs to be understood: the balloon's counters, memory before the
+        # hog, and the kernel's OOM report if there was one.
+        oom = [l for l in g.kernel_log().splitlines()[mark:]
+               if any(k in l for k in ("oom", "Out of memory", "Mem-Info", "balloon"))]
+        return (f"status {st}\nmeminfo before the hog {before}\n"
+                + "\n".join(oom[-40:]))
+
+    try:
+        assert rc == 0, f"hog: {out}\n{seen()}"
+        assert b.oom_kills(g) == kills, seen()
+        assert st[counter] > 0, seen()
+        assert b.actual(g) > target
+    finally:
+        # Whatever happened, the next case starts from an empty balloon.
+        b.set_target(g, RAM)
+        b.wait_actual(g, RAM)
 
 
 def test_oom_notifier_deflates_instead_of_killing(guest):
