@@ -54,6 +54,13 @@ use kernel::{
     workqueue,
 };
 
+/// How long memory pressure waits for a balloon that is busy for a moment (another part of
+/// the driver holds its lock: the acknowledgement work, the worker posting a message, a
+/// migration) before it gives nothing back.
+// TIMEOUT: those hold the lock for microseconds, but a guest's CPU can be preempted by the
+// host inside; and the wait must end, in case the holder is waiting for memory itself.
+pub(crate) const PRESSURE_LOCK_MS: i64 = 1000;
+
 /// How long a report may stay with the device before reporting stops for good.
 // TIMEOUT: QEMU discards the ranges of a report (at most 32 blocks of 4 MiB) in
 // milliseconds; the page reporting core, and unbind after it, wait for this callback.
@@ -144,9 +151,7 @@ impl Deflate for BalloonShared {
     }
 
     fn deflate(&self, pages: u64, why: Pressure) -> u64 {
-        // Never wait for the balloon here: the worker may hold the lock while it allocates,
-        // which is what got us called.
-        let Some(mut state) = self.state.try_lock() else {
+        let Some(mut state) = self.lock_for_pressure() else {
             return 0;
         };
         let want = usize::try_from(pages).unwrap_or(usize::MAX);
@@ -168,6 +173,29 @@ impl Deflate for BalloonShared {
             Counters::add(c, freed.into());
         }
         u64::from(freed / PAGES_PER_PAGE)
+    }
+}
+
+impl BalloonShared {
+    /// The balloon's lock for a shrinker or OOM notifier call, or `None` if it stayed busy
+    /// for [`PRESSURE_LOCK_MS`] (counted in `pressure_busy`).
+    ///
+    /// Never blocks on the lock: a holder that allocates would wait for this very call.
+    /// Nor gives up at the first try: a single OOM notifier call that gives nothing back
+    /// makes the kernel kill a process, and the lock is taken for a moment after every
+    /// interrupt (`WorkItem<1>`).
+    fn lock_for_pressure(&self) -> Option<StateGuard<'_>> {
+        let t = Instant::<Monotonic>::now();
+        loop {
+            if let Some(state) = self.state.try_lock() {
+                return Some(state);
+            }
+            if self.stop.load(Relaxed) || t.elapsed().as_millis() >= PRESSURE_LOCK_MS {
+                Counters::add(&self.counters.pressure_busy, 1);
+                return None;
+            }
+            fsleep(Delta::from_millis(1));
+        }
     }
 }
 

@@ -119,6 +119,9 @@ pub(crate) struct Counters {
     pub(crate) oom_deflated: Atomic<u64>,
     /// 4 KiB pages deflated by the shrinker.
     pub(crate) shrinker_deflated: Atomic<u64>,
+    /// Calls of the shrinker or the OOM notifier that gave nothing back because the balloon
+    /// stayed busy for [`PRESSURE_LOCK_MS`](crate::callbacks::PRESSURE_LOCK_MS).
+    pub(crate) pressure_busy: Atomic<u64>,
     /// Page allocations that failed while inflating.
     pub(crate) alloc_failures: Atomic<u64>,
     /// Messages the device did not take (broken queue, timeout).
@@ -206,6 +209,7 @@ impl Counters {
             deflated: Atomic::new(0),
             oom_deflated: Atomic::new(0),
             shrinker_deflated: Atomic::new(0),
+            pressure_busy: Atomic::new(0),
             alloc_failures: Atomic::new(0),
             device_errors: Atomic::new(0),
             ack_timeouts: Atomic::new(0),
@@ -273,7 +277,7 @@ impl Counters {
 
     /// The `status` debugfs file: one `name value` line per counter.
     pub(crate) fn show_status(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &Atomic<u64>); 35] = [
+        let rows: [(&str, &Atomic<u64>); 36] = [
             ("target_pages", &self.target),
             ("actual_pages", &self.actual),
             ("pages_held", &self.pages_held),
@@ -281,6 +285,7 @@ impl Counters {
             ("deflated_pages", &self.deflated),
             ("oom_deflated_pages", &self.oom_deflated),
             ("shrinker_deflated_pages", &self.shrinker_deflated),
+            ("pressure_busy", &self.pressure_busy),
             ("alloc_failures", &self.alloc_failures),
             ("device_errors", &self.device_errors),
             ("ack_timeouts", &self.ack_timeouts),

@@ -7,6 +7,7 @@
 //! | file | what |
 //! |---|---|
 //! | `ack_delay_ms` | `N`: the work item that tells a waiting balloon the device used a buffer sleeps `N` ms first, as when no kworker can be had under memory pressure; the device itself is as fast as ever |
+//! | `ack_hold_ms` | `N`: that work item holds the balloon's lock `N` ms, as when the host preempts the guest CPU running it; memory pressure must wait for the lock rather than give nothing back |
 //! | `fail_stats` | `N`: the next `N` reads of the memory statistics fail, as an allocation failure there would |
 //! | `live` | what the module holds now: `balloons` (balloon states not yet freed, counted by their [`Counters`](crate::stats::Counters)), `hooks` (OOM notifiers and shrinkers registered), so that a test can check that a failed probe or an unbind left nothing behind |
 
@@ -31,6 +32,9 @@ use kernel::{
 /// Milliseconds the acknowledgement work sleeps before waking the balloon.
 static ACK_DELAY_MS: Atomic<u32> = Atomic::new(0);
 
+/// Milliseconds the acknowledgement work holds the balloon's lock.
+static ACK_HOLD_MS: Atomic<u32> = Atomic::new(0);
+
 /// Reads of the memory statistics still to fail.
 static FAIL_STATS: Atomic<u32> = Atomic::new(0);
 
@@ -51,14 +55,24 @@ fn show_live((): &(), f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "hooks {}", LIVE_HOOKS.load(Relaxed))
 }
 
-/// Sleeps [`ACK_DELAY_MS`], in 10 ms steps, until `stop()` holds.
-pub(crate) fn delay_ack(stop: impl Fn() -> bool) {
-    let mut left = ACK_DELAY_MS.load(Relaxed);
+/// Sleeps `ms` milliseconds, in 10 ms steps, until `stop()` holds.
+fn sleep_unless(ms: &Atomic<u32>, stop: impl Fn() -> bool) {
+    let mut left = ms.load(Relaxed);
     while left != 0 && !stop() {
         let step = left.min(10);
         fsleep(Delta::from_millis(step.into()));
         left -= step;
     }
+}
+
+/// Sleeps [`ACK_DELAY_MS`] unless `stop()` holds.
+pub(crate) fn delay_ack(stop: impl Fn() -> bool) {
+    sleep_unless(&ACK_DELAY_MS, stop);
+}
+
+/// Sleeps [`ACK_HOLD_MS`] unless `stop()` holds (the caller holds the balloon's lock).
+pub(crate) fn hold_ack(stop: impl Fn() -> bool) {
+    sleep_unless(&ACK_HOLD_MS, stop);
 }
 
 /// Whether this read of the memory statistics must fail; counts it down if so.
@@ -69,6 +83,7 @@ pub(crate) fn fail_stats() -> bool {
 /// The debugfs files of the test switches; removing them (dropping) also turns them off.
 pub(crate) struct TestSwitches {
     _ack_delay: Switch,
+    _ack_hold: Switch,
     _fail_stats: Switch,
     _live: Pin<KBox<debugfs::File<()>>>,
     _dir: debugfs::Dir,
@@ -84,6 +99,7 @@ impl TestSwitches {
         let dir = debugfs::Dir::new(c"virtio_balloon_rs_testing");
         Ok(Self {
             _ack_delay: switch(&dir, c"ack_delay_ms", &ACK_DELAY_MS)?,
+            _ack_hold: switch(&dir, c"ack_hold_ms", &ACK_HOLD_MS)?,
             _fail_stats: switch(&dir, c"fail_stats", &FAIL_STATS)?,
             _live: KBox::pin_init(
                 dir.read_callback_file(c"live", Ok::<_, Error>(()), &show_live),
@@ -96,7 +112,7 @@ impl TestSwitches {
 
 impl Drop for TestSwitches {
     fn drop(&mut self) {
-        for v in [&ACK_DELAY_MS, &FAIL_STATS] {
+        for v in [&ACK_DELAY_MS, &ACK_HOLD_MS, &FAIL_STATS] {
             v.store(0, Relaxed);
         }
     }

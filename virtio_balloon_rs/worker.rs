@@ -78,7 +78,12 @@ impl WorkItem<1> for BalloonShared {
         // Test flavour: a slow delivery path (the device answered; the news comes late).
         #[cfg(virtio_rs_kunit)]
         crate::testing::delay_ack(|| this.stop.load(Relaxed));
-        this.state.lock().ack_pending = true;
+        let mut state = this.state.lock();
+        state.ack_pending = true;
+        // Test flavour: the host preempts the CPU running this, lock held.
+        #[cfg(virtio_rs_kunit)]
+        crate::testing::hold_ack(|| this.stop.load(Relaxed));
+        drop(state);
         this.acked.notify_all();
     }
 }

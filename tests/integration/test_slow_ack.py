@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0
 """A slow completion path under memory pressure (issue 13.4), and statistics that survive a
-failed read (13.6), against the Rust stack in the test flavour.
+failed read (13.6), against the Rust stack in the test flavour; and an OOM notifier that
+waits for a balloon busy for a moment rather than giving nothing back.
 
 The balloon learns that the device used a buffer through a work item (the interrupt callback
 cannot take its lock).  Under memory pressure that work may start late: no kworker can be
@@ -76,6 +77,35 @@ def test_slow_completions_under_a_memory_storm(guest):
         assert not [l for l in log if "frozen" in l or "handed nothing back" in l], log
     finally:
         g.sh(f"echo 0 > {SWITCH}/ack_delay_ms")
+    g.unbind(g.balloon_bdf())
+    b.rmmod_all(g)
+
+
+def test_oom_notifier_waits_for_a_busy_balloon(guest):
+    """The completion work takes the balloon's lock for a moment after every interrupt; when
+    the host preempts the guest CPU inside, an OOM notifier call that finds the lock taken
+    must wait for it, not give nothing back: the kernel kills a process after a single call
+    that freed nothing.  `ack_hold_ms` holds the lock 300 ms in that work, after a delay
+    longer than the balloon's own look at its queues (100 ms), so the next call of the OOM
+    notifier comes while it is held."""
+    g = guest
+    g.sh("modprobe virtio_balloon_rs deflate_policy=1")
+    b.bind_rust(g)
+    g.sh(f"echo 150 > {SWITCH}/ack_delay_ms; echo 300 > {SWITCH}/ack_hold_ms")
+    try:
+        target = b.squeeze(g, RAM, timeout=300)
+        kills = b.oom_kills(g)
+        rc, out = hog(g, 128)
+        st = b.status(g)
+        assert rc == 0, f"hog: {out}\n{st}"
+        assert b.oom_kills(g) == kills, st
+        assert st["oom_deflated_pages"] > 0, st
+        assert st["pressure_busy"] == 0, st
+        assert b.actual(g) > target
+    finally:
+        g.sh(f"echo 0 > {SWITCH}/ack_delay_ms; echo 0 > {SWITCH}/ack_hold_ms")
+        b.set_target(g, RAM)
+        b.wait_actual(g, RAM, timeout=300)
     g.unbind(g.balloon_bdf())
     b.rmmod_all(g)
 
