@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0
-"""Helpers the balloon tests and the demo share: bind the Rust stack, move the target over
-QMP, wait for `actual`, read the guest's memory counters."""
+"""Helpers the balloon tests and the tools (demo, benchmarks) share: bind the Rust stack,
+move the target over QMP, wait for `actual`, read the guest's memory counters and
+fragmentation."""
 
 import time
 
@@ -147,6 +148,24 @@ def oom_kills(g):
         if line.startswith("oom_kill "):
             return int(line.split()[1])
     return 0
+
+
+def free_2m_blocks(g):
+    """Free blocks of 2 MiB or more, in 2 MiB units (/proc/buddyinfo, orders 9 and up)."""
+    n = 0
+    for line in g.sh("cat /proc/buddyinfo").splitlines():
+        counts = [int(x) for x in line.split()[4:]]
+        n += sum(c << (order - 9) for order, c in enumerate(counts) if order >= 9)
+    return n
+
+
+def huge_pages(g, most, timeout=600):
+    """How many 2 MiB huge pages (up to `most`) the guest can allocate now (then frees
+    them); `timeout`: seconds the allocation may take."""
+    g.sh(f"echo {most} > /proc/sys/vm/nr_hugepages", timeout=timeout)
+    got = int(g.sh("cat /proc/sys/vm/nr_hugepages"))
+    g.sh("echo 0 > /proc/sys/vm/nr_hugepages", timeout=120)
+    return got
 
 
 def squeeze(g, ram, leave_mib=64, timeout=180):
