@@ -88,13 +88,4 @@ def test_unbind_with_inflated_balloon_returns_every_page(guest):
 
 
 def test_rmmod_with_inflated_balloon_returns_every_page(guest):
-    total = b.meminfo(guest)["MemTotal"]
-    b.bind_rust(guest)
-    b.set_target(guest, 768 * b.MiB)
-    b.wait_actual(guest, 768 * b.MiB)
-    guest.sh("rmmod virtio_balloon_rs")
-    assert b.meminfo(guest)["MemTotal"] == total
-    assert b.actual(guest) == RAM
-    b.set_target(guest, RAM)
-    guest.unbind(guest.balloon_bdf())
-    guest.sh("rmmod virtio_pci_rs virtio_ring_rs")
+    balloon_cases.rmmod_inflated(guest, RAM, 768 * b.MiB)
