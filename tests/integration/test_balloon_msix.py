@@ -17,11 +17,6 @@ TAGS = ("stat-swap-in", "stat-swap-out", "stat-major-faults", "stat-minor-faults
 UNSET = 2**64 - 1
 
 
-def debugfs(g, name):
-    out = g.sh(f"cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/{name}")
-    return {k: int(v) for k, v in (l.split() for l in out.splitlines())}
-
-
 def test_rust_transport_uses_msix(guest):
     b.bind_rust(guest)
     log = "\n".join(guest.new_kernel_log())
@@ -50,15 +45,15 @@ def test_guest_stats_carry_every_tag(guest):
     assert abs(stats["stat-total-memory"] - total) < 0.03 * total, (stats, mem)
     assert abs(stats["stat-free-memory"] - free) < 0.05 * total, (stats, mem)
     # debugfs shows what was sent (a refresh may have happened since QMP's copy).
-    assert debugfs(guest, "status")["stats_sent"] >= 2
-    assert abs(debugfs(guest, "stats")["total_memory"] - stats["stat-total-memory"]) \
+    assert b.status(guest)["stats_sent"] >= 2
+    assert abs(b.debugfs(guest, "stats")["total_memory"] - stats["stat-total-memory"]) \
         < 0.03 * total
 
 
 def test_debugfs_matches_qmp_after_inflate_and_deflate(guest):
     b.set_target(guest, 768 * b.MiB)
     b.wait_actual(guest, 768 * b.MiB)
-    st = debugfs(guest, "status")
+    st = b.status(guest)
     want = (RAM - 768 * b.MiB) // 4096
     assert st["actual_pages"] == want and st["target_pages"] == want, st
     assert st["pages_held"] == want, st
@@ -66,7 +61,7 @@ def test_debugfs_matches_qmp_after_inflate_and_deflate(guest):
     assert st["features"] & (1 << 1), st  # STATS_VQ negotiated
     b.set_target(guest, RAM)
     b.wait_actual(guest, RAM)
-    st = debugfs(guest, "status")
+    st = b.status(guest)
     assert st["actual_pages"] == 0 and st["pages_held"] == 0, st
     assert st["device_errors"] == 0, st
 

@@ -25,14 +25,6 @@ BALLOON = {}
 seen = {"c": {}, "rust": {}}
 
 
-def vmstat(g, name):
-    for line in g.sh("cat /proc/vmstat").splitlines():
-        key, _, value = line.partition(" ")
-        if key == name:
-            return int(value)
-    raise AssertionError(f"{name} not in /proc/vmstat")
-
-
 def scenario(g, who, pages_held=None):
     """Inflate to half the guest, compact, count huge pages, deflate; records what was
     seen.  `pages_held` reads the balloon's own count (Rust only)."""
@@ -46,9 +38,9 @@ def scenario(g, who, pages_held=None):
         assert pages_held() == want_pages
     # The same starting point for both drivers: no page cache to move around.
     g.sh("sync; echo 3 > /proc/sys/vm/drop_caches")
-    migrated = vmstat(g, "balloon_migrate")
+    migrated = b.vmstat(g, "balloon_migrate")
     g.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=300)
-    obs["migrated"] = vmstat(g, "balloon_migrate") - migrated
+    obs["migrated"] = b.vmstat(g, "balloon_migrate") - migrated
     # Migration moves the balloon, it does not resize it.
     assert b.actual(g) == TARGET
     if pages_held:
@@ -64,7 +56,7 @@ def scenario(g, who, pages_held=None):
     # And they all went back.
     assert int(g.sh("cat /proc/sys/vm/nr_hugepages")) == 0
     # Allocating them compacts too.
-    obs["migrated_with_huge_pages"] = vmstat(g, "balloon_migrate") - migrated
+    obs["migrated_with_huge_pages"] = b.vmstat(g, "balloon_migrate") - migrated
     assert b.actual(g) == TARGET
     if pages_held:
         assert pages_held() == want_pages

@@ -11,7 +11,9 @@ RAM = 1024 * MiB
 # Seconds to wait for `actual` on a debug kernel (KASAN, lockdep) under TCG.
 SLOW_WAIT = 300
 MODULES = ("virtio_balloon_rs", "virtio_pci_rs", "virtio_ring_rs")
-STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
+# The Rust balloon's debugfs directory, and its status file.
+DEBUGFS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*"
+STATUS = f"{DEBUGFS}/status"
 # The test-only fault switch of virtio_ring_rs (fault flavour only).
 RING_FAULT = "/sys/kernel/debug/virtio_ring_rs/fault"
 
@@ -23,10 +25,16 @@ BALLOON_PROPS = {"id": "balloon0", "bus": "rp0", "disable-modern": True,
 BALLOON = "virtio-balloon-pci,id=balloon0,bus=rp0,disable-modern=on,disable-legacy=off"
 
 
+def debugfs(g, name):
+    """A file of the Rust balloon's debugfs directory (`key value` lines: `status`, `stats`)
+    as a dict of ints."""
+    out = g.sh(f"cat {DEBUGFS}/{name}")
+    return {k: int(v, 0) for k, v in (line.split() for line in out.splitlines())}
+
+
 def status(g):
     """The Rust balloon's debugfs status as a dict of ints."""
-    out = g.sh(f"cat {STATUS}")
-    return {k: int(v, 0) for k, v in (line.split() for line in out.splitlines())}
+    return debugfs(g, "status")
 
 
 def loaded_rs_modules(g):
@@ -142,12 +150,24 @@ def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None, poll=0.1)
         time.sleep(poll)
 
 
+_RAISE = object()
+
+
+def vmstat(g, key, missing=_RAISE):
+    """The counter `key` of the guest's /proc/vmstat; `missing` if it has none (by default,
+    that fails the test)."""
+    for line in g.sh("cat /proc/vmstat").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    if missing is _RAISE:
+        raise AssertionError(f"no {key} in /proc/vmstat")
+    return missing
+
+
 def oom_kills(g):
     """OOM kills since the guest booted (/proc/vmstat)."""
-    for line in g.sh("cat /proc/vmstat").splitlines():
-        if line.startswith("oom_kill "):
-            return int(line.split()[1])
-    return 0
+    return vmstat(g, "oom_kill", missing=0)
 
 
 def free_2m_blocks(g):
