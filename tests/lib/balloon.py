@@ -37,6 +37,12 @@ def status(g):
     return debugfs(g, "status")
 
 
+def c_features(g):
+    """The C driver's negotiated features: sysfs prints one 0/1 character per bit."""
+    bits = g.sh("cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features").strip()
+    return sum(1 << i for i, c in enumerate(bits) if c == "1")
+
+
 def loaded_rs_modules(g):
     return [l.split()[0] for l in g.sh("cat /proc/modules").splitlines()
             if l.split()[0] in MODULES]
