@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0
 """Balloon scenarios shared by the MSI-X, INTx and vIOMMU test files."""
 
+import time
+
 import balloon as b
 
 
@@ -34,3 +36,21 @@ def rmmod_inflated(g, ram, target):
     b.set_target(g, ram)
     g.unbind(g.balloon_bdf())
     g.sh("rmmod virtio_pci_rs virtio_ring_rs")
+
+
+def refreshed_guest_stats(g, path, timeout):
+    """Turns on the device's statistics polling (every 2 s) for the balloon at QOM `path` and
+    returns QMP's guest-stats once the driver answered a refresh, not only the first buffer,
+    within `timeout` seconds.  Leaves the polling on."""
+    g.qmp_cmd("qom-set", path=path, property="guest-stats-polling-interval", value=2)
+    deadline = time.monotonic() + timeout
+    first = None
+    while time.monotonic() < deadline:
+        st = g.qmp_cmd("qom-get", path=path, property="guest-stats")
+        if st["last-update"]:
+            if first is None:
+                first = st["last-update"]
+            elif st["last-update"] != first:
+                return st
+        time.sleep(0.5)
+    raise AssertionError(f"no refreshed guest-stats: {st}")
