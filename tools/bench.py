@@ -33,9 +33,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
-import balloon as b  # noqa: E402
-import vm  # noqa: E402
+import toollib  # first: puts tests/lib on the module path
+import balloon as b
+import vm
 
 RAM_MIB = int(os.environ.get("BENCH_RAM_MIB", "2048"))
 RAM = RAM_MIB * b.MiB
@@ -215,10 +215,7 @@ def ring_main():
     print(ring_report(res))
     print(ring_report(icount, icount=True))
     problems += more
-    if problems:
-        print("kernel problems:\n" + "\n".join(problems))
-        return 1
-    return 0
+    return toollib.exit_status(problems)
 
 
 def fmt_stats(xs):
@@ -468,10 +465,7 @@ def main():
     flavour, tot_c, tot_r = verdict
     print(f"\nverdict ({flavour} kernel): inflate+deflate 1 GiB: Rust {tot_r:.2f} s "
           f"(goal <= 1.0 s), C {tot_c:.2f} s, C/Rust {tot_c / tot_r:.2f}x (goal >= 10)")
-    if problems:
-        print("kernel problems:\n" + "\n".join(problems))
-        return 1
-    return 0
+    return toollib.exit_status(problems)
 
 
 if __name__ == "__main__":

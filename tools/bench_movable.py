@@ -19,9 +19,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
-import balloon as b  # noqa: E402
-import vm  # noqa: E402
+import toollib  # first: puts tests/lib on the module path
+import balloon as b
+import vm
 
 RAM_MIB = int(os.environ.get("BENCH_RAM_MIB", "2048"))
 RAM = RAM_MIB * b.MiB
@@ -93,10 +93,7 @@ def main():
         ok = (ratio - 1) * 100 <= float(goal)
         line += f"; goal at most +{goal} %: " + ("met" if ok else "NOT met")
     print(line)
-    if problems:
-        print("kernel problems:\n" + "\n".join(problems))
-        return 1
-    return 0
+    return toollib.exit_status(problems)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
-import balloon as b  # noqa: E402
-import vm  # noqa: E402
+import toollib  # noqa: F401 (puts tests/lib on the module path)
+import balloon as b
+import vm
 
 RAM = 1024 * b.MiB
 STEPS = [512 * b.MiB, 768 * b.MiB, 384 * b.MiB, RAM]

@@ -15,19 +15,14 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
-import balloon as b  # noqa: E402
-import vm  # noqa: E402
+import toollib  # first: puts tests/lib on the module path
+import balloon as b
+import vm
 
 RAM = 1024 * b.MiB
 HOG_MIB = int(os.environ.get("POLICY_HOG_MIB", "200"))
 REPS = int(os.environ.get("POLICY_REPS", "2"))
 POLICIES = {1: "oom", 2: "shrinker", 3: "both", 4: "none"}
-STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
-
-
-def rust_status(g):
-    return {k: int(v) for k, v in (line.split() for line in g.sh(f"cat {STATUS}").splitlines())}
 
 
 def one_run(g, rust):
@@ -35,7 +30,7 @@ def one_run(g, rust):
     b.squeeze(g, RAM, timeout=300)
     before = b.actual(g)
     kills = b.oom_kills(g)
-    st0 = rust_status(g) if rust else None
+    st0 = b.status(g) if rust else None
     t0 = time.monotonic()
     rc, _ = g.run(f"python3 -c \"x = b'\\x01' * ({HOG_MIB} << 20); print(len(x))\"",
                   timeout=600, check=False)
@@ -48,7 +43,7 @@ def one_run(g, rust):
         "given_mib": (b.actual(g) - before) / b.MiB,
     }
     if rust:
-        st1 = rust_status(g)
+        st1 = b.status(g)
         row["oom_mib"] = (st1["oom_deflated_pages"] - st0["oom_deflated_pages"]) * 4096 / b.MiB
         row["shrinker_mib"] = (st1["shrinker_deflated_pages"]
                                - st0["shrinker_deflated_pages"]) * 4096 / b.MiB
@@ -97,10 +92,7 @@ def main():
         shr = f"{med('shrinker_mib'):12.1f}" if "shrinker_mib" in runs[0] else f"{'-':>12s}"
         print(f"{name:20s} {ok:>3d}/{len(runs):<3d} {med('secs'):7.2f} "
               f"{sum(r['kills'] for r in runs):9d} {med('given_mib'):14.1f} {oom} {shr}")
-    if problems:
-        print("kernel problems:\n" + "\n".join(problems))
-        return 1
-    return 0
+    return toollib.exit_status(problems)
 
 
 if __name__ == "__main__":

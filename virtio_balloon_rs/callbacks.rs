@@ -45,9 +45,7 @@ use kernel::{
         ArcBorrow, //
     },
     time::{
-        delay::fsleep,
         msecs_to_jiffies,
-        Delta,
         Instant,
         Monotonic, //
     },
@@ -265,17 +263,7 @@ impl BalloonShared {
                 );
                 return Err(ETIMEDOUT);
             }
-            let slice = left.min(msecs_to_jiffies(REPORT_POLL_MS).max(1));
-            left -= slice;
-            match self.acked.wait_interruptible_timeout(&mut state, slice) {
-                kernel::sync::CondVarTimeoutResult::Timeout => {}
-                kernel::sync::CondVarTimeoutResult::Woken { jiffies } => left += jiffies,
-                // Not expected in the page reporting worker (kernel threads take no signals);
-                // sleep instead of spinning.
-                kernel::sync::CondVarTimeoutResult::Signal { .. } => {
-                    fsleep(Delta::from_millis(REPORT_POLL_MS.into()));
-                }
-            }
+            self.wait_acked(&mut state, &mut left, REPORT_POLL_MS, None);
         }
     }
 

@@ -22,12 +22,19 @@ use crate::{
 };
 use kernel::{
     prelude::*,
-    sync::atomic::Relaxed,
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        CondVarTimeoutResult, //
+    },
     time::{
         delay::fsleep,
         msecs_to_jiffies,
         Delta,
         Instant,
+        Jiffies,
         Monotonic, //
     },
 };
@@ -183,7 +190,6 @@ impl BalloonShared {
         ready: impl Fn(&Engine<DeviceHost>) -> bool,
     ) -> Result {
         let timeout = msecs_to_jiffies(ACK_TIMEOUT_MS);
-        let poll = msecs_to_jiffies(ACK_POLL_MS).max(1);
         let mut left = timeout;
         let mut seen = state.answers;
         loop {
@@ -214,20 +220,36 @@ impl BalloonShared {
             if left == 0 {
                 return Err(self.timed_out(state, who));
             }
-            let slice = left.min(poll);
-            left -= slice;
-            let t = Instant::<Monotonic>::now();
-            let woke = self.acked.wait_interruptible_timeout(state, slice);
-            Counters::add_time(&self.counters.wait_ns, t);
-            match woke {
-                kernel::sync::CondVarTimeoutResult::Timeout => {}
-                kernel::sync::CondVarTimeoutResult::Woken { jiffies } => left += jiffies,
-                // The caller has a signal pending (a task in the OOM path): the wait cannot
-                // sleep, so sleep uninterruptibly instead of spinning.
-                kernel::sync::CondVarTimeoutResult::Signal { .. } => {
-                    fsleep(Delta::from_millis(ACK_POLL_MS.into()));
-                }
-            }
+            self.wait_acked(state, &mut left, ACK_POLL_MS, Some(&self.counters.wait_ns));
+        }
+    }
+
+    /// Sleeps on [`BalloonShared::acked`] for the next slice of a wait that has `left` jiffies
+    /// to go: at most `poll_ms`, less when less is left.  Takes the slice off `left` and gives
+    /// back what a wake-up left unslept; adds the time slept on the condition variable to
+    /// `spent`, if given.
+    ///
+    /// A caller with a signal pending (a task in the OOM path; not expected in kernel threads,
+    /// which take no signals) cannot sleep interruptibly: it sleeps `poll_ms` uninterruptibly
+    /// instead of spinning.
+    pub(crate) fn wait_acked(
+        &self,
+        state: &mut StateGuard<'_>,
+        left: &mut Jiffies,
+        poll_ms: u32,
+        spent: Option<&Atomic<u64>>,
+    ) {
+        let slice = (*left).min(msecs_to_jiffies(poll_ms).max(1));
+        *left -= slice;
+        let timed = spent.map(|c| (c, Instant::<Monotonic>::now()));
+        let woke = self.acked.wait_interruptible_timeout(state, slice);
+        if let Some((c, t)) = timed {
+            Counters::add_time(c, t);
+        }
+        match woke {
+            CondVarTimeoutResult::Timeout => {}
+            CondVarTimeoutResult::Woken { jiffies } => *left += jiffies,
+            CondVarTimeoutResult::Signal { .. } => fsleep(Delta::from_millis(poll_ms.into())),
         }
     }
 

@@ -36,7 +36,6 @@ KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
 # frozen balloon then failed the tests after it.
 GUEST_OPTIONS = {"moddir": KUNIT_DIR} if KUNIT_DIR else {}
 SWITCH = "/sys/kernel/debug/virtio_pci_rs"
-STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
 OOM = re.compile(r"Out of memory|oom-kill|invoked oom-killer|Killed process")
 DRIVER = "virtio_balloon_rs"
 
@@ -45,18 +44,6 @@ DRIVER = "virtio_balloon_rs"
 RESPONSIVE_S = 20
 # The driver's documented bounded wait for the device is 5 s; rmmod may wait for one.
 ACK_TIMEOUT_S = 5
-
-
-def status(g):
-    out = g.sh(f"cat {STATUS}")
-    return {k: int(v) for k, v in (l.split() for l in out.splitlines())}
-
-
-def vmstat(g, key):
-    for line in g.sh("cat /proc/vmstat").splitlines():
-        if line.startswith(key + " "):
-            return int(line.split()[1])
-    raise AssertionError(f"no {key} in /proc/vmstat")
 
 
 def latency(g):
@@ -68,7 +55,7 @@ def latency(g):
 
 def test_setup(guest):
     b.bind_rust(guest)
-    st = status(guest)
+    st = b.status(guest)
     assert st["actual_pages"] == 0 and st["pages_held"] == 0, st
 
 
@@ -81,14 +68,14 @@ def test_rapid_target_changes_converge(guest):
     want = (RAM - sizes[-1]) // 4096
     # Converged and stays there: the driver's view agrees with QMP's.
     time.sleep(2)
-    st = status(guest)
+    st = b.status(guest)
     assert st["target_pages"] == st["actual_pages"] == want, st
     # Guest pages are 4 KiB here, the device's unit.
     assert st["pages_held"] == want, st
     assert b.actual(guest) == sizes[-1]
     b.set_target(guest, RAM)
     b.wait_actual(guest, RAM, timeout=300)
-    assert status(guest)["pages_held"] == 0
+    assert b.status(guest)["pages_held"] == 0
 
 
 def test_silent_device_bounded_wait_and_clean_rmmod(guest):
@@ -98,7 +85,7 @@ def test_silent_device_bounded_wait_and_clean_rmmod(guest):
         "VIRTIO_RS_KUNIT_DIR to the output of scripts/build-flavour kunit (make check does)")
     assert b.actual(guest) == RAM
     before = b.meminfo(guest)
-    st0 = status(guest)
+    st0 = b.status(guest)
     dropped0 = int(guest.sh(f"cat {SWITCH}/dropped_kicks"))
     guest.new_kernel_log()
     guest.sh(f"echo 1 > {SWITCH}/drop_kicks")
@@ -116,7 +103,7 @@ def test_silent_device_bounded_wait_and_clean_rmmod(guest):
         assert int(guest.sh(f"cat {SWITCH}/dropped_kicks")) > dropped0
         # A clean state: nothing inflated as far as the host knows, the driver's counters
         # agree, no page left the guest.
-        st = status(guest)
+        st = b.status(guest)
         assert b.actual(guest) == RAM
         assert st["actual_pages"] == 0 and st["pages_held"] == 0, st
         assert st["device_errors"] > st0["device_errors"], st
@@ -144,7 +131,7 @@ def test_silent_device_bounded_wait_and_clean_rmmod(guest):
     b.wait_actual(guest, 896 * b.MiB, timeout=180)
     b.set_target(guest, RAM)
     b.wait_actual(guest, RAM, timeout=180)
-    assert status(guest)["device_errors"] == 0
+    assert b.status(guest)["device_errors"] == 0
 
 
 # What the above-memory scenario saw; filled once by `above_memory`.
@@ -208,7 +195,7 @@ def run_above_memory(g):
         while [ ! -e {valve}.stop ]; do
             while read -r k v; do
                 if [ "$k" = oom_kill ] && [ "$v" != "$k0" ]; then
-                    cat {STATUS} > {valve}.status
+                    cat {b.STATUS} > {valve}.status
                     echo {bdf} > /sys/bus/pci/devices/{bdf}/driver/unbind
                     echo fired > {valve}; exit 0
                 fi
@@ -216,8 +203,8 @@ def run_above_memory(g):
             sleep 0.2
         done' </dev/null >/dev/null 2>&1 &""")
     before = b.meminfo(g)
-    oom0 = vmstat(g, "oom_kill")
-    fail0 = status(g)["alloc_failures"]
+    oom0 = b.vmstat(g, "oom_kill")
+    fail0 = b.status(g)["alloc_failures"]
     g.new_kernel_log()
     samples, log, window = [], [], None
     above.update(before=before, samples=samples, log=log)
@@ -229,12 +216,12 @@ def run_above_memory(g):
         if os.path.exists(valve):
             break
         try:
-            st = status(g)
+            st = b.status(g)
         except vm.GuestError:
             if os.path.exists(valve):
                 break
             raise
-        kills = vmstat(g, "oom_kill") - oom0
+        kills = b.vmstat(g, "oom_kill") - oom0
         samples.append((round(time.monotonic() - t0, 1), st["pages_held"],
                         st["alloc_failures"] - fail0, round(lat, 2)))
         new = g.new_kernel_log()
@@ -256,7 +243,7 @@ def run_above_memory(g):
     above["valve_fired"] = os.path.exists(valve)
     if window is not None and not above["valve_fired"]:
         above["window_s"] = time.monotonic() - window["t"]
-        above["window_failures"] = status(g)["alloc_failures"] - window["failures"]
+        above["window_failures"] = b.status(g)["alloc_failures"] - window["failures"]
         above["window_driver_lines"] = [l for l in window["lines"] if DRIVER in l]
     log += g.new_kernel_log()
     if above["valve_fired"]:
@@ -267,7 +254,7 @@ def run_above_memory(g):
                         at_oom["alloc_failures"] - fail0, 0))
     above["held_max"] = max((s[1] for s in samples), default=0)
     above["max_latency"] = max((s[3] for s in samples), default=0)
-    above["oom_kills"] = vmstat(g, "oom_kill") - oom0
+    above["oom_kills"] = b.vmstat(g, "oom_kill") - oom0
     above["oom_lines"] = [l for l in log if OOM.search(l)]
     # The per-test kernel check only sees what this scenario did not read.
     above["kernel_problems"] = g.kernel_problems(log)
@@ -277,7 +264,7 @@ def run_above_memory(g):
     if not above["valve_fired"]:
         above["deflate_s"] = b.wait_actual(g, RAM, timeout=300)
         above["after"] = b.meminfo(g)
-        above["after_status"] = status(g)
+        above["after_status"] = b.status(g)
     g.run(f"kill {pid} {' '.join(ballast)}", check=False)
 
 

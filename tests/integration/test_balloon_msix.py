@@ -3,8 +3,6 @@
 the statistics queue, shows the same state in debugfs as QMP does, and gives every page back
 on unbind and rmmod.  One guest for all, in this order."""
 
-import time
-
 import balloon as b
 import balloon_cases
 
@@ -17,11 +15,6 @@ TAGS = ("stat-swap-in", "stat-swap-out", "stat-major-faults", "stat-minor-faults
 UNSET = 2**64 - 1
 
 
-def debugfs(g, name):
-    out = g.sh(f"cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/{name}")
-    return {k: int(v) for k, v in (l.split() for l in out.splitlines())}
-
-
 def test_rust_transport_uses_msix(guest):
     b.bind_rust(guest)
     log = "\n".join(guest.new_kernel_log())
@@ -29,20 +22,7 @@ def test_rust_transport_uses_msix(guest):
 
 
 def test_guest_stats_carry_every_tag(guest):
-    guest.qmp_cmd("qom-set", path=PATH, property="guest-stats-polling-interval", value=2)
-    deadline = time.monotonic() + 60
-    first = None
-    while time.monotonic() < deadline:
-        st = guest.qmp_cmd("qom-get", path=PATH, property="guest-stats")
-        if st["last-update"]:
-            if first is None:
-                first = st["last-update"]
-            elif st["last-update"] != first:
-                break  # the driver answered a refresh, not only the first buffer
-        time.sleep(0.5)
-    else:
-        raise AssertionError(f"no refreshed guest-stats: {st}")
-    stats = st["stats"]
+    stats = balloon_cases.refreshed_guest_stats(guest, PATH, timeout=60)["stats"]
     missing = [t for t in TAGS if stats.get(t, UNSET) == UNSET]
     assert not missing, (missing, stats)
     mem = b.meminfo(guest)
@@ -50,15 +30,15 @@ def test_guest_stats_carry_every_tag(guest):
     assert abs(stats["stat-total-memory"] - total) < 0.03 * total, (stats, mem)
     assert abs(stats["stat-free-memory"] - free) < 0.05 * total, (stats, mem)
     # debugfs shows what was sent (a refresh may have happened since QMP's copy).
-    assert debugfs(guest, "status")["stats_sent"] >= 2
-    assert abs(debugfs(guest, "stats")["total_memory"] - stats["stat-total-memory"]) \
+    assert b.status(guest)["stats_sent"] >= 2
+    assert abs(b.debugfs(guest, "stats")["total_memory"] - stats["stat-total-memory"]) \
         < 0.03 * total
 
 
 def test_debugfs_matches_qmp_after_inflate_and_deflate(guest):
     b.set_target(guest, 768 * b.MiB)
     b.wait_actual(guest, 768 * b.MiB)
-    st = debugfs(guest, "status")
+    st = b.status(guest)
     want = (RAM - 768 * b.MiB) // 4096
     assert st["actual_pages"] == want and st["target_pages"] == want, st
     assert st["pages_held"] == want, st
@@ -66,7 +46,7 @@ def test_debugfs_matches_qmp_after_inflate_and_deflate(guest):
     assert st["features"] & (1 << 1), st  # STATS_VQ negotiated
     b.set_target(guest, RAM)
     b.wait_actual(guest, RAM)
-    st = debugfs(guest, "status")
+    st = b.status(guest)
     assert st["actual_pages"] == 0 and st["pages_held"] == 0, st
     assert st["device_errors"] == 0, st
 
@@ -88,13 +68,4 @@ def test_unbind_with_inflated_balloon_returns_every_page(guest):
 
 
 def test_rmmod_with_inflated_balloon_returns_every_page(guest):
-    total = b.meminfo(guest)["MemTotal"]
-    b.bind_rust(guest)
-    b.set_target(guest, 768 * b.MiB)
-    b.wait_actual(guest, 768 * b.MiB)
-    guest.sh("rmmod virtio_balloon_rs")
-    assert b.meminfo(guest)["MemTotal"] == total
-    assert b.actual(guest) == RAM
-    b.set_target(guest, RAM)
-    guest.unbind(guest.balloon_bdf())
-    guest.sh("rmmod virtio_pci_rs virtio_ring_rs")
+    balloon_cases.rmmod_inflated(guest, RAM, 768 * b.MiB)

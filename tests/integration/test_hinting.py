@@ -56,12 +56,6 @@ NEED_MIB = 256
 seen = {}
 
 
-def c_features(g):
-    """The C driver's negotiated features: sysfs prints one 0/1 character per bit."""
-    bits = g.sh("cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features").strip()
-    return sum(1 << i for i, c in enumerate(bits) if c == "1")
-
-
 def bind_rust(g):
     # Nothing autoloads in this guest (no udev): the balloon driver first, then the transport.
     g.sh("modprobe virtio_balloon_rs")
@@ -110,7 +104,7 @@ def test_migration_is_possible(guest):
 def test_features_agree_with_reporting_and_hinting(guest):
     bdf = guest.balloon_bdf()
     b.bind_c(guest)
-    c = c_features(guest)
+    c = b.c_features(guest)
     bind_rust(guest)
     rust = b.status(guest)["features"]
     print(f"negotiated with free-page-reporting=on,free-page-hint=on: C {c:#x}, Rust {rust:#x}")
@@ -134,7 +128,7 @@ def test_migration_without_a_balloon_driver(guest):
 
 def test_migration_with_the_c_driver(guest):
     b.bind_c(guest)
-    assert c_features(guest) & (1 << F_FREE_PAGE_HINT)
+    assert b.c_features(guest) & (1 << F_FREE_PAGE_HINT)
     migrate_once(guest, "c")
     unbind_all(guest)
 

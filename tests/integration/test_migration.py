@@ -25,33 +25,6 @@ BALLOON = {}
 seen = {"c": {}, "rust": {}}
 
 
-def vmstat(g, name):
-    for line in g.sh("cat /proc/vmstat").splitlines():
-        key, _, value = line.partition(" ")
-        if key == name:
-            return int(value)
-    raise AssertionError(f"{name} not in /proc/vmstat")
-
-
-def free_2m_blocks(g):
-    """Free blocks of 2 MiB or more, in 2 MiB units (/proc/buddyinfo, orders 9 and 10)."""
-    n = 0
-    for line in g.sh("cat /proc/buddyinfo").splitlines():
-        counts = [int(x) for x in line.split()[4:]]
-        n += sum(c << (order - 9) for order, c in enumerate(counts) if order >= 9)
-    return n
-
-
-def huge_pages(g, most):
-    """How many 2 MiB huge pages (up to `most`) the guest can allocate now (then frees
-    them)."""
-    g.sh(f"echo {most} > /proc/sys/vm/nr_hugepages", timeout=300)
-    got = int(g.sh("cat /proc/sys/vm/nr_hugepages"))
-    g.sh("echo 0 > /proc/sys/vm/nr_hugepages", timeout=120)
-    assert int(g.sh("cat /proc/sys/vm/nr_hugepages")) == 0
-    return got
-
-
 def scenario(g, who, pages_held=None):
     """Inflate to half the guest, compact, count huge pages, deflate; records what was
     seen.  `pages_held` reads the balloon's own count (Rust only)."""
@@ -65,23 +38,25 @@ def scenario(g, who, pages_held=None):
         assert pages_held() == want_pages
     # The same starting point for both drivers: no page cache to move around.
     g.sh("sync; echo 3 > /proc/sys/vm/drop_caches")
-    migrated = vmstat(g, "balloon_migrate")
+    migrated = b.vmstat(g, "balloon_migrate")
     g.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=300)
-    obs["migrated"] = vmstat(g, "balloon_migrate") - migrated
+    obs["migrated"] = b.vmstat(g, "balloon_migrate") - migrated
     # Migration moves the balloon, it does not resize it.
     assert b.actual(g) == TARGET
     if pages_held:
         assert pages_held() == want_pages
-    obs["free_2m_blocks"] = free_2m_blocks(g)
+    obs["free_2m_blocks"] = b.free_2m_blocks(g)
     free_mib = b.meminfo(g)["MemFree"] // 1024
     if who == "c":
         obs["huge_pages_asked"] = (free_mib - RESERVE_MIB) // 2
     else:
         obs["huge_pages_asked"] = min((free_mib - MIN_RESERVE_MIB) // 2,
                                       seen["c"]["huge_pages_asked"])
-    obs["huge_pages"] = huge_pages(g, obs["huge_pages_asked"])
+    obs["huge_pages"] = b.huge_pages(g, obs["huge_pages_asked"], timeout=300)
+    # And they all went back.
+    assert int(g.sh("cat /proc/sys/vm/nr_hugepages")) == 0
     # Allocating them compacts too.
-    obs["migrated_with_huge_pages"] = vmstat(g, "balloon_migrate") - migrated
+    obs["migrated_with_huge_pages"] = b.vmstat(g, "balloon_migrate") - migrated
     assert b.actual(g) == TARGET
     if pages_held:
         assert pages_held() == want_pages

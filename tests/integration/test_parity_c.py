@@ -95,20 +95,9 @@ def round_trip_scenario(g, who):
     b.set_target(g, RAM)
 
 
-def c_features(g):
-    """The C driver's negotiated features: sysfs prints one 0/1 character per bit."""
-    bits = g.sh("cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features").strip()
-    return sum(1 << i for i, c in enumerate(bits) if c == "1")
-
-
-def rust_features(g):
-    out = g.sh("cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status")
-    return dict(l.split() for l in out.splitlines())["features"]
-
-
 def test_c_guest_stats(guest):
     b.bind_c(guest)
-    seen["c"]["features"] = c_features(guest)
+    seen["c"]["features"] = b.c_features(guest)
     stats_scenario(guest, "c")
 
 
@@ -118,7 +107,7 @@ def test_c_round_trip_and_unbind(guest):
 
 def test_rust_guest_stats(guest):
     b.bind_rust(guest)
-    seen["rust"]["features"] = int(rust_features(guest))
+    seen["rust"]["features"] = b.status(guest)["features"]
     stats_scenario(guest, "rust")
 
 

@@ -53,17 +53,6 @@ F_REPORTING = 5
 seen = {"c": {}, "rust": {}}
 
 
-def c_features(g):
-    """The C driver's negotiated features: sysfs prints one 0/1 character per bit."""
-    bits = g.sh("cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features").strip()
-    return sum(1 << i for i, c in enumerate(bits) if c == "1")
-
-
-def rust_status(g):
-    out = g.sh("cat /sys/kernel/debug/virtio_balloon_rs/balloon.*/status")
-    return {k: int(v) for k, v in (l.split() for l in out.splitlines())}
-
-
 def settle(g, seconds=12):
     """Let the first reporting pass over the guest's free memory (it starts 2 s after the
     driver registers and goes 2 s per pass) finish before measuring."""
@@ -134,7 +123,7 @@ def test_guest_zeroes_freed_pages(guest):
 
 def test_c_negotiates_poison_and_reporting(guest):
     b.bind_c(guest)
-    f = c_features(guest)
+    f = b.c_features(guest)
     seen["c"]["features"] = f
     assert f & (1 << F_PAGE_POISON) and f & (1 << F_REPORTING), hex(f)
 
@@ -147,7 +136,7 @@ def test_c_reporting(guest):
 def test_rust_negotiates_poison_and_reporting(guest):
     guest.unbind(guest.balloon_bdf())
     b.bind_rust(guest)
-    st = rust_status(guest)
+    st = b.status(guest)
     f = st["features"]
     seen["rust"]["features"] = f
     assert f & (1 << F_PAGE_POISON) and f & (1 << F_REPORTING), hex(f)
@@ -157,9 +146,9 @@ def test_rust_negotiates_poison_and_reporting(guest):
 
 def test_rust_reporting(guest):
     settle(guest)
-    before = rust_status(guest)
+    before = b.status(guest)
     reporting_scenario(guest, "rust")
-    after = rust_status(guest)
+    after = b.status(guest)
     reported = after["reported_bytes"] - before["reported_bytes"]
     seen["rust"]["reported_kb"] = reported // 1024
     seen["rust"]["reports"] = after["reports"] - before["reports"]
@@ -177,7 +166,7 @@ def test_rust_unbind_unregisters(guest):
     log = "\n".join(guest.kernel_log().splitlines()[-20:])
     assert "balloon removed" in log, log
     b.bind_c(guest)
-    assert c_features(guest) == seen["c"]["features"]
+    assert b.c_features(guest) == seen["c"]["features"]
 
 
 def test_features_agree():
@@ -210,14 +199,14 @@ def test_rust_silent_device_does_not_hang_reporting(guest):
     settle(guest)
     guest.sh(f"echo 1 > {SWITCH}/drop_kicks")
     try:
-        before = rust_status(guest)
+        before = b.status(guest)
         fill_and_free(guest, 256)
         guest.sh("rm /tmp/fill/f && umount /tmp/fill")
         # The core reports about 2 s after the pages are freed; the callback then gives up
         # after REPORT_TIMEOUT_S.
         deadline = time.monotonic() + 2 + REPORT_TIMEOUT_S + 30
         while True:
-            st = rust_status(guest)
+            st = b.status(guest)
             if st["report_errors"] > before["report_errors"]:
                 break
             assert time.monotonic() < deadline, ("no report failed", before, st)

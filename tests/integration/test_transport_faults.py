@@ -27,7 +27,6 @@ import balloon as b
 RAM = 1024 * b.MiB
 KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
 SW = "/sys/kernel/debug/virtio_pci_rs"
-STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
 AUX = "/sys/bus/auxiliary/devices/virtio_pci_rs.balloon.*"
 # Per-queue vectors possible; the test flavour's switches (shared guest, see conftest).
 BALLOON = {"vectors": 4}
@@ -50,7 +49,7 @@ def follows_target(g, target=896 * b.MiB):
     b.set_target(g, target)
     b.wait_actual(g, target, timeout=180)
     want = (RAM - target) // 4096
-    st = {k: int(v) for k, v in (line.split() for line in g.sh(f"cat {STATUS}").splitlines())}
+    st = b.status(g)
     assert st["target_pages"] == want and st["actual_pages"] == want, st
     b.set_target(g, RAM)
     b.wait_actual(g, RAM, timeout=180)
@@ -69,7 +68,7 @@ def test_per_queue_vectors_without_faults(guest):
     follows_target(guest)
     # The device holds the statistics buffer; unbind detaches it after the reset instead of
     # leaving it to the ring's "destroyed with buffers still in flight" warning.
-    st = {k: int(v) for k, v in (line.split() for line in guest.sh(f"cat {STATUS}").splitlines())}
+    st = b.status(guest)
     assert st["stats_sent"] >= 1, st
     guest.new_kernel_log()
     guest.unbind(guest.balloon_bdf())

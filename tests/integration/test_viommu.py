@@ -16,7 +16,6 @@ guest statistics, unbind with an inflated balloon and rmmod must work with no ke
 problem.  The modules come from the test flavour (`$VIRTIO_RS_KUNIT_DIR`)."""
 
 import os
-import time
 
 import balloon as b
 import balloon_cases
@@ -71,18 +70,7 @@ def test_round_trip(guest):
 
 
 def test_guest_stats(guest):
-    guest.qmp_cmd("qom-set", path=PATH, property="guest-stats-polling-interval", value=2)
-    deadline = time.monotonic() + 90
-    first = None
-    while True:
-        st = guest.qmp_cmd("qom-get", path=PATH, property="guest-stats")
-        if st["last-update"]:
-            if first is None:
-                first = st["last-update"]
-            elif st["last-update"] != first:
-                break  # the driver answered a refresh
-        assert time.monotonic() < deadline, f"no refreshed guest-stats: {st}"
-        time.sleep(0.5)
+    st = balloon_cases.refreshed_guest_stats(guest, PATH, timeout=90)
     total = b.meminfo(guest)["MemTotal"] * 1024
     # The device read the statistics where the driver wrote them.
     assert abs(st["stats"]["stat-total-memory"] - total) < 0.03 * total, (st, total)
@@ -97,14 +85,6 @@ def test_unbind_and_rmmod_with_an_inflated_balloon(guest):
     assert b.meminfo(guest)["MemTotal"] == total
     assert b.actual(guest) == RAM
     b.set_target(guest, RAM)
-    b.bind_rust(guest)
-    b.set_target(guest, 896 * b.MiB)
-    b.wait_actual(guest, 896 * b.MiB)
-    guest.sh("rmmod virtio_balloon_rs")
-    assert b.meminfo(guest)["MemTotal"] == total
-    assert b.actual(guest) == RAM
-    b.set_target(guest, RAM)
-    guest.unbind(guest.balloon_bdf())
-    guest.sh("rmmod virtio_pci_rs virtio_ring_rs")
+    balloon_cases.rmmod_inflated(guest, RAM, 896 * b.MiB)
     # No DMA fault was reported: the device never used an I/O virtual address.
     assert "DMAR: [DMA" not in guest.sh("dmesg")

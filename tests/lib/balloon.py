@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0
-"""Helpers the balloon tests and the demo share: bind the Rust stack, move the target over
-QMP, wait for `actual`, read the guest's memory counters."""
+"""Helpers the balloon tests and the tools (demo, benchmarks) share: bind the Rust stack,
+move the target over QMP, wait for `actual`, read the guest's memory counters and
+fragmentation."""
 
 import time
 
@@ -10,7 +11,9 @@ RAM = 1024 * MiB
 # Seconds to wait for `actual` on a debug kernel (KASAN, lockdep) under TCG.
 SLOW_WAIT = 300
 MODULES = ("virtio_balloon_rs", "virtio_pci_rs", "virtio_ring_rs")
-STATUS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*/status"
+# The Rust balloon's debugfs directory, and its status file.
+DEBUGFS = "/sys/kernel/debug/virtio_balloon_rs/balloon.*"
+STATUS = f"{DEBUGFS}/status"
 # The test-only fault switch of virtio_ring_rs (fault flavour only).
 RING_FAULT = "/sys/kernel/debug/virtio_ring_rs/fault"
 
@@ -22,10 +25,22 @@ BALLOON_PROPS = {"id": "balloon0", "bus": "rp0", "disable-modern": True,
 BALLOON = "virtio-balloon-pci,id=balloon0,bus=rp0,disable-modern=on,disable-legacy=off"
 
 
+def debugfs(g, name):
+    """A file of the Rust balloon's debugfs directory (`key value` lines: `status`, `stats`)
+    as a dict of ints."""
+    out = g.sh(f"cat {DEBUGFS}/{name}")
+    return {k: int(v, 0) for k, v in (line.split() for line in out.splitlines())}
+
+
 def status(g):
     """The Rust balloon's debugfs status as a dict of ints."""
-    out = g.sh(f"cat {STATUS}")
-    return {k: int(v, 0) for k, v in (line.split() for line in out.splitlines())}
+    return debugfs(g, "status")
+
+
+def c_features(g):
+    """The C driver's negotiated features: sysfs prints one 0/1 character per bit."""
+    bits = g.sh("cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features").strip()
+    return sum(1 << i for i, c in enumerate(bits) if c == "1")
 
 
 def loaded_rs_modules(g):
@@ -141,12 +156,42 @@ def wait_actual(g, size_bytes, timeout=120, samples=None, origin=None, poll=0.1)
         time.sleep(poll)
 
 
+_RAISE = object()
+
+
+def vmstat(g, key, missing=_RAISE):
+    """The counter `key` of the guest's /proc/vmstat; `missing` if it has none (by default,
+    that fails the test)."""
+    for line in g.sh("cat /proc/vmstat").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    if missing is _RAISE:
+        raise AssertionError(f"no {key} in /proc/vmstat")
+    return missing
+
+
 def oom_kills(g):
     """OOM kills since the guest booted (/proc/vmstat)."""
-    for line in g.sh("cat /proc/vmstat").splitlines():
-        if line.startswith("oom_kill "):
-            return int(line.split()[1])
-    return 0
+    return vmstat(g, "oom_kill", missing=0)
+
+
+def free_2m_blocks(g):
+    """Free blocks of 2 MiB or more, in 2 MiB units (/proc/buddyinfo, orders 9 and up)."""
+    n = 0
+    for line in g.sh("cat /proc/buddyinfo").splitlines():
+        counts = [int(x) for x in line.split()[4:]]
+        n += sum(c << (order - 9) for order, c in enumerate(counts) if order >= 9)
+    return n
+
+
+def huge_pages(g, most, timeout=600):
+    """How many 2 MiB huge pages (up to `most`) the guest can allocate now (then frees
+    them); `timeout`: seconds the allocation may take."""
+    g.sh(f"echo {most} > /proc/sys/vm/nr_hugepages", timeout=timeout)
+    got = int(g.sh("cat /proc/sys/vm/nr_hugepages"))
+    g.sh("echo 0 > /proc/sys/vm/nr_hugepages", timeout=120)
+    return got
 
 
 def squeeze(g, ram, leave_mib=64, timeout=180):
