@@ -45,7 +45,9 @@ use kernel::{
         ArcBorrow, //
     },
     time::{
+        delay::fsleep,
         msecs_to_jiffies,
+        Delta,
         Instant,
         Monotonic, //
     },
