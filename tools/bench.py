@@ -344,15 +344,23 @@ def frag_one(driver, moddir, rnd):
     `driver`, then (page cache dropped) the free 2 MiB blocks as read at once, and again once
     the per-CPU lists are drained (DRAIN_SH), and the huge pages the guest can allocate when
     asked for all its free memory but FRAG_RESERVE_MIB."""
+    t_guest = time.monotonic()
     with vm.Guest(f"bench-frag-{driver.lower()}-{rnd}", memory=f"{RAM_MIB}M", cpus=2,
                   moddir=moddir) as g:
         if driver == "C":
             b.bind_c(g)
         else:
             b.bind_rust(g)
+            # The C balloon module loaded at boot (virtio-pci had the device then) and is
+            # unbound now: unloaded, so that each guest holds only its own driver's modules.
+            g.run("rmmod virtio_balloon", check=False)
         b.set_target(g, RAM)
         b.wait_actual(g, RAM)
         obs = {"free_2m_blocks_at_boot": free_2m_blocks(g)}
+        # Free memory with the driver bound, before the cycles: what the drivers' own
+        # footprint leaves.
+        m = b.meminfo(g)
+        obs["free_mib_at_boot"] = (m["MemFree"] + m["PcpFree"]) / 1024
         t0 = time.monotonic()
         for _ in range(FRAG_CYCLES):
             b.set_target(g, RAM // 2)
@@ -381,7 +389,8 @@ def frag_one(driver, moddir, rnd):
         obs["huge_pages_short"] = obs["huge_pages_asked"] - obs["huge_pages"]
         obs["compact_stall"] = comp["compact_stall"]
         obs["pgmigrate_success"] = comp["pgmigrate_success"]
-        print(f"frag round {rnd} {driver:4s}: " + ", ".join(
+        print(f"frag round {rnd} {driver:4s} ({time.monotonic() - t_guest:.0f} s in the "
+              "guest): " + ", ".join(
             f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in obs.items()),
             flush=True)
         return obs, g.kernel_problems()
@@ -408,7 +417,8 @@ FRAG_ROWS = (
     ("pcp_pages", "  left on per-CPU lists, pages", "{:6.0f}"),
     ("pcp_above_floor", "  lists still above their floor", "{:6.0f}"),
     ("refreshes", "  stat_refresh writes to drain", "{:6.0f}"),
-    ("free_mib", "free memory, MiB (MemFree+lists)", "{:6.0f}"),
+    ("free_mib_at_boot", "free memory before the cycles, MiB", "{:6.1f}"),
+    ("free_mib", "free memory after (MemFree+lists)", "{:6.1f}"),
     ("in_blocks_pct", "% of it in free 2 MiB blocks", "{:6.1f}"),
     ("huge_pages_asked", "huge pages asked (free - 128 MiB)", "{:6.0f}"),
     ("huge_pages", "huge pages allocated", "{:6.0f}"),
