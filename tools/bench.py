@@ -429,10 +429,12 @@ FRAG_ROWS = (
 )
 
 
-def judge(c, r):
-    """Rust against C on a figure where more is better: "not worse" when Rust's median is at
-    least C's; "within noise" when it is lower but Rust's best round reaches C's worst (the
-    ranges overlap); "WORSE" otherwise."""
+def judge(c, r, more_is_better=True):
+    """Rust against C on one figure: "not worse" when Rust's median is at least as good as
+    C's; "within noise" when it is worse but Rust's best round reaches C's worst (the ranges
+    overlap); "WORSE" otherwise."""
+    if not more_is_better:
+        c, r = [-x for x in c], [-x for x in r]
     if statistics.median(r) >= statistics.median(c):
         return "not worse"
     if max(r) >= min(c):
@@ -451,11 +453,18 @@ def frag_report(flavour, res):
         cells = [" ".join(fmt.format(v) for v in (statistics.median(xs), min(xs), max(xs)))
                  for xs in ([o[key] for o in c], [o[key] for o in r])]
         lines.append(f"  {what:34s} {cells[0]}   {cells[1]}")
-    verdicts = {what: judge([o[key] for o in c], [o[key] for o in r])
-                for key, what in (("free_2m_blocks", "free 2 MiB blocks, lists drained"),
-                                  ("huge_pages", "huge pages allocated"))}
+    verdicts = {what: judge([o[key] for o in c], [o[key] for o in r], more)
+                for key, what, more in (
+                    ("free_2m_blocks", "free 2 MiB blocks, lists drained", True),
+                    ("huge_pages", "huge pages allocated", True),
+                    ("huge_pages_short", "huge pages short of the ask", False))}
     for what, v in verdicts.items():
         lines.append(f"  Rust against C, {what}: {v}")
+    # What the huge page count also depends on: how much memory the guest has free at all.
+    less = {key: statistics.median(o[key] for o in c) - statistics.median(o[key] for o in r)
+            for key in ("free_mib_at_boot", "free_mib")}
+    lines.append(f"  free memory, C minus Rust (medians): {less['free_mib_at_boot']:+.1f} MiB "
+                 f"before the cycles, {less['free_mib']:+.1f} MiB after")
     ok = "WORSE" not in verdicts.values()
     if not ok:
         lines.append("  Rust WORSE than C (beyond the spread of the rounds)")
