@@ -22,9 +22,11 @@ alone (both guests).
 BENCH_SPEC ("flavour:kdir:build-dir ..."): the balloon table is measured in one guest per
 kernel, the verdict on the production kernel (no lockdep or kmemleak).  The ring
 micro-benchmark runs on the checked kernel only.  On the kernels of BENCH_FRAG_KERNELS,
-fragmentation: in a fresh guest per driver, BENCH_FRAG_CYCLES (20) inflate/deflate cycles of
-half the guest, then the free 2 MiB blocks (/proc/buddyinfo, orders 9 and up) and the huge
-pages the guest can allocate (/proc/sys/vm/nr_hugepages).
+fragmentation: BENCH_FRAG_ROUNDS (3) rounds, in each a fresh guest per driver,
+BENCH_FRAG_CYCLES (20) inflate/deflate cycles of half the guest, then the free 2 MiB blocks
+(/proc/buddyinfo, orders 9 and up) once the per-CPU lists are drained (see DRAIN_SH) and the
+huge pages the guest can allocate (/proc/sys/vm/nr_hugepages) when asked for all its free
+memory but 128 MiB; median, min and max over the rounds.  BENCH_ONLY=frag runs only that.
 """
 
 import os
@@ -43,7 +45,8 @@ DELTA = 1024 * b.MiB
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 RING_CYCLES = int(os.environ.get("BENCH_RING_CYCLES", "200000"))
 RING_REPS = int(os.environ.get("BENCH_RING_REPS", "5"))
-# BENCH_ONLY=ring: boot a guest for the ring micro-benchmark only (no balloon runs).
+# BENCH_ONLY=ring: boot a guest for the ring micro-benchmark only (no balloon runs);
+# BENCH_ONLY=frag: the fragmentation runs only.
 ONLY = os.environ.get("BENCH_ONLY", "")
 
 
@@ -226,50 +229,135 @@ def fmt_stats(xs):
 KERNELS = [tuple(k.split(":", 2)) for k in os.environ.get("BENCH_SPEC", "").split()]
 FRAG_KERNELS = os.environ.get("BENCH_FRAG_KERNELS", "prod").split()
 FRAG_CYCLES = int(os.environ.get("BENCH_FRAG_CYCLES", "20"))
+# Rounds per driver, a fresh guest each, the drivers' order alternating (C first in even
+# rounds): the spread over the rounds is the noise "not worse" is judged against.
+FRAG_ROUNDS = int(os.environ.get("BENCH_FRAG_ROUNDS", "3"))
 # Free memory left to the guest's programs when asking for huge pages (asking for everything
 # starves them into the OOM killer, see tests/integration/test_migration.py).
 FRAG_RESERVE_MIB = 128
+# Seconds the per-CPU lists get to drain before buddyinfo is read anyway.
+FRAG_DRAIN_TIMEOUT = 60
+
+# The per-CPU lists (pcp) hold free pages that are in neither MemFree nor /proc/buddyinfo
+# and do not merge into their blocks until they go back to the buddy allocator.  7.2
+# auto-tunes a list's `high` up to an eighth of the zone (high_max) while a CPU frees much
+# (a deflate), and decays it again in decay_pcp_high() (mm/page_alloc.c), which the vmstat
+# worker calls about once a second: `high` falls by an eighth a call, down to high_min, and
+# what the list holds above `high` goes back to the buddy allocator.  Userspace cannot call
+# drain_all_pages() (the allocator does, before it fails a high-order allocation); it can
+# run the decay step at once: a write to /proc/sys/vm/stat_refresh runs
+# refresh_cpu_vm_stats(true), that is decay_pcp_high() on every zone, on every CPU.  And it
+# can lower the floor: with vm.percpu_pagelist_high_fraction set, high_min = high_max = the
+# zone's pages / fraction / CPUs, at least 4 batches (252 pages for a 2 GiB guest's DMA32
+# zone, against about 900 by default); INT_MAX gives that least.  DRAIN_SH sets it, decays
+# the lists until every list's `high` is at its floor (or FRAG_DRAIN_TIMEOUT), reads
+# buddyinfo, the pcp counts and MemFree in the same script, and restores the fraction.
+# Reading each stage: "pcp <pages on the lists> <lists above their floor>".
+PCP_AWK = ("awk '$1 == \"count:\" { c += $2 } $1 == \"high:\" { h = $2 } "
+           "$1 == \"high_min:\" { if (h > $2) d++ } END { print \"pcp\", c + 0, d + 0 }' "
+           "/proc/zoneinfo")
+DRAIN_SH = f"""
+frac=$(cat /proc/sys/vm/percpu_pagelist_high_fraction)
+echo 2147483647 > /proc/sys/vm/percpu_pagelist_high_fraction
+end=$(( $(date +%s) + {FRAG_DRAIN_TIMEOUT} ))
+n=0
+while :; do
+    echo 1 > /proc/sys/vm/stat_refresh
+    n=$((n + 1))
+    set -- $({PCP_AWK})
+    [ "$3" = 0 ] && break
+    [ "$(date +%s)" -ge "$end" ] && break
+done
+echo "refreshes $n"
+cat /proc/buddyinfo
+{PCP_AWK}
+grep '^MemFree:' /proc/meminfo
+echo "$frac" > /proc/sys/vm/percpu_pagelist_high_fraction
+"""
 
 
-def free_2m_blocks(g):
-    """Free blocks of 2 MiB or more, in 2 MiB units (/proc/buddyinfo, orders 9 and up)."""
+def blocks_of(buddyinfo):
+    """Free blocks of 2 MiB or more, in 2 MiB units, in /proc/buddyinfo's text (orders 9 and
+    up)."""
     n = 0
-    for line in g.sh("cat /proc/buddyinfo").splitlines():
+    for line in buddyinfo.splitlines():
+        if not line.startswith("Node"):
+            continue
         counts = [int(x) for x in line.split()[4:]]
         n += sum(c << (order - 9) for order, c in enumerate(counts) if order >= 9)
     return n
 
 
-def huge_pages(g, most):
-    """How many 2 MiB huge pages (up to `most`) the guest can allocate now (then frees
-    them)."""
-    g.sh(f"echo {most} > /proc/sys/vm/nr_hugepages", timeout=600)
-    got = int(g.sh("cat /proc/sys/vm/nr_hugepages"))
-    g.sh("echo 0 > /proc/sys/vm/nr_hugepages", timeout=120)
-    return got
+def free_2m_blocks(g):
+    """Free blocks of 2 MiB or more, in 2 MiB units (/proc/buddyinfo, orders 9 and up)."""
+    return blocks_of(g.sh("cat /proc/buddyinfo"))
 
 
 def pcp_pages(g):
     """Free pages on the per-CPU lists (/proc/zoneinfo, `count` of every pageset): free, but
     neither in MemFree nor in /proc/buddyinfo."""
-    return sum(int(line.split()[1]) for line in g.sh("cat /proc/zoneinfo").splitlines()
-               if line.strip().startswith("count:"))
+    return int(g.sh(PCP_AWK).split()[1])
 
 
-def frag_one(driver, moddir, asked):
+def drain_and_read(g):
+    """DRAIN_SH: the per-CPU lists drained as far as userspace can; returns the free 2 MiB
+    blocks, the pages left on the lists, the lists still above their floor, MemFree (kB) and
+    the stat_refresh writes it took, all read in one guest script."""
+    out = g.sh(DRAIN_SH, timeout=FRAG_DRAIN_TIMEOUT + 60)
+    vals = {}
+    for line in out.splitlines():
+        f = line.split()
+        if f and f[0] == "refreshes":
+            vals["refreshes"] = int(f[1])
+        elif f and f[0] == "pcp":
+            vals["pcp_pages"], vals["pcp_above_floor"] = int(f[1]), int(f[2])
+        elif f and f[0] == "MemFree:":
+            vals["memfree_kb"] = int(f[1])
+    vals["free_2m_blocks"] = blocks_of(out)
+    return vals
+
+
+def vmstat(g, names):
+    vals = dict(line.split() for line in g.sh("cat /proc/vmstat").splitlines())
+    return {n: int(vals.get(n, 0)) for n in names}
+
+
+COMPACT = ("compact_stall", "pgmigrate_success")
+
+
+def huge_pages(g, most):
+    """How many 2 MiB huge pages (up to `most`) the guest can allocate now (then frees
+    them); and what compaction did meanwhile (/proc/vmstat deltas)."""
+    before = vmstat(g, COMPACT)
+    g.sh(f"echo {most} > /proc/sys/vm/nr_hugepages", timeout=600)
+    got = int(g.sh("cat /proc/sys/vm/nr_hugepages"))
+    after = vmstat(g, COMPACT)
+    g.sh("echo 0 > /proc/sys/vm/nr_hugepages", timeout=120)
+    return got, {n: after[n] - before[n] for n in COMPACT}
+
+
+def frag_one(driver, moddir, rnd):
     """In a fresh guest: FRAG_CYCLES cycles of inflating half the guest and deflating it with
-    `driver`, then (page cache dropped) the free memory, the free 2 MiB blocks and the huge
-    pages the guest can allocate (asking `asked`, or, if None, what its free memory
-    allows)."""
-    with vm.Guest(f"bench-frag-{driver.lower()}", memory=f"{RAM_MIB}M", cpus=2,
+    `driver`, then (page cache dropped) the free 2 MiB blocks as read at once, and again once
+    the per-CPU lists are drained (DRAIN_SH), and the huge pages the guest can allocate when
+    asked for all its free memory but FRAG_RESERVE_MIB."""
+    t_guest = time.monotonic()
+    with vm.Guest(f"bench-frag-{driver.lower()}-{rnd}", memory=f"{RAM_MIB}M", cpus=2,
                   moddir=moddir) as g:
         if driver == "C":
             b.bind_c(g)
         else:
             b.bind_rust(g)
+            # The C balloon module loaded at boot (virtio-pci had the device then) and is
+            # unbound now: unloaded, so that each guest holds only its own driver's modules.
+            g.run("rmmod virtio_balloon", check=False)
         b.set_target(g, RAM)
         b.wait_actual(g, RAM)
         obs = {"free_2m_blocks_at_boot": free_2m_blocks(g)}
+        # Free memory with the driver bound, before the cycles: what the drivers' own
+        # footprint leaves.
+        m = b.meminfo(g)
+        obs["free_mib_at_boot"] = (m["MemFree"] + m["PcpFree"]) / 1024
         t0 = time.monotonic()
         for _ in range(FRAG_CYCLES):
             b.set_target(g, RAM // 2)
@@ -279,45 +367,108 @@ def frag_one(driver, moddir, asked):
         obs["cycles_s"] = time.monotonic() - t0
         # The same starting point for both drivers: no page cache.
         g.sh("sync; echo 3 > /proc/sys/vm/drop_caches")
-        obs["free_2m_blocks"] = free_2m_blocks(g)
-        free_mib = b.meminfo(g)["MemFree"] // 1024
-        obs["memfree_mib"] = free_mib
-        obs["pcp_mib"] = pcp_pages(g) * 4096 // b.MiB
+        # As read before this change: the lists as the deflate left them.
+        obs["free_2m_blocks_undrained"] = free_2m_blocks(g)
+        obs["pcp_mib_undrained"] = pcp_pages(g) * 4096 / b.MiB
+        d = drain_and_read(g)
+        obs["free_2m_blocks"] = d["free_2m_blocks"]
+        obs["pcp_pages"] = d["pcp_pages"]
+        obs["pcp_above_floor"] = d["pcp_above_floor"]
+        obs["refreshes"] = d["refreshes"]
+        free_mib = (d["memfree_kb"] + 4 * d["pcp_pages"]) / 1024
+        obs["free_mib"] = free_mib
         obs["in_blocks_pct"] = 100 * 2 * obs["free_2m_blocks"] / free_mib
-        # Asked the same of both (the C guest's free memory, less a reserve for the guest's
-        # programs): free pages on per-CPU lists are free too.
-        own = (free_mib - FRAG_RESERVE_MIB) // 2
-        obs["huge_pages_asked"] = own if asked is None else asked
-        obs["huge_pages"] = huge_pages(g, obs["huge_pages_asked"])
+        # Each guest asked for all its free memory (MemFree and what is left on the lists)
+        # but the same reserve: the number can differ, and falls short of the ask when
+        # neither the free blocks nor compaction can supply a block.
+        obs["huge_pages_asked"] = int(free_mib - FRAG_RESERVE_MIB) // 2
+        obs["huge_pages"], comp = huge_pages(g, obs["huge_pages_asked"])
+        obs["huge_pages_short"] = obs["huge_pages_asked"] - obs["huge_pages"]
+        obs["compact_stall"] = comp["compact_stall"]
+        obs["pgmigrate_success"] = comp["pgmigrate_success"]
+        print(f"frag round {rnd} {driver:4s} ({time.monotonic() - t_guest:.0f} s in the "
+              "guest): " + ", ".join(
+            f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in obs.items()),
+            flush=True)
         return obs, g.kernel_problems()
 
 
 def frag(moddir):
-    """C then Rust, a fresh guest each, asked the same number of huge pages."""
-    c, problems = frag_one("C", moddir, None)
-    rust, more = frag_one("Rust", moddir, c["huge_pages_asked"])
-    return {"C": c, "Rust": rust}, problems + more
+    """FRAG_ROUNDS rounds of C and Rust, a fresh guest each, the order alternating."""
+    res = {"C": [], "Rust": []}
+    problems = []
+    for rnd in range(FRAG_ROUNDS):
+        for driver in ("C", "Rust") if rnd % 2 == 0 else ("Rust", "C"):
+            obs, more = frag_one(driver, moddir, rnd)
+            res[driver].append(obs)
+            problems += more
+    return res, problems
+
+
+# What frag_report() prints: key, label, format.
+FRAG_ROWS = (
+    ("free_2m_blocks_at_boot", "free 2 MiB blocks after boot", "{:6.0f}"),
+    ("free_2m_blocks_undrained", "free 2 MiB blocks, lists as left", "{:6.0f}"),
+    ("pcp_mib_undrained", "  free on per-CPU lists then, MiB", "{:6.1f}"),
+    ("free_2m_blocks", "free 2 MiB blocks, lists drained", "{:6.0f}"),
+    ("pcp_pages", "  left on per-CPU lists, pages", "{:6.0f}"),
+    ("pcp_above_floor", "  lists still above their floor", "{:6.0f}"),
+    ("refreshes", "  stat_refresh writes to drain", "{:6.0f}"),
+    ("free_mib_at_boot", "free memory before the cycles, MiB", "{:6.1f}"),
+    ("free_mib", "free memory after (MemFree+lists)", "{:6.1f}"),
+    ("in_blocks_pct", "% of it in free 2 MiB blocks", "{:6.1f}"),
+    ("huge_pages_asked", "huge pages asked (free - 128 MiB)", "{:6.0f}"),
+    ("huge_pages", "huge pages allocated", "{:6.0f}"),
+    ("huge_pages_short", "  short of the ask", "{:6.0f}"),
+    ("compact_stall", "  compaction stalls meanwhile", "{:6.0f}"),
+    ("pgmigrate_success", "  pages migrated meanwhile", "{:6.0f}"),
+    ("cycles_s", "seconds for the cycles", "{:6.1f}"),
+)
+
+
+def judge(c, r, more_is_better=True):
+    """Rust against C on one figure: "not worse" when Rust's median is at least as good as
+    C's; "within noise" when it is worse but Rust's best round reaches C's worst (the ranges
+    overlap); "WORSE" otherwise."""
+    if not more_is_better:
+        c, r = [-x for x in c], [-x for x in r]
+    if statistics.median(r) >= statistics.median(c):
+        return "not worse"
+    if max(r) >= min(c):
+        return "within noise"
+    return "WORSE"
 
 
 def frag_report(flavour, res):
     c, r = res["C"], res["Rust"]
     lines = [f"fragmentation ({flavour} kernel): {FRAG_CYCLES} cycles of inflating "
-             f"{RAM_MIB // 2} MiB of the {RAM_MIB} MiB guest and deflating it, a fresh guest "
-             "per driver",
-             f"{'':34s} {'C':>8s} {'Rust':>8s}"]
-    for key, what in (("free_2m_blocks_at_boot", "free 2 MiB blocks after boot"),
-                      ("free_2m_blocks", "free 2 MiB blocks after the cycles"),
-                      ("memfree_mib", "MemFree, MiB (no page cache)"),
-                      ("in_blocks_pct", "% of MemFree in free 2 MiB blocks"),
-                      ("pcp_mib", "free on per-CPU lists, MiB"),
-                      ("huge_pages_asked", "huge pages asked"),
-                      ("huge_pages", "huge pages allocated"),
-                      ("cycles_s", "seconds for the cycles")):
-        fmt = "{:8.1f}" if key in ("cycles_s", "in_blocks_pct") else "{:8d}"
-        lines.append(f"  {what:32s} {fmt.format(c[key])} {fmt.format(r[key])}")
-    ok = r["free_2m_blocks"] >= c["free_2m_blocks"] and r["huge_pages"] >= c["huge_pages"]
-    lines.append(f"  Rust {'not worse than' if ok else 'WORSE than'} C "
-                 "(free 2 MiB blocks and huge pages allocated after the cycles)")
+             f"{RAM_MIB // 2} MiB of the {RAM_MIB} MiB guest and deflating it, page cache "
+             f"dropped; {FRAG_ROUNDS} rounds, a fresh guest per driver and round "
+             "(median min max over the rounds)",
+             f"{'':36s} {'C':>20s}   {'Rust':>20s}"]
+    for key, what, fmt in FRAG_ROWS:
+        cells = [" ".join(fmt.format(v) for v in (statistics.median(xs), min(xs), max(xs)))
+                 for xs in ([o[key] for o in c], [o[key] for o in r])]
+        lines.append(f"  {what:34s} {cells[0]}   {cells[1]}")
+    verdicts = {what: judge([o[key] for o in c], [o[key] for o in r], more)
+                for key, what, more in (
+                    ("free_2m_blocks", "free 2 MiB blocks, lists drained", True),
+                    ("huge_pages", "huge pages allocated", True),
+                    ("huge_pages_short", "huge pages short of the ask", False))}
+    for what, v in verdicts.items():
+        lines.append(f"  Rust against C, {what}: {v}")
+    # What the huge page count also depends on: how much memory the guest has free at all.
+    less = {key: statistics.median(o[key] for o in c) - statistics.median(o[key] for o in r)
+            for key in ("free_mib_at_boot", "free_mib")}
+    lines.append(f"  free memory, C minus Rust (medians): {less['free_mib_at_boot']:+.1f} MiB "
+                 f"before the cycles, {less['free_mib']:+.1f} MiB after")
+    ok = "WORSE" not in verdicts.values()
+    if not ok:
+        lines.append("  Rust WORSE than C (beyond the spread of the rounds)")
+    elif "within noise" in verdicts.values():
+        lines.append("  Rust not worse than C beyond the spread of the rounds")
+    else:
+        lines.append("  Rust not worse than C")
     return "\n".join(lines), ok
 
 
@@ -419,10 +570,31 @@ def plot(traces, path, flavour):
     return True
 
 
+def frag_main():
+    """BENCH_ONLY=frag: the fragmentation runs only, on the kernels of BENCH_FRAG_KERNELS."""
+    problems = []
+    worse = False
+    for flavour, kdir, out in KERNELS:
+        if flavour not in FRAG_KERNELS:
+            continue
+        os.environ["KDIR"] = kdir
+        fr, more = frag(os.path.join(out, "mods"))
+        problems += more
+        text, ok = frag_report(flavour, fr)
+        worse = worse or not ok
+        print("\n" + text, flush=True)
+    if problems:
+        print("kernel problems:\n" + "\n".join(problems))
+        return 1
+    return 0
+
+
 def main():
     if ONLY == "ring":
         return ring_main()
     assert KERNELS, "BENCH_SPEC names no kernel (run make bench)"
+    if ONLY == "frag":
+        return frag_main()
     outdir = os.path.join(os.environ.get("VIRTIO_RS_CACHE", "/var/tmp"), "bench")
     os.makedirs(outdir, exist_ok=True)
     report = []
