@@ -276,23 +276,6 @@ echo "$frac" > /proc/sys/vm/percpu_pagelist_high_fraction
 """
 
 
-def blocks_of(buddyinfo):
-    """Free blocks of 2 MiB or more, in 2 MiB units, in /proc/buddyinfo's text (orders 9 and
-    up)."""
-    n = 0
-    for line in buddyinfo.splitlines():
-        if not line.startswith("Node"):
-            continue
-        counts = [int(x) for x in line.split()[4:]]
-        n += sum(c << (order - 9) for order, c in enumerate(counts) if order >= 9)
-    return n
-
-
-def free_2m_blocks(g):
-    """Free blocks of 2 MiB or more, in 2 MiB units (/proc/buddyinfo, orders 9 and up)."""
-    return blocks_of(g.sh("cat /proc/buddyinfo"))
-
-
 def pcp_pages(g):
     """Free pages on the per-CPU lists (/proc/zoneinfo, `count` of every pageset): free, but
     neither in MemFree nor in /proc/buddyinfo."""
@@ -313,13 +296,8 @@ def drain_and_read(g):
             vals["pcp_pages"], vals["pcp_above_floor"] = int(f[1]), int(f[2])
         elif f and f[0] == "MemFree:":
             vals["memfree_kb"] = int(f[1])
-    vals["free_2m_blocks"] = blocks_of(out)
+    vals["free_2m_blocks"] = b.blocks_of(out)
     return vals
-
-
-def vmstat(g, names):
-    vals = dict(line.split() for line in g.sh("cat /proc/vmstat").splitlines())
-    return {n: int(vals.get(n, 0)) for n in names}
 
 
 COMPACT = ("compact_stall", "pgmigrate_success")
@@ -328,12 +306,9 @@ COMPACT = ("compact_stall", "pgmigrate_success")
 def huge_pages(g, most):
     """How many 2 MiB huge pages (up to `most`) the guest can allocate now (then frees
     them); and what compaction did meanwhile (/proc/vmstat deltas)."""
-    before = vmstat(g, COMPACT)
-    g.sh(f"echo {most} > /proc/sys/vm/nr_hugepages", timeout=600)
-    got = int(g.sh("cat /proc/sys/vm/nr_hugepages"))
-    after = vmstat(g, COMPACT)
-    g.sh("echo 0 > /proc/sys/vm/nr_hugepages", timeout=120)
-    return got, {n: after[n] - before[n] for n in COMPACT}
+    before = {n: b.vmstat(g, n) for n in COMPACT}
+    got = b.huge_pages(g, most)
+    return got, {n: b.vmstat(g, n) - before[n] for n in COMPACT}
 
 
 def frag_one(driver, moddir, rnd):
@@ -353,7 +328,7 @@ def frag_one(driver, moddir, rnd):
             g.run("rmmod virtio_balloon", check=False)
         b.set_target(g, RAM)
         b.wait_actual(g, RAM)
-        obs = {"free_2m_blocks_at_boot": free_2m_blocks(g)}
+        obs = {"free_2m_blocks_at_boot": b.free_2m_blocks(g)}
         # Free memory with the driver bound, before the cycles: what the drivers' own
         # footprint leaves.
         m = b.meminfo(g)
@@ -368,7 +343,7 @@ def frag_one(driver, moddir, rnd):
         # The same starting point for both drivers: no page cache.
         g.sh("sync; echo 3 > /proc/sys/vm/drop_caches")
         # As read before this change: the lists as the deflate left them.
-        obs["free_2m_blocks_undrained"] = free_2m_blocks(g)
+        obs["free_2m_blocks_undrained"] = b.free_2m_blocks(g)
         obs["pcp_mib_undrained"] = pcp_pages(g) * 4096 / b.MiB
         d = drain_and_read(g)
         obs["free_2m_blocks"] = d["free_2m_blocks"]

@@ -69,7 +69,7 @@ def meminfo(g):
     that sit on the per-CPU lists (/proc/zoneinfo's pageset counts), which MemFree leaves
     out.  7.2 tunes those lists' size to how much a CPU frees: after a deflate they can hold
     tens of MiB (up to an eighth of the zone, shared out among the CPUs) until the vmstat
-    worker decays them, which it does not on an idle CPU."""
+    worker has decayed them, a little each second while it runs."""
     out = g.sh(MEMINFO_SH)
     info = {}
     for line in out.splitlines():
@@ -176,13 +176,21 @@ def oom_kills(g):
     return vmstat(g, "oom_kill", missing=0)
 
 
-def free_2m_blocks(g):
-    """Free blocks of 2 MiB or more, in 2 MiB units (/proc/buddyinfo, orders 9 and up)."""
+def blocks_of(buddyinfo):
+    """Free blocks of 2 MiB or more, in 2 MiB units, in /proc/buddyinfo's text (orders 9 and
+    up)."""
     n = 0
-    for line in g.sh("cat /proc/buddyinfo").splitlines():
+    for line in buddyinfo.splitlines():
+        if not line.startswith("Node"):
+            continue
         counts = [int(x) for x in line.split()[4:]]
         n += sum(c << (order - 9) for order, c in enumerate(counts) if order >= 9)
     return n
+
+
+def free_2m_blocks(g):
+    """Free blocks of 2 MiB or more, in 2 MiB units (/proc/buddyinfo, orders 9 and up)."""
+    return blocks_of(g.sh("cat /proc/buddyinfo"))
 
 
 def huge_pages(g, most, timeout=600):
