@@ -17,7 +17,7 @@ import sys
 # Seconds per file (calls, fixtures and, for files with GUEST_OPTIONS, their boot).
 SECONDS = {
     "test_reporting": 144, "test_balloon_hostile": 112, "test_hinting": 59,
-    "test_transport_faults": 57, "test_rng": 52, "test_viommu": 43, "test_slow_ack": 41,
+    "test_transport_faults": 57, "test_rng": 52, "test_viommu": 43, "test_slow_ack": 66,
     "test_parity_c": 33, "test_balloon_pressure": 29, "test_migration": 28,
     "test_balloon_msix": 19, "test_balloon_intx": 12, "test_bringup": 11, "test_kunit": 6,
 }
