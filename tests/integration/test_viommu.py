@@ -24,6 +24,9 @@ RAM = 1024 * b.MiB
 KUNIT_DIR = os.environ.get("VIRTIO_RS_KUNIT_DIR")
 PATH = "/machine/peripheral/balloon0"
 RINGS = "/sys/kernel/debug/virtio_pci_rs/ring_addrs"
+# Seconds a balloon move may take: on the debug kernel (VIRTIO_RS_FLAVOR=debug: KASAN, under
+# TCG) inflating 512 MiB takes minutes.
+MOVE_S = 600 if os.environ.get("VIRTIO_RS_FLAVOR") == "debug" else 120
 
 GUEST_OPTIONS = {
     # virtme-ng starts TCG guests on q35 already; the IOMMU is one more device.
@@ -66,7 +69,7 @@ def test_rings_get_guest_physical_addresses_not_dma_handles(guest):
 
 
 def test_round_trip(guest):
-    balloon_cases.inflate_and_deflate(guest, RAM, 512 * b.MiB)
+    balloon_cases.inflate_and_deflate(guest, RAM, 512 * b.MiB, timeout=MOVE_S)
 
 
 def test_guest_stats(guest):
@@ -80,11 +83,11 @@ def test_guest_stats(guest):
 def test_unbind_and_rmmod_with_an_inflated_balloon(guest):
     total = b.meminfo(guest)["MemTotal"]
     b.set_target(guest, 768 * b.MiB)
-    b.wait_actual(guest, 768 * b.MiB)
+    b.wait_actual(guest, 768 * b.MiB, timeout=MOVE_S)
     guest.unbind(guest.balloon_bdf())
     assert b.meminfo(guest)["MemTotal"] == total
     assert b.actual(guest) == RAM
     b.set_target(guest, RAM)
-    balloon_cases.rmmod_inflated(guest, RAM, 896 * b.MiB)
+    balloon_cases.rmmod_inflated(guest, RAM, 896 * b.MiB, timeout=MOVE_S)
     # No DMA fault was reported: the device never used an I/O virtual address.
     assert "DMAR: [DMA" not in guest.sh("dmesg")
