@@ -135,7 +135,8 @@ in_env() {
 			LANG=C.UTF-8 VIRTIO_RS_IN_ENV=1 VIRTIO_RS_CACHE="$cache" \
 			$( [ -f "$R/etc/ssl/certs/virtio-rs-host-ca.crt" ] &&
 				echo CARGO_HTTP_CAINFO=/etc/ssl/certs/virtio-rs-host-ca.crt ) \
-			${KDIR:+KDIR="$KDIR"} ${VIRTIO_RS_EXTRA_ENV:-} \
+			${KDIR:+KDIR="$KDIR"} ${VIRTIO_RS_FLAVOR:+VIRTIO_RS_FLAVOR="$VIRTIO_RS_FLAVOR"} \
+			${VIRTIO_RS_EXTRA_ENV:-} \
 			/bin/bash -c "cd \"\$0\" && exec \"\$@\"" "$cwd" "$@"
 	' virtio-rs-env "$VIRTIO_RS_ROOTFS" "$VIRTIO_RS_TOP" "$VIRTIO_RS_CACHE" "$PWD" "$@"
 }
