@@ -124,8 +124,9 @@ def death_notice(g):
     """Why the guest's QEMU died, for the log: its exit status and the console's last lines
     (QEMU's stderr is there)."""
     rc = g.proc.returncode if g.proc is not None else None
+    tail = g.console_tail(30) or "(none: QEMU said nothing, e.g. it was killed)\n"
     return (f"the shared guest's QEMU has died (vng exit status {rc}); the last console "
-            f"lines:\n{g.console_tail(30)}")
+            f"lines:\n{tail}")
 
 
 class SharedGuest:
