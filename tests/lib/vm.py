@@ -38,6 +38,9 @@ KMEMLEAK = "/sys/kernel/debug/kmemleak"
 # The agent's marker after each command in the kernel log stream.
 AGENT_MARK = re.compile(r"virtio-rs-agent: command (\d+) done")
 
+# QEMU's own assertion failure on its stderr (glibc's assert(), which then aborts QEMU).
+QEMU_ASSERTION = re.compile(r"^(qemu-system-[\w-]+: .*Assertion .* failed\.)\s*$", re.M)
+
 LEGACY_BALLOON = "virtio-balloon-pci,id=balloon0,disable-modern=on"
 
 
@@ -353,6 +356,22 @@ class Guest:
         lines = self.new_kernel_log()
         assert_no_problems(lines)
         return lines
+
+    def exited(self):
+        """The guest's QEMU has exited (vng waits for it and then exits too), or the guest
+        was stopped."""
+        return self.proc is None or self.proc.poll() is not None
+
+    def qemu_assertion(self):
+        """QEMU's own assertion failure (glibc's ``qemu-system-x86_64: FILE:LINE: FUNC:
+        Assertion `...' failed.`, then abort) as QEMU printed it to its stderr, which is in
+        the console log; None when there is none."""
+        try:
+            with open(self.console, errors="replace") as f:
+                m = QEMU_ASSERTION.search(f.read())
+        except OSError:
+            return None
+        return m.group(1) if m else None
 
     def alive(self):
         """The guest still runs commands."""
